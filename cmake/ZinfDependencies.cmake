@@ -1,0 +1,73 @@
+# Finds every dependency once, sets ZINF_HAVE_<X>, and records a summary line.
+# Required ones stop configuration with the Debian package to install.
+include(ZinfFindSystemLibrary)
+
+set(ZINF_SUMMARY "")
+macro(zinf_summary name state)
+  list(APPEND ZINF_SUMMARY "${name}=${state}")
+endmacro()
+
+macro(zinf_require_package pkg debian)
+  find_package(${pkg} ${ARGN} QUIET)
+  if(NOT ${pkg}_FOUND)
+    message(FATAL_ERROR "zinf: ${pkg} not found. Install the Debian package: apt-get install ${debian}")
+  endif()
+endmacro()
+
+find_package(Threads REQUIRED)
+zinf_require_package(nlohmann_json nlohmann-json3-dev CONFIG)
+zinf_require_package(TBB libtbb-dev CONFIG)
+zinf_summary(oneTBB "${TBB_VERSION}")
+zinf_find_system_library(ISAL::isal HEADER isa-l.h LIBRARY isal DEBIAN libisal-dev REQUIRED)
+zinf_summary(ISA-L yes)
+
+zinf_find_system_library(LibUring::uring HEADER liburing.h LIBRARY uring DEBIAN liburing-dev)
+set(ZINF_HAVE_LIBURING ${LibUring__uring_FOUND})
+zinf_summary(liburing ${ZINF_HAVE_LIBURING})
+zinf_find_system_library(LibAio::aio HEADER libaio.h LIBRARY aio DEBIAN libaio-dev)
+set(ZINF_HAVE_LIBAIO ${LibAio__aio_FOUND})
+zinf_summary(libaio ${ZINF_HAVE_LIBAIO})
+
+# LibTorch: Debian's libtorch-dev (CPU) here; on a GPU machine pass Torch_DIR
+# from python3 -c 'import torch; print(torch.utils.cmake_prefix_path)'.
+set(ZINF_HAVE_TORCH OFF)
+if(NOT ZINF_WITH_TORCH STREQUAL "OFF")
+  find_package(Torch QUIET)
+  if(Torch_FOUND)
+    set(ZINF_HAVE_TORCH ON)
+  elseif(ZINF_WITH_TORCH STREQUAL "ON")
+    message(FATAL_ERROR "zinf: LibTorch not found. Install the Debian package: apt-get install libtorch-dev "
+                        "(or set Torch_DIR to a PyTorch installation's share/cmake/Torch)")
+  endif()
+endif()
+zinf_summary(LibTorch ${ZINF_HAVE_TORCH})
+
+set(ZINF_HAVE_CUDA OFF)
+set(ZINF_HAVE_NCCL OFF)
+if(NOT ZINF_WITH_CUDA STREQUAL "OFF")
+  find_package(CUDAToolkit QUIET)
+  if(CUDAToolkit_FOUND)
+    set(ZINF_HAVE_CUDA ON)
+    find_library(ZINF_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR})
+    find_path(ZINF_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
+    if(ZINF_NCCL_LIBRARY AND ZINF_NCCL_INCLUDE_DIR)
+      set(ZINF_HAVE_NCCL ON)
+    endif()
+  elseif(ZINF_WITH_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "zinf: the CUDA toolkit was not found (set CUDAToolkit_ROOT)")
+  endif()
+endif()
+zinf_summary(CUDA ${ZINF_HAVE_CUDA})
+zinf_summary(NCCL ${ZINF_HAVE_NCCL})
+
+if(ZINF_BUILD_TESTS)
+  zinf_require_package(GTest "libgtest-dev libgmock-dev" CONFIG)
+endif()
+if(ZINF_BUILD_BENCH)
+  zinf_require_package(benchmark libbenchmark-dev CONFIG)
+endif()
+
+function(zinf_print_summary)
+  list(JOIN ZINF_SUMMARY " " line)
+  message(STATUS "zinf ${PROJECT_VERSION}: ${line}")
+endfunction()

@@ -1,0 +1,54 @@
+// Aligned host memory. Everything that goes through O_DIRECT I/O must be
+// aligned to kIoAlignment in address, length and file offset.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "zinf/common/status.hpp"
+
+namespace zinf {
+
+inline constexpr std::size_t kIoAlignment = 4096;
+
+constexpr std::uint64_t align_up(std::uint64_t value, std::uint64_t alignment) {
+  return (value + alignment - 1) / alignment * alignment;
+}
+constexpr bool is_aligned(std::uint64_t value, std::uint64_t alignment) { return value % alignment == 0; }
+inline bool is_aligned(const void* ptr, std::uint64_t alignment) {
+  return reinterpret_cast<std::uintptr_t>(ptr) % alignment == 0;
+}
+
+// A move-only owner of one aligned allocation. The size is rounded up to the
+// alignment, so the whole buffer can be used for O_DIRECT transfers. With
+// `lock`, the pages are mlock'ed (pinned) and unlocked on release; failing to
+// lock (RLIMIT_MEMLOCK) is an error that says so.
+class AlignedBuffer {
+ public:
+  AlignedBuffer() = default;
+  static Result<AlignedBuffer> allocate(std::size_t bytes, std::size_t alignment = kIoAlignment,
+                                        bool lock = false);
+  ~AlignedBuffer();
+  AlignedBuffer(AlignedBuffer&& other) noexcept;
+  AlignedBuffer& operator=(AlignedBuffer&& other) noexcept;
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+
+  std::byte* data() const { return data_; }
+  std::size_t size() const { return size_; }
+  bool locked() const { return locked_; }
+  std::span<std::byte> bytes() const { return {data_, size_}; }
+  template <typename T>
+  T* as() const {
+    return reinterpret_cast<T*>(data_);
+  }
+
+ private:
+  void release();
+  std::byte* data_ = nullptr;
+  std::size_t size_ = 0;
+  bool locked_ = false;
+};
+
+}  // namespace zinf

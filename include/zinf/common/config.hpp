@@ -1,0 +1,144 @@
+// The DeepSpeed JSON config, parsed into typed structs whose defaults are
+// DeepSpeed's runtime defaults (see docs/ARCHITECTURE.md, "Config").
+//
+// Strictness: inside the blocks zinf implements, an unknown key, a value of the
+// wrong type or out of range is an error naming the file and the key path
+// ("ds.json: aio.queue_depth: expected an integer >= 1, got \"8\""). Top-level
+// DeepSpeed keys that zinf does not implement yet are accepted with a warning,
+// so a DeepSpeed config runs as it is; a top-level key DeepSpeed does not know
+// either is an error. Integer keys accept JSON numbers with an integral value
+// (DeepSpeed configs write sizes as 5e8).
+//
+// zinf's own settings live in a top-level "zinf" block, so the DeepSpeed blocks
+// keep exactly DeepSpeed's keys.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "zinf/common/status.hpp"
+
+namespace zinf {
+
+enum class IoBackend { kAuto, kIoUring, kLibAio, kPsync };
+std::string_view to_string(IoBackend backend);
+Result<IoBackend> parse_io_backend(std::string_view name);  // "auto", "io_uring", "libaio", "psync"
+
+enum class OffloadDevice { kNone, kCpu, kNvme };
+std::string_view to_string(OffloadDevice device);
+Result<OffloadDevice> parse_offload_device(std::string_view name);  // "none", "cpu", "nvme"
+
+// The DeepSpeed "aio" block.
+struct AioConfig {
+  std::uint64_t block_size = 1048576;     // bytes per I/O request
+  std::uint32_t queue_depth = 8;          // requests in flight per ring/thread
+  std::uint32_t intra_op_parallelism = 1; // rings/threads per store ("thread_count" is a deprecated alias)
+  bool single_submit = false;             // submit requests one at a time instead of in batches
+  bool overlap_events = true;             // reap completions while submitting
+  bool use_gds = false;                   // GPUDirect Storage: not supported, must stay false
+};
+
+// zinf's own block: "zinf": {...}.
+struct EngineConfig {
+  IoBackend io_backend = IoBackend::kAuto;
+  std::vector<std::string> nvme_paths;  // extra swap paths to stripe over (added to nvme_path)
+  bool buffered_io_fallback = false;    // allow buffered I/O (with a warning) where O_DIRECT is refused
+  bool sqpoll = false;                  // io_uring kernel submission polling
+  bool checksum = true;                 // CRC32C on every swapped extent
+  std::uint32_t threads = 0;            // CPU optimizer threads (0 = all cores)
+};
+
+struct OffloadOptimizerConfig {
+  OffloadDevice device = OffloadDevice::kNone;
+  std::string nvme_path;
+  std::uint32_t buffer_count = 4;
+  bool pin_memory = true;
+  bool pipeline_read = false;
+  bool pipeline_write = false;
+  bool fast_init = false;
+  double ratio = 1.0;
+};
+
+struct OffloadParamConfig {
+  OffloadDevice device = OffloadDevice::kNone;
+  std::string nvme_path;
+  std::uint32_t buffer_count = 5;
+  std::uint64_t buffer_size = 100000000;  // elements
+  std::uint64_t max_in_cpu = 1000000000;  // elements
+  bool pin_memory = true;
+};
+
+struct ZeroConfig {
+  int stage = 0;
+  std::optional<bool> overlap_comm;  // unset: true for stage 3, false otherwise
+  bool contiguous_gradients = true;
+  std::uint64_t reduce_bucket_size = 500000000;
+  std::uint64_t allgather_bucket_size = 500000000;
+  std::uint64_t sub_group_size = 1000000000;
+  std::uint64_t stage3_prefetch_bucket_size = 50000000;
+  std::uint64_t stage3_param_persistence_threshold = 100000;
+  std::uint64_t stage3_model_persistence_threshold = UINT64_MAX;
+  std::uint64_t stage3_max_live_parameters = 1000000000;
+  std::uint64_t stage3_max_reuse_distance = 1000000000;
+  bool stage3_gather_16bit_weights_on_model_save = false;
+  OffloadParamConfig offload_param;
+  OffloadOptimizerConfig offload_optimizer;
+
+  bool overlap_comm_enabled() const { return overlap_comm.value_or(stage == 3); }
+};
+
+struct OptimizerConfig {
+  std::string type = "AdamW";  // Adam, AdamW, Adagrad, Lion
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+  bool adam_w_mode = true;      // Adam only: decoupled weight decay
+  bool bias_correction = true;
+};
+
+struct Fp16Config {
+  bool enabled = false;
+  double loss_scale = 0.0;  // 0 = dynamic
+  int initial_scale_power = 16;
+  int loss_scale_window = 1000;
+  int hysteresis = 2;
+  double min_loss_scale = 1.0;
+};
+
+struct Config {
+  std::string source = "<defaults>";  // the file (or "<string>") it was read from
+  std::optional<std::uint64_t> train_batch_size;
+  std::optional<std::uint64_t> train_micro_batch_size_per_gpu;
+  std::optional<std::uint64_t> gradient_accumulation_steps;
+  double gradient_clipping = 0.0;  // global L2 norm; 0 = off
+  std::uint64_t steps_per_print = 10;
+  std::optional<OptimizerConfig> optimizer;
+  Fp16Config fp16;
+  bool bf16_enabled = false;
+  AioConfig aio;
+  ZeroConfig zero_optimization;
+  EngineConfig zinf;
+
+  static Result<Config> from_file(const std::filesystem::path& path);
+  static Result<Config> from_string(std::string_view json, std::string_view source = "<string>");
+
+  // Fills in the batch key left out (batch = micro x accumulation x world), or
+  // checks the three agree. Errors name the keys and the numbers.
+  Status resolve_batch(std::uint64_t world_size);
+
+  // The swap paths: offload_optimizer.nvme_path / offload_param.nvme_path
+  // first (whichever are set), then zinf.nvme_paths, without repeats.
+  std::vector<std::string> swap_paths() const;
+};
+
+// Renders the "aio" block as DeepSpeed JSON with the keys the runtime reads
+// (what swapbench --tune emits).
+std::string to_json(const AioConfig& aio, int indent = 2);
+
+}  // namespace zinf

@@ -1,0 +1,40 @@
+// Leveled logging to stderr. The level comes from the environment variable
+// ZINF_LOG (error, warn, info, debug; default info) and can be changed with
+// set_log_level(). Each line is written with one write(2), so lines from
+// several threads never interleave.
+//
+//   ZINF_LOG(kInfo) << "io engine: io_uring (queue depth " << qd << ")";
+#pragma once
+
+#include <optional>
+#include <sstream>
+#include <string_view>
+
+namespace zinf {
+
+enum class LogLevel : int { kError = 0, kWarn = 1, kInfo = 2, kDebug = 3 };
+
+LogLevel log_level();
+void set_log_level(LogLevel level);
+std::optional<LogLevel> parse_log_level(std::string_view name);
+inline bool log_enabled(LogLevel level) { return static_cast<int>(level) <= static_cast<int>(log_level()); }
+
+class LogLine {
+ public:
+  LogLine(LogLevel level, const char* file, int line);
+  ~LogLine();
+  LogLine(const LogLine&) = delete;
+  LogLine& operator=(const LogLine&) = delete;
+  std::ostream& stream() { return stream_; }
+
+ private:
+  LogLevel level_;
+  std::ostringstream stream_;
+};
+
+}  // namespace zinf
+
+#define ZINF_LOG(level)                                          \
+  if (!::zinf::log_enabled(::zinf::LogLevel::level)) {           \
+  } else                                                         \
+    ::zinf::LogLine(::zinf::LogLevel::level, __FILE__, __LINE__).stream()

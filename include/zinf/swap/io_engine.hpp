@@ -1,0 +1,166 @@
+// The NVMe I/O stack, bottom half: raw engines and the error policy.
+//
+//   IoEngine   a raw backend (io_uring, libaio, pread/pwrite pool, or the
+//              fault-injecting decorator). It reports what the kernel said:
+//              bytes transferred (possibly short) or -errno. No policy.
+//   IoQueue    wraps one IoEngine and applies the written error policy, the
+//              only place raw results become Status:
+//                EINTR, EAGAIN      resubmitted (bounded: kMaxRetries per request)
+//                short read/write   continued from where it stopped
+//                read of 0 bytes    unexpected EOF -> kOutOfRange
+//                ENOSPC/EDQUOT      kNoSpace;  EIO and the rest -> kIoError
+//                no completion within completion_timeout -> kInternal ("dropped
+//                completion"), fatal: the queue refuses further work.
+//              Every error names the path, offset, length and errno.
+//
+// Threading: an IoEngine and an IoQueue are each used by one thread at a time
+// (a ring is not thread safe); SwapStore runs one per worker thread.
+// Buffers: address, file offset and length are multiples of kIoAlignment for
+// files opened with O_DIRECT; the buffer must stay valid until its completion
+// has been reaped.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "zinf/common/config.hpp"
+#include "zinf/common/status.hpp"
+
+namespace zinf::swap {
+
+enum class IoOp : std::uint8_t { kRead, kWrite };
+
+struct IoRequest {
+  IoOp op = IoOp::kRead;
+  int file = -1;               // an index returned by add_file()
+  std::uint64_t offset = 0;    // bytes from the start of the file
+  void* buffer = nullptr;
+  std::uint32_t length = 0;    // bytes
+  std::uint64_t user_data = 0; // returned unchanged in the completion
+};
+
+struct IoCompletion {
+  std::uint64_t user_data = 0;
+  std::int64_t result = 0;  // bytes transferred (may be < length), or -errno
+};
+
+struct IoEngineOptions {
+  std::uint32_t queue_depth = 32;   // most requests in flight
+  bool sqpoll = false;              // io_uring: kernel submission polling thread
+  bool single_submit = false;       // submit one request per system call instead of batches
+};
+
+class IoEngine {
+ public:
+  virtual ~IoEngine() = default;
+  virtual std::string_view name() const = 0;
+
+  // Makes an open file known to the engine (io_uring registers it). The engine
+  // does not own `fd`; it must stay open until the engine is destroyed.
+  // `path` is for messages. Returns the index to put in IoRequest::file.
+  virtual Result<int> add_file(int fd, const std::string& path) = 0;
+  virtual const std::string& file_path(int file) const = 0;
+
+  // Memory regions the engine may register as fixed buffers (io_uring). A
+  // request whose buffer lies inside one uses the fixed-buffer path; others
+  // work as usual. Call before the first submit; regions outlive the engine.
+  virtual Status register_buffers(std::span<const std::span<std::byte>> regions) {
+    (void)regions;
+    return Status::ok();
+  }
+
+  // Queues the requests and submits them. At most queue_depth() requests are
+  // in flight; submit() never blocks for completions: callers check
+  // free_slots() first, and more than that is kResourceExhausted.
+  virtual Status submit(std::span<const IoRequest> requests) = 0;
+
+  // Waits until at least `min_complete` completions are available (or the
+  // timeout passes), then returns up to out.size() of them. Returns how many
+  // were written; fewer than min_complete means the timeout passed.
+  virtual Result<std::size_t> reap(std::span<IoCompletion> out, std::size_t min_complete,
+                                   std::chrono::milliseconds timeout) = 0;
+
+  virtual std::size_t in_flight() const = 0;
+  virtual std::uint32_t queue_depth() const = 0;
+  std::size_t free_slots() const { return queue_depth() - in_flight(); }
+};
+
+// Whether a backend can run here (a probe ring, the libaio syscalls); the
+// status says why not.
+Status probe_backend(IoBackend backend);
+
+// The engine for `backend`. kAuto tries io_uring, libaio, psync in that order
+// and logs the one chosen and why each earlier one was not. A forced backend
+// that cannot run here is an error naming it and the reason.
+Result<std::unique_ptr<IoEngine>> make_io_engine(IoBackend backend, const IoEngineOptions& options);
+
+// Fault injection (RocksDB's FaultInjectionTestFS, for I/O): a decorator that
+// passes requests to `inner` and corrupts the outcome of chosen ones.
+enum class FaultKind : std::uint8_t {
+  kEio,      // the request fails with -EIO
+  kEnospc,   // the request fails with -ENOSPC (writes; reads get -EIO)
+  kShort,    // the request transfers only part of its length (a multiple of 512, >= 1 block)
+  kEintr,    // fails with -EINTR (the policy resubmits)
+  kEagain,   // fails with -EAGAIN (the policy resubmits)
+  kDelay,    // completes late by delay
+  kDrop,     // the completion never arrives
+};
+
+struct FaultSpec {
+  FaultKind kind = FaultKind::kEio;
+  double rate = 0.0;         // probability per request, seeded
+  std::uint64_t nth = 0;     // fault exactly the nth request (1-based) seen; 0: use rate
+  std::uint64_t seed = 1;
+  std::optional<IoOp> only; // fault only reads or only writes
+  std::chrono::microseconds delay{1000};
+  std::uint64_t max_faults = UINT64_MAX;  // stop injecting after this many
+};
+
+std::unique_ptr<IoEngine> make_fault_injecting_engine(std::unique_ptr<IoEngine> inner, FaultSpec spec);
+
+struct IoQueueOptions {
+  std::chrono::milliseconds completion_timeout{60000};
+};
+
+// A request that IoQueue tracks until it is fully done or failed.
+struct IoResult {
+  std::uint64_t user_data = 0;
+  Status status;  // ok: every byte of the request was transferred
+};
+
+class IoQueue {
+ public:
+  IoQueue(std::unique_ptr<IoEngine> engine, IoQueueOptions options = {});
+  ~IoQueue();
+  IoQueue(const IoQueue&) = delete;
+  IoQueue& operator=(const IoQueue&) = delete;
+
+  IoEngine& engine() { return *engine_; }
+
+  // Submits what fits now (each request needs one slot while in flight).
+  // Returns the number of requests accepted (a prefix of `requests`).
+  Result<std::size_t> submit(std::span<const IoRequest> requests);
+
+  // Drives the engine (reaping, resubmitting retries and short-transfer
+  // remainders) until at least min_done requests are finished, then returns
+  // up to out.size() finished ones.
+  Result<std::size_t> wait(std::span<IoResult> out, std::size_t min_done);
+
+  std::size_t pending() const;  // accepted and not yet returned by wait()
+  std::size_t free_slots() const;
+
+  static constexpr int kMaxRetries = 16;
+
+ private:
+  struct State;
+  std::unique_ptr<IoEngine> engine_;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace zinf::swap

@@ -1,0 +1,100 @@
+// SwapStore: asynchronous keyed read and write of extents on NVMe.
+//
+// One preallocated swap file per path (fallocate, grown in steps), created
+// 0600 with O_EXCL inside a fresh private directory `zinf-swap-XXXXXX` under the
+// path; the directory and files are removed when the store is destroyed.
+// Nothing else under the path is touched. Extents are allocated from the file
+// with reuse of freed space; an extent larger than the stripe unit
+// (aio.block_size) is striped round-robin over all paths.
+//
+// Every extent carries a CRC32C (ISA-L) computed on write and verified on
+// read; a mismatch is kDataLoss naming the key, file and offset (switched off
+// with `checksum = false`, for benchmarking).
+//
+// Versioning: a write goes to a fresh extent; the key points at it only once
+// every byte is on disk, and the old extent is freed then. A failed write
+// leaves the previous value readable. (Whole-step atomicity across several
+// keys is the caller's: see OffloadAdamW's A/B slots.)
+//
+// Thread safety: every method may be called from any thread.
+// Buffers: data.data() is kIoAlignment-aligned, and the memory from data.data()
+// up to align_up(data.size(), kIoAlignment) is readable (write) or writable
+// (read: the padding bytes may be overwritten). It must stay valid and
+// unchanged until wait() has returned for the ticket.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "zinf/common/config.hpp"
+#include "zinf/common/status.hpp"
+#include "zinf/swap/io_engine.hpp"
+
+namespace zinf::swap {
+
+struct SwapStoreOptions {
+  std::vector<std::filesystem::path> paths;  // one swap file each; >1 stripes
+  IoBackend backend = IoBackend::kAuto;
+  AioConfig aio;                             // block_size = request and stripe unit
+  bool checksum = true;
+  bool buffered_io_fallback = false;         // where O_DIRECT is refused: buffered I/O + warning
+  bool sqpoll = false;
+  std::uint64_t initial_file_size = 0;       // bytes preallocated per path at open
+  std::optional<FaultSpec> fault;            // wrap every engine in the fault injector
+  std::chrono::milliseconds completion_timeout{60000};
+
+  // From a parsed config: aio block, zinf block, and Config::swap_paths().
+  static SwapStoreOptions from_config(const Config& config);
+};
+
+struct SwapTicket {
+  std::uint64_t id = 0;
+};
+
+struct ExtentLocation {
+  std::filesystem::path file;
+  std::uint64_t offset = 0;
+  std::uint64_t length = 0;
+};
+
+struct SwapStats {
+  std::uint64_t bytes_read = 0;
+  std::uint64_t bytes_written = 0;
+  std::uint64_t read_ops = 0;
+  std::uint64_t write_ops = 0;
+  std::uint64_t file_bytes = 0;   // allocated in the swap files, all paths
+  std::uint64_t live_bytes = 0;   // held by current extents
+};
+
+class SwapStore {
+ public:
+  static Result<std::unique_ptr<SwapStore>> open(SwapStoreOptions options);
+  virtual ~SwapStore() = default;
+
+  // Starts writing `data` as the new value of `key`.
+  virtual Result<SwapTicket> write(std::string_view key, std::span<const std::byte> data) = 0;
+  // Starts reading `key` into `out`; out.size() must equal the stored size.
+  virtual Result<SwapTicket> read(std::string_view key, std::span<std::byte> out) = 0;
+  // Waits for one operation; for a read, verifies the checksum.
+  virtual Status wait(SwapTicket ticket) = 0;
+
+  virtual Status remove(std::string_view key) = 0;
+  virtual bool contains(std::string_view key) const = 0;
+  virtual Result<std::uint64_t> size_of(std::string_view key) const = 0;
+  virtual Result<std::vector<ExtentLocation>> locate(std::string_view key) const = 0;
+  virtual std::vector<std::string> keys() const = 0;
+
+  virtual SwapStats stats() const = 0;
+  virtual std::string_view backend_name() const = 0;
+  virtual const SwapStoreOptions& options() const = 0;
+};
+
+}  // namespace zinf::swap

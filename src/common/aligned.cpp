@@ -1,0 +1,58 @@
+#include "zinf/common/aligned.hpp"
+
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <string>
+#include <utility>
+
+namespace zinf {
+
+Result<AlignedBuffer> AlignedBuffer::allocate(std::size_t bytes, std::size_t alignment, bool lock) {
+  if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
+    return Status::invalid_argument("alignment " + std::to_string(alignment) + " is not a power of two");
+  }
+  AlignedBuffer buf;
+  buf.size_ = align_up(bytes == 0 ? alignment : bytes, alignment);
+  buf.data_ = static_cast<std::byte*>(std::aligned_alloc(alignment, buf.size_));
+  if (buf.data_ == nullptr) {
+    return Status::resource_exhausted("cannot allocate " + std::to_string(buf.size_) + " aligned bytes");
+  }
+  if (lock) {
+    if (::mlock(buf.data_, buf.size_) != 0) {
+      return Status::from_errno(errno, "mlock of " + std::to_string(buf.size_) +
+                                           " bytes (raise RLIMIT_MEMLOCK or set pin_memory false)");
+    }
+    buf.locked_ = true;
+  }
+  return buf;
+}
+
+AlignedBuffer::~AlignedBuffer() { release(); }
+
+AlignedBuffer::AlignedBuffer(AlignedBuffer&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)),
+      locked_(std::exchange(other.locked_, false)) {}
+
+AlignedBuffer& AlignedBuffer::operator=(AlignedBuffer&& other) noexcept {
+  if (this != &other) {
+    release();
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+    locked_ = std::exchange(other.locked_, false);
+  }
+  return *this;
+}
+
+void AlignedBuffer::release() {
+  if (data_ == nullptr) return;
+  if (locked_) ::munlock(data_, size_);
+  std::free(data_);
+  data_ = nullptr;
+  size_ = 0;
+  locked_ = false;
+}
+
+}  // namespace zinf
