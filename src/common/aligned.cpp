@@ -11,13 +11,15 @@ namespace zinf {
 
 Result<AlignedBuffer> AlignedBuffer::allocate(std::size_t bytes, std::size_t alignment, bool lock) {
   if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
-    return Status::invalid_argument("alignment " + std::to_string(alignment) + " is not a power of two");
+    return Status::invalid_argument("alignment " + std::to_string(alignment) +
+                                    " is not a power of two");
   }
   AlignedBuffer buf;
   buf.size_ = align_up(bytes == 0 ? alignment : bytes, alignment);
   buf.data_ = static_cast<std::byte*>(std::aligned_alloc(alignment, buf.size_));
   if (buf.data_ == nullptr) {
-    return Status::resource_exhausted("cannot allocate " + std::to_string(buf.size_) + " aligned bytes");
+    return Status::resource_exhausted("cannot allocate " + std::to_string(buf.size_) +
+                                      " aligned bytes");
   }
   if (lock) {
     if (::mlock(buf.data_, buf.size_) != 0) {

@@ -17,13 +17,35 @@ using json = nlohmann::json;
 // Top-level DeepSpeed keys zinf accepts but does not act on yet: a DeepSpeed
 // config keeps working, and the user is told what is ignored.
 const std::set<std::string, std::less<>> kDeepSpeedKeysNotImplemented = {
-    "scheduler", "activation_checkpointing", "wall_clock_breakdown", "memory_breakdown",
-    "flops_profiler", "tensorboard", "wandb", "csv_monitor", "comet", "comms_logger",
-    "prescale_gradients", "gradient_predivide_factor", "communication_data_type",
-    "zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer", "amp", "data_types",
-    "dump_state", "sparse_gradients", "elasticity", "autotuning", "checkpoint",
-    "data_efficiency", "compression_training", "pipeline", "seq_parallel_communication_data_type",
-    "timers", "disable_allgather", "curriculum_learning"};
+    "scheduler",
+    "activation_checkpointing",
+    "wall_clock_breakdown",
+    "memory_breakdown",
+    "flops_profiler",
+    "tensorboard",
+    "wandb",
+    "csv_monitor",
+    "comet",
+    "comms_logger",
+    "prescale_gradients",
+    "gradient_predivide_factor",
+    "communication_data_type",
+    "zero_allow_untested_optimizer",
+    "zero_force_ds_cpu_optimizer",
+    "amp",
+    "data_types",
+    "dump_state",
+    "sparse_gradients",
+    "elasticity",
+    "autotuning",
+    "checkpoint",
+    "data_efficiency",
+    "compression_training",
+    "pipeline",
+    "seq_parallel_communication_data_type",
+    "timers",
+    "disable_allgather",
+    "curriculum_learning"};
 
 std::string describe(const json& value) {
   std::string text = value.dump();
@@ -56,7 +78,8 @@ class ObjectReader {
     out = v->get<std::string>();
   }
 
-  void read(std::string_view key, double& out, double min = -std::numeric_limits<double>::infinity(),
+  void read(std::string_view key, double& out,
+            double min = -std::numeric_limits<double>::infinity(),
             double max = std::numeric_limits<double>::infinity()) {
     const json* v = take(key);
     if (v == nullptr) return;
@@ -136,7 +159,8 @@ class ObjectReader {
 
   void fail_at(std::string_view key, const std::string& message) {
     if (!ok()) return;
-    std::string where = key.empty() ? (path_.empty() ? std::string("top level") : path_) : join(key);
+    std::string where =
+        key.empty() ? (path_.empty() ? std::string("top level") : path_) : join(key);
     status_ = Status::invalid_argument(source_ + ": " + where + ": " + message);
   }
 
@@ -149,6 +173,9 @@ class ObjectReader {
 
   bool ok() const { return status_.is_ok(); }
   const Status& status() const { return status_; }
+
+  // "file.json: aio.thread_count", for warnings.
+  std::string where(std::string_view key) const { return source_ + ": " + join(key); }
 
  private:
   std::string join(std::string_view key) const {
@@ -166,7 +193,7 @@ void parse_aio(ObjectReader& r, AioConfig& aio) {
   r.read_int("block_size", aio.block_size, 4096, std::uint64_t{1} << 30);
   r.read_int("queue_depth", aio.queue_depth, 1, 65536);
   if (r.has("thread_count")) {
-    ZINF_LOG(kWarn) << "aio.thread_count is deprecated: use aio.intra_op_parallelism";
+    ZINF_LOG(kWarn) << r.where("thread_count") << " is deprecated: use intra_op_parallelism";
     r.read_int("thread_count", aio.intra_op_parallelism, 1, 256);
   }
   r.read_int("intra_op_parallelism", aio.intra_op_parallelism, 1, 256);
@@ -174,7 +201,8 @@ void parse_aio(ObjectReader& r, AioConfig& aio) {
   r.read("overlap_events", aio.overlap_events);
   r.read("use_gds", aio.use_gds);
   if (r.ok() && aio.block_size % 4096 != 0) {
-    r.fail_at("block_size", "must be a multiple of 4096 (O_DIRECT), got " + std::to_string(aio.block_size));
+    r.fail_at("block_size",
+              "must be a multiple of 4096 (O_DIRECT), got " + std::to_string(aio.block_size));
   }
   if (r.ok() && aio.use_gds) {
     r.fail_at("use_gds", "GPUDirect Storage is not supported by zinf; set it to false");
@@ -190,7 +218,8 @@ void parse_engine(ObjectReader& r, EngineConfig& e) {
     e.io_backend = *parsed;
   }
   if (const json* paths = r.take("nvme_paths")) {
-    if (!paths->is_array()) return r.fail_at("nvme_paths", "expected an array of paths, got " + describe(*paths));
+    if (!paths->is_array())
+      return r.fail_at("nvme_paths", "expected an array of paths, got " + describe(*paths));
     for (const auto& p : *paths) {
       if (!p.is_string() || p.get<std::string>().empty()) {
         return r.fail_at("nvme_paths", "expected non-empty path strings, got " + describe(p));
@@ -207,7 +236,7 @@ void parse_engine(ObjectReader& r, EngineConfig& e) {
 void parse_offload_optimizer(ObjectReader& r, OffloadOptimizerConfig& o) {
   r.read_device("device", o.device);
   r.read("nvme_path", o.nvme_path);
-  r.read_int("buffer_count", o.buffer_count, 1, 1024);
+  r.read_int("buffer_count", o.buffer_count, 1);
   r.read("pin_memory", o.pin_memory);
   r.read("pipeline_read", o.pipeline_read);
   r.read("pipeline_write", o.pipeline_write);
@@ -250,14 +279,16 @@ void parse_zero(ObjectReader& r, ZeroConfig& z) {
   // DeepSpeed's older spelling of the same switch.
   r.read("stage3_gather_fp16_weights_on_model_save", z.stage3_gather_16bit_weights_on_model_save);
   // Accepted by DeepSpeed, no effect in zinf (there is nothing to tune).
-  for (const char* key : {"round_robin_gradients", "reduce_scatter", "allgather_partitions",
-                          "load_from_fp32_weights", "elastic_checkpoint", "ignore_unused_parameters",
-                          "memory_efficient_linear", "zero_hpz_partition_size", "zero_quantized_weights",
-                          "zero_quantized_gradients", "mics_shard_size", "use_multi_rank_bucket_allreduce"}) {
-    if (r.take(key) != nullptr) ZINF_LOG(kWarn) << "zero_optimization." << key << " has no effect in zinf";
+  for (const char* key :
+       {"round_robin_gradients", "reduce_scatter", "allgather_partitions", "load_from_fp32_weights",
+        "elastic_checkpoint", "ignore_unused_parameters", "memory_efficient_linear",
+        "zero_hpz_partition_size", "zero_quantized_weights", "zero_quantized_gradients",
+        "mics_shard_size", "use_multi_rank_bucket_allreduce"}) {
+    if (r.take(key) != nullptr) ZINF_LOG(kWarn) << r.where(key) << " has no effect in zinf";
   }
   r.read_object("offload_param", [&](ObjectReader& c) { parse_offload_param(c, z.offload_param); });
-  r.read_object("offload_optimizer", [&](ObjectReader& c) { parse_offload_optimizer(c, z.offload_optimizer); });
+  r.read_object("offload_optimizer",
+                [&](ObjectReader& c) { parse_offload_optimizer(c, z.offload_optimizer); });
   if (r.ok() && z.offload_param.device != OffloadDevice::kNone && z.stage != 3) {
     r.fail_at("offload_param", "parameter offload needs stage 3 (zero_optimization.stage is " +
                                    std::to_string(z.stage) + ")");
@@ -277,13 +308,15 @@ void parse_optimizer(ObjectReader& r, OptimizerConfig& o) {
       if (tl == lower) o.type = t;
     }
     if (kTypes.count(o.type) == 0) {
-      return r.fail_at("type", "unsupported optimizer \"" + o.type + "\" (Adam, AdamW, Adagrad, Lion)");
+      return r.fail_at("type",
+                       "unsupported optimizer \"" + o.type + "\" (Adam, AdamW, Adagrad, Lion)");
     }
   }
   r.read_object("params", [&](ObjectReader& p) {
     p.read("lr", o.lr, 0.0);
     if (const json* betas = p.take("betas")) {
-      if (!betas->is_array() || betas->size() != 2 || !(*betas)[0].is_number() || !(*betas)[1].is_number()) {
+      if (!betas->is_array() || betas->size() != 2 || !(*betas)[0].is_number() ||
+          !(*betas)[1].is_number()) {
         return p.fail_at("betas", "expected [beta1, beta2], got " + describe(*betas));
       }
       o.beta1 = (*betas)[0].get<double>();
@@ -316,10 +349,14 @@ void parse_fp16(ObjectReader& r, Fp16Config& f) {
 
 std::string_view to_string(IoBackend backend) {
   switch (backend) {
-    case IoBackend::kAuto: return "auto";
-    case IoBackend::kIoUring: return "io_uring";
-    case IoBackend::kLibAio: return "libaio";
-    case IoBackend::kPsync: return "psync";
+    case IoBackend::kAuto:
+      return "auto";
+    case IoBackend::kIoUring:
+      return "io_uring";
+    case IoBackend::kLibAio:
+      return "libaio";
+    case IoBackend::kPsync:
+      return "psync";
   }
   return "?";
 }
@@ -335,9 +372,12 @@ Result<IoBackend> parse_io_backend(std::string_view name) {
 
 std::string_view to_string(OffloadDevice device) {
   switch (device) {
-    case OffloadDevice::kNone: return "none";
-    case OffloadDevice::kCpu: return "cpu";
-    case OffloadDevice::kNvme: return "nvme";
+    case OffloadDevice::kNone:
+      return "none";
+    case OffloadDevice::kCpu:
+      return "cpu";
+    case OffloadDevice::kNvme:
+      return "nvme";
   }
   return "?";
 }
@@ -346,7 +386,8 @@ Result<OffloadDevice> parse_offload_device(std::string_view name) {
   if (name == "none") return OffloadDevice::kNone;
   if (name == "cpu") return OffloadDevice::kCpu;
   if (name == "nvme") return OffloadDevice::kNvme;
-  return Status::invalid_argument("unknown offload device \"" + std::string(name) + "\" (none, cpu, nvme)");
+  return Status::invalid_argument("unknown offload device \"" + std::string(name) +
+                                  "\" (none, cpu, nvme)");
 }
 
 Result<Config> Config::from_file(const std::filesystem::path& path) {
@@ -360,15 +401,11 @@ Result<Config> Config::from_file(const std::filesystem::path& path) {
 Result<Config> Config::from_string(std::string_view text, std::string_view source) {
   Config cfg;
   cfg.source = std::string(source);
-  json root = json::parse(text, nullptr, /*allow_exceptions=*/false, /*ignore_comments=*/true);
-  if (root.is_discarded()) {
-    // Parse again with exceptions only to get the position of the syntax error.
-    try {
-      (void)json::parse(text, nullptr, true, true);
-    } catch (const json::parse_error& e) {
-      return Status::invalid_argument(cfg.source + ": invalid JSON: " + e.what());
-    }
-    return Status::invalid_argument(cfg.source + ": invalid JSON");
+  json root;
+  try {
+    root = json::parse(text, nullptr, /*allow_exceptions=*/true, /*ignore_comments=*/true);
+  } catch (const json::parse_error& e) {
+    return Status::invalid_argument(cfg.source + ": invalid JSON: " + e.what());
   }
   ObjectReader r(root, "", cfg.source);
   r.read_int("train_batch_size", cfg.train_batch_size, 1);
@@ -383,12 +420,14 @@ Result<Config> Config::from_string(std::string_view text, std::string_view sourc
   r.read_object("fp16", [&](ObjectReader& c) { parse_fp16(c, cfg.fp16); });
   r.read_object("bf16", [&](ObjectReader& c) { c.read("enabled", cfg.bf16_enabled); });
   r.read_object("aio", [&](ObjectReader& c) { parse_aio(c, cfg.aio); });
-  r.read_object("zero_optimization", [&](ObjectReader& c) { parse_zero(c, cfg.zero_optimization); });
+  r.read_object("zero_optimization",
+                [&](ObjectReader& c) { parse_zero(c, cfg.zero_optimization); });
   r.read_object("zinf", [&](ObjectReader& c) { parse_engine(c, cfg.zinf); });
   if (r.ok() && root.is_object()) {
     for (const auto& [key, value] : root.items()) {
       if (kDeepSpeedKeysNotImplemented.count(key) != 0 && r.take(key) != nullptr) {
-        ZINF_LOG(kWarn) << cfg.source << ": \"" << key << "\" is not implemented by zinf yet; ignored";
+        ZINF_LOG(kWarn) << cfg.source << ": \"" << key
+                        << "\" is not implemented by zinf yet; ignored";
       }
     }
   }
@@ -405,25 +444,26 @@ Status Config::resolve_batch(std::uint64_t world_size) {
   auto& batch = train_batch_size;
   auto& micro = train_micro_batch_size_per_gpu;
   auto& accum = gradient_accumulation_steps;
-  auto mismatch = [&](std::string why) {
-    return Status::invalid_argument(source + ": " + why);
-  };
+  auto mismatch = [&](std::string why) { return Status::invalid_argument(source + ": " + why); };
   if (batch && micro && accum) {
     if (*batch != *micro * *accum * world_size) {
-      return mismatch("train_batch_size (" + std::to_string(*batch) + ") != train_micro_batch_size_per_gpu (" +
-                      std::to_string(*micro) + ") x gradient_accumulation_steps (" + std::to_string(*accum) +
+      return mismatch("train_batch_size (" + std::to_string(*batch) +
+                      ") != train_micro_batch_size_per_gpu (" + std::to_string(*micro) +
+                      ") x gradient_accumulation_steps (" + std::to_string(*accum) +
                       ") x world size (" + std::to_string(world_size) + ")");
     }
   } else if (batch && micro) {
     if (*batch % (*micro * world_size) != 0) {
       return mismatch("train_batch_size (" + std::to_string(*batch) + ") is not divisible by " +
-                      "train_micro_batch_size_per_gpu x world size (" + std::to_string(*micro * world_size) + ")");
+                      "train_micro_batch_size_per_gpu x world size (" +
+                      std::to_string(*micro * world_size) + ")");
     }
     accum = *batch / (*micro * world_size);
   } else if (batch && accum) {
     if (*batch % (*accum * world_size) != 0) {
       return mismatch("train_batch_size (" + std::to_string(*batch) + ") is not divisible by " +
-                      "gradient_accumulation_steps x world size (" + std::to_string(*accum * world_size) + ")");
+                      "gradient_accumulation_steps x world size (" +
+                      std::to_string(*accum * world_size) + ")");
     }
     micro = *batch / (*accum * world_size);
   } else if (micro) {
@@ -432,8 +472,8 @@ Status Config::resolve_batch(std::uint64_t world_size) {
   } else if (batch) {
     accum = 1;
     if (*batch % world_size != 0) {
-      return mismatch("train_batch_size (" + std::to_string(*batch) + ") is not divisible by the world size (" +
-                      std::to_string(world_size) + ")");
+      return mismatch("train_batch_size (" + std::to_string(*batch) +
+                      ") is not divisible by the world size (" + std::to_string(world_size) + ")");
     }
     micro = *batch / world_size;
   } else {
@@ -454,9 +494,11 @@ std::vector<std::string> Config::swap_paths() const {
 }
 
 std::string to_json(const AioConfig& aio, int indent) {
-  json block = {{"block_size", aio.block_size},       {"queue_depth", aio.queue_depth},
+  json block = {{"block_size", aio.block_size},
+                {"queue_depth", aio.queue_depth},
                 {"intra_op_parallelism", aio.intra_op_parallelism},
-                {"single_submit", aio.single_submit}, {"overlap_events", aio.overlap_events},
+                {"single_submit", aio.single_submit},
+                {"overlap_events", aio.overlap_events},
                 {"use_gds", aio.use_gds}};
   return json{{"aio", block}}.dump(indent);
 }

@@ -25,7 +25,7 @@ CpuFeatures detect() {
   const bool fma = (ecx & bit_FMA) != 0;
   const bool f16c = (ecx & bit_F16C) != 0;
   const std::uint64_t xcr0 = osxsave ? read_xcr0() : 0;
-  const bool os_avx = (xcr0 & 0x6) == 0x6;            // XMM and YMM state
+  const bool os_avx = (xcr0 & 0x6) == 0x6;                 // XMM and YMM state
   const bool os_avx512 = os_avx && (xcr0 & 0xe0) == 0xe0;  // opmask, ZMM_Hi256, Hi16_ZMM
 
   unsigned max_leaf = __get_cpuid_max(0, nullptr);

@@ -15,7 +15,8 @@ LogLevel level_from_env() {
   const char* env = std::getenv("ZINF_LOG");
   if (env == nullptr || *env == '\0') return LogLevel::kInfo;
   if (auto level = parse_log_level(env)) return *level;
-  const char msg[] = "[zinf W] ZINF_LOG: unknown level (use error, warn, info or debug); using info\n";
+  const char msg[] =
+      "[zinf W] ZINF_LOG: unknown level (use error, warn, info or debug); using info\n";
   (void)!::write(STDERR_FILENO, msg, sizeof(msg) - 1);
   return LogLevel::kInfo;
 }
@@ -32,7 +33,9 @@ const char* basename_of(const char* path) {
 
 }  // namespace
 
-LogLevel log_level() { return static_cast<LogLevel>(level_storage().load(std::memory_order_relaxed)); }
+LogLevel log_level() {
+  return static_cast<LogLevel>(level_storage().load(std::memory_order_relaxed));
+}
 
 void set_log_level(LogLevel level) { level_storage().store(static_cast<int>(level)); }
 
@@ -48,7 +51,8 @@ LogLine::LogLine(LogLevel level, const char* file, int line) : level_(level) {
   static constexpr char kLetters[] = {'E', 'W', 'I', 'D'};
   auto now = std::chrono::system_clock::now();
   std::time_t secs = std::chrono::system_clock::to_time_t(now);
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+  auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
   std::tm tm{};
   localtime_r(&secs, &tm);
   char stamp[16];

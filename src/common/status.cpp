@@ -7,20 +7,34 @@ namespace zinf {
 
 std::string_view to_string(StatusCode code) {
   switch (code) {
-    case StatusCode::kOk: return "ok";
-    case StatusCode::kInvalidArgument: return "invalid argument";
-    case StatusCode::kNotFound: return "not found";
-    case StatusCode::kAlreadyExists: return "already exists";
-    case StatusCode::kOutOfRange: return "out of range";
-    case StatusCode::kFailedPrecondition: return "failed precondition";
-    case StatusCode::kResourceExhausted: return "resource exhausted";
-    case StatusCode::kNoSpace: return "no space";
-    case StatusCode::kIoError: return "io error";
-    case StatusCode::kDataLoss: return "data loss";
-    case StatusCode::kUnavailable: return "unavailable";
-    case StatusCode::kUnimplemented: return "unimplemented";
-    case StatusCode::kCancelled: return "cancelled";
-    case StatusCode::kInternal: return "internal error";
+    case StatusCode::kOk:
+      return "ok";
+    case StatusCode::kInvalidArgument:
+      return "invalid argument";
+    case StatusCode::kNotFound:
+      return "not found";
+    case StatusCode::kAlreadyExists:
+      return "already exists";
+    case StatusCode::kOutOfRange:
+      return "out of range";
+    case StatusCode::kFailedPrecondition:
+      return "failed precondition";
+    case StatusCode::kResourceExhausted:
+      return "resource exhausted";
+    case StatusCode::kNoSpace:
+      return "no space";
+    case StatusCode::kIoError:
+      return "io error";
+    case StatusCode::kDataLoss:
+      return "data loss";
+    case StatusCode::kUnavailable:
+      return "unavailable";
+    case StatusCode::kUnimplemented:
+      return "unimplemented";
+    case StatusCode::kCancelled:
+      return "cancelled";
+    case StatusCode::kInternal:
+      return "internal error";
   }
   return "unknown";
 }
@@ -30,19 +44,36 @@ Status Status::from_errno(int err, std::string_view what) {
   bool retryable = false;
   switch (err) {
     case ENOSPC:
-    case EDQUOT: code = StatusCode::kNoSpace; break;
-    case ENOENT: code = StatusCode::kNotFound; break;
-    case EEXIST: code = StatusCode::kAlreadyExists; break;
-    case EINVAL: code = StatusCode::kInvalidArgument; break;
-    case ENOMEM: code = StatusCode::kResourceExhausted; break;
+    case EDQUOT:
+      code = StatusCode::kNoSpace;
+      break;
+    case ENOENT:
+      code = StatusCode::kNotFound;
+      break;
+    case EEXIST:
+      code = StatusCode::kAlreadyExists;
+      break;
+    case EINVAL:
+      code = StatusCode::kInvalidArgument;
+      break;
+    case ENOMEM:
+      code = StatusCode::kResourceExhausted;
+      break;
     case EACCES:
     case EPERM:
-    case EROFS: code = StatusCode::kFailedPrecondition; break;
+    case EROFS:
+      code = StatusCode::kFailedPrecondition;
+      break;
     case ENOSYS:
-    case EOPNOTSUPP: code = StatusCode::kUnavailable; break;
+    case EOPNOTSUPP:
+      code = StatusCode::kUnavailable;
+      break;
     case EINTR:
-    case EAGAIN: retryable = true; break;
-    default: break;
+    case EAGAIN:
+      retryable = true;
+      break;
+    default:
+      break;
   }
   std::string msg(what);
   msg += ": ";

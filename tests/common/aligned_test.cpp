@@ -20,7 +20,8 @@ TEST(AlignedBufferTest, MoveTransfersOwnership) {
   std::byte* p = buf->data();
   AlignedBuffer moved = std::move(*buf);
   EXPECT_EQ(moved.data(), p);
-  EXPECT_EQ(buf->data(), nullptr);  // NOLINT(bugprone-use-after-move): checking the moved-from state
+  EXPECT_EQ(buf->data(),
+            nullptr);  // NOLINT(bugprone-use-after-move): checking the moved-from state
 }
 
 TEST(AlignedBufferTest, RejectsBadAlignment) {

@@ -8,8 +8,12 @@ namespace {
 TEST(CpuFeaturesTest, ImpliedFeaturesAreConsistent) {
   const CpuFeatures& f = cpu_features();
   // Each extension needs its base: a detector that reports otherwise is wrong.
-  if (f.avx512bw || f.avx512vl || f.avx512dq || f.avx512_bf16) EXPECT_TRUE(f.avx512f);
-  if (f.avx512f) EXPECT_TRUE(f.avx2);
+  if (f.avx512bw || f.avx512vl || f.avx512dq || f.avx512_bf16) {
+    EXPECT_TRUE(f.avx512f);
+  }
+  if (f.avx512f) {
+    EXPECT_TRUE(f.avx2);
+  }
   EXPECT_EQ(&f, &cpu_features());
   EXPECT_FALSE(f.to_string().empty());
 }

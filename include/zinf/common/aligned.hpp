@@ -15,7 +15,9 @@ inline constexpr std::size_t kIoAlignment = 4096;
 constexpr std::uint64_t align_up(std::uint64_t value, std::uint64_t alignment) {
   return (value + alignment - 1) / alignment * alignment;
 }
-constexpr bool is_aligned(std::uint64_t value, std::uint64_t alignment) { return value % alignment == 0; }
+constexpr bool is_aligned(std::uint64_t value, std::uint64_t alignment) {
+  return value % alignment == 0;
+}
 inline bool is_aligned(const void* ptr, std::uint64_t alignment) {
   return reinterpret_cast<std::uintptr_t>(ptr) % alignment == 0;
 }

@@ -34,28 +34,33 @@ Result<OffloadDevice> parse_offload_device(std::string_view name);  // "none", "
 
 // The DeepSpeed "aio" block.
 struct AioConfig {
-  std::uint64_t block_size = 1048576;     // bytes per I/O request
-  std::uint32_t queue_depth = 8;          // requests in flight per ring/thread
-  std::uint32_t intra_op_parallelism = 1; // rings/threads per store ("thread_count" is a deprecated alias)
-  bool single_submit = false;             // submit requests one at a time instead of in batches
-  bool overlap_events = true;             // reap completions while submitting
-  bool use_gds = false;                   // GPUDirect Storage: not supported, must stay false
+  std::uint64_t block_size = 1048576;  // bytes per I/O request
+  std::uint32_t queue_depth = 8;       // requests in flight per ring/thread
+  std::uint32_t intra_op_parallelism =
+      1;                       // rings/threads per store ("thread_count" is a deprecated alias)
+  bool single_submit = false;  // submit requests one at a time instead of in batches
+  bool overlap_events = true;  // reap completions while submitting
+  bool use_gds = false;        // GPUDirect Storage: not supported, must stay false
 };
 
 // zinf's own block: "zinf": {...}.
 struct EngineConfig {
   IoBackend io_backend = IoBackend::kAuto;
   std::vector<std::string> nvme_paths;  // extra swap paths to stripe over (added to nvme_path)
-  bool buffered_io_fallback = false;    // allow buffered I/O (with a warning) where O_DIRECT is refused
-  bool sqpoll = false;                  // io_uring kernel submission polling
-  bool checksum = true;                 // CRC32C on every swapped extent
-  std::uint32_t threads = 0;            // CPU optimizer threads (0 = all cores)
+  bool buffered_io_fallback =
+      false;                  // allow buffered I/O (with a warning) where O_DIRECT is refused
+  bool sqpoll = false;        // io_uring kernel submission polling
+  bool checksum = true;       // CRC32C on every swapped extent
+  std::uint32_t threads = 0;  // CPU optimizer threads (0 = all cores)
 };
 
 struct OffloadOptimizerConfig {
   OffloadDevice device = OffloadDevice::kNone;
   std::string nvme_path;
-  std::uint32_t buffer_count = 4;
+  // Buffers of sub_group_size fp32 elements in the swap pool (DeepSpeed's
+  // meaning). Unset: zinf takes what a pipelined step needs (2 sub-groups in
+  // flight x the states swapped per sub-group); set below that is an error.
+  std::optional<std::uint32_t> buffer_count;
   bool pin_memory = true;
   bool pipeline_read = false;
   bool pipeline_write = false;
@@ -98,7 +103,7 @@ struct OptimizerConfig {
   double beta2 = 0.999;
   double eps = 1e-8;
   double weight_decay = 0.0;
-  bool adam_w_mode = true;      // Adam only: decoupled weight decay
+  bool adam_w_mode = true;  // Adam only: decoupled weight decay
   bool bias_correction = true;
 };
 

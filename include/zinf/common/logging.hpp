@@ -17,7 +17,9 @@ enum class LogLevel : int { kError = 0, kWarn = 1, kInfo = 2, kDebug = 3 };
 LogLevel log_level();
 void set_log_level(LogLevel level);
 std::optional<LogLevel> parse_log_level(std::string_view name);
-inline bool log_enabled(LogLevel level) { return static_cast<int>(level) <= static_cast<int>(log_level()); }
+inline bool log_enabled(LogLevel level) {
+  return static_cast<int>(level) <= static_cast<int>(log_level());
+}
 
 class LogLine {
  public:
@@ -32,9 +34,16 @@ class LogLine {
   std::ostringstream stream_;
 };
 
+// Lets ZINF_LOG be one expression (safe under an unbraced if/else): `&` binds
+// looser than `<<`, so the whole stream chain runs before it is voided.
+struct LogVoidify {
+  void operator&(std::ostream&) {}
+};
+
 }  // namespace zinf
 
-#define ZINF_LOG(level)                                          \
-  if (!::zinf::log_enabled(::zinf::LogLevel::level)) {           \
-  } else                                                         \
-    ::zinf::LogLine(::zinf::LogLevel::level, __FILE__, __LINE__).stream()
+#define ZINF_LOG(level)                         \
+  !::zinf::log_enabled(::zinf::LogLevel::level) \
+      ? (void)0                                 \
+      : ::zinf::LogVoidify() &                  \
+            ::zinf::LogLine(::zinf::LogLevel::level, __FILE__, __LINE__).stream()

@@ -16,19 +16,19 @@ namespace zinf {
 
 enum class StatusCode : std::uint8_t {
   kOk = 0,
-  kInvalidArgument,    // the caller passed something wrong (a config value, a length)
-  kNotFound,           // a key, file or path does not exist
-  kAlreadyExists,      // something that must be new is not
-  kOutOfRange,         // read past the end, unexpected EOF
-  kFailedPrecondition, // the system is not in a state that allows the call
-  kResourceExhausted,  // memory, buffers, queue slots
-  kNoSpace,            // ENOSPC / EDQUOT on a swap path
-  kIoError,            // EIO and other device errors
-  kDataLoss,           // a checksum mismatch: the bytes on disk are not what was written
-  kUnavailable,        // a feature (io_uring, O_DIRECT, an ISA) is not available here
+  kInvalidArgument,     // the caller passed something wrong (a config value, a length)
+  kNotFound,            // a key, file or path does not exist
+  kAlreadyExists,       // something that must be new is not
+  kOutOfRange,          // read past the end, unexpected EOF
+  kFailedPrecondition,  // the system is not in a state that allows the call
+  kResourceExhausted,   // memory, buffers, queue slots
+  kNoSpace,             // ENOSPC / EDQUOT on a swap path
+  kIoError,             // EIO and other device errors
+  kDataLoss,            // a checksum mismatch: the bytes on disk are not what was written
+  kUnavailable,         // a feature (io_uring, O_DIRECT, an ISA) is not available here
   kUnimplemented,
   kCancelled,
-  kInternal,           // a bug in zinf
+  kInternal,  // a bug in zinf
 };
 
 std::string_view to_string(StatusCode code);
@@ -40,14 +40,22 @@ class [[nodiscard]] Status {
       : code_(code), errno_(sys_errno), retryable_(retryable), message_(std::move(message)) {}
 
   static Status ok() { return {}; }
-  static Status invalid_argument(std::string msg) { return {StatusCode::kInvalidArgument, std::move(msg)}; }
+  static Status invalid_argument(std::string msg) {
+    return {StatusCode::kInvalidArgument, std::move(msg)};
+  }
   static Status not_found(std::string msg) { return {StatusCode::kNotFound, std::move(msg)}; }
   static Status out_of_range(std::string msg) { return {StatusCode::kOutOfRange, std::move(msg)}; }
-  static Status failed_precondition(std::string msg) { return {StatusCode::kFailedPrecondition, std::move(msg)}; }
-  static Status resource_exhausted(std::string msg) { return {StatusCode::kResourceExhausted, std::move(msg)}; }
+  static Status failed_precondition(std::string msg) {
+    return {StatusCode::kFailedPrecondition, std::move(msg)};
+  }
+  static Status resource_exhausted(std::string msg) {
+    return {StatusCode::kResourceExhausted, std::move(msg)};
+  }
   static Status data_loss(std::string msg) { return {StatusCode::kDataLoss, std::move(msg)}; }
   static Status unavailable(std::string msg) { return {StatusCode::kUnavailable, std::move(msg)}; }
-  static Status unimplemented(std::string msg) { return {StatusCode::kUnimplemented, std::move(msg)}; }
+  static Status unimplemented(std::string msg) {
+    return {StatusCode::kUnimplemented, std::move(msg)};
+  }
   static Status cancelled(std::string msg) { return {StatusCode::kCancelled, std::move(msg)}; }
   static Status internal(std::string msg) { return {StatusCode::kInternal, std::move(msg)}; }
 
@@ -124,16 +132,16 @@ class [[nodiscard]] Result {
 #define ZINF_CONCAT_(a, b) ZINF_CONCAT_INNER_(a, b)
 
 // Returns the Status of `expr` from the enclosing function if it is not ok.
-#define ZINF_RETURN_IF_ERROR(expr)                       \
-  do {                                                   \
-    ::zinf::Status zinf_status_ = (expr);                \
-    if (!zinf_status_.is_ok()) return zinf_status_;      \
+#define ZINF_RETURN_IF_ERROR(expr)                  \
+  do {                                              \
+    ::zinf::Status zinf_status_ = (expr);           \
+    if (!zinf_status_.is_ok()) return zinf_status_; \
   } while (0)
 
 // ZINF_ASSIGN_OR_RETURN(auto x, f()): declares x from a Result, or returns its Status.
 #define ZINF_ASSIGN_OR_RETURN(lhs, expr) \
   ZINF_ASSIGN_OR_RETURN_IMPL_(ZINF_CONCAT_(zinf_result_, __LINE__), lhs, expr)
-#define ZINF_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr)   \
-  auto tmp = (expr);                                  \
-  if (!tmp.is_ok()) return std::move(tmp).status();   \
+#define ZINF_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr) \
+  auto tmp = (expr);                                \
+  if (!tmp.is_ok()) return std::move(tmp).status(); \
   lhs = std::move(tmp).value()
