@@ -38,11 +38,11 @@ enum class IoOp : std::uint8_t { kRead, kWrite };
 
 struct IoRequest {
   IoOp op = IoOp::kRead;
-  int file = -1;               // an index returned by add_file()
-  std::uint64_t offset = 0;    // bytes from the start of the file
+  int file = -1;             // an index returned by add_file()
+  std::uint64_t offset = 0;  // bytes from the start of the file
   void* buffer = nullptr;
-  std::uint32_t length = 0;    // bytes
-  std::uint64_t user_data = 0; // returned unchanged in the completion
+  std::uint32_t length = 0;     // bytes
+  std::uint64_t user_data = 0;  // returned unchanged in the completion
 };
 
 struct IoCompletion {
@@ -51,9 +51,9 @@ struct IoCompletion {
 };
 
 struct IoEngineOptions {
-  std::uint32_t queue_depth = 32;   // most requests in flight
-  bool sqpoll = false;              // io_uring: kernel submission polling thread
-  bool single_submit = false;       // submit one request per system call instead of batches
+  std::uint32_t queue_depth = 32;  // most requests in flight
+  bool sqpoll = false;             // io_uring: kernel submission polling thread
+  bool single_submit = false;      // submit one request per system call instead of batches
 };
 
 class IoEngine {
@@ -103,26 +103,27 @@ Result<std::unique_ptr<IoEngine>> make_io_engine(IoBackend backend, const IoEngi
 // Fault injection (RocksDB's FaultInjectionTestFS, for I/O): a decorator that
 // passes requests to `inner` and corrupts the outcome of chosen ones.
 enum class FaultKind : std::uint8_t {
-  kEio,      // the request fails with -EIO
-  kEnospc,   // the request fails with -ENOSPC (writes; reads get -EIO)
-  kShort,    // the request transfers only part of its length (a multiple of 512, >= 1 block)
-  kEintr,    // fails with -EINTR (the policy resubmits)
-  kEagain,   // fails with -EAGAIN (the policy resubmits)
-  kDelay,    // completes late by delay
-  kDrop,     // the completion never arrives
+  kEio,     // the request fails with -EIO
+  kEnospc,  // the request fails with -ENOSPC (writes; reads get -EIO)
+  kShort,   // the request transfers only part of its length (a multiple of 512, >= 1 block)
+  kEintr,   // fails with -EINTR (the policy resubmits)
+  kEagain,  // fails with -EAGAIN (the policy resubmits)
+  kDelay,   // completes late by delay
+  kDrop,    // the completion never arrives
 };
 
 struct FaultSpec {
   FaultKind kind = FaultKind::kEio;
-  double rate = 0.0;         // probability per request, seeded
-  std::uint64_t nth = 0;     // fault exactly the nth request (1-based) seen; 0: use rate
+  double rate = 0.0;      // probability per request, seeded
+  std::uint64_t nth = 0;  // fault exactly the nth request (1-based) seen; 0: use rate
   std::uint64_t seed = 1;
-  std::optional<IoOp> only; // fault only reads or only writes
+  std::optional<IoOp> only;  // fault only reads or only writes
   std::chrono::microseconds delay{1000};
   std::uint64_t max_faults = UINT64_MAX;  // stop injecting after this many
 };
 
-std::unique_ptr<IoEngine> make_fault_injecting_engine(std::unique_ptr<IoEngine> inner, FaultSpec spec);
+std::unique_ptr<IoEngine> make_fault_injecting_engine(std::unique_ptr<IoEngine> inner,
+                                                      FaultSpec spec);
 
 struct IoQueueOptions {
   std::chrono::milliseconds completion_timeout{60000};

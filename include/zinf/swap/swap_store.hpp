@@ -43,12 +43,12 @@ namespace zinf::swap {
 struct SwapStoreOptions {
   std::vector<std::filesystem::path> paths;  // one swap file each; >1 stripes
   IoBackend backend = IoBackend::kAuto;
-  AioConfig aio;                             // block_size = request and stripe unit
+  AioConfig aio;  // block_size = request and stripe unit
   bool checksum = true;
-  bool buffered_io_fallback = false;         // where O_DIRECT is refused: buffered I/O + warning
+  bool buffered_io_fallback = false;  // where O_DIRECT is refused: buffered I/O + warning
   bool sqpoll = false;
-  std::uint64_t initial_file_size = 0;       // bytes preallocated per path at open
-  std::optional<FaultSpec> fault;            // wrap every engine in the fault injector
+  std::uint64_t initial_file_size = 0;  // bytes preallocated per path at open
+  std::optional<FaultSpec> fault;       // wrap every engine in the fault injector
   std::chrono::milliseconds completion_timeout{60000};
 
   // From a parsed config: aio block, zinf block, and Config::swap_paths().
@@ -70,8 +70,8 @@ struct SwapStats {
   std::uint64_t bytes_written = 0;
   std::uint64_t read_ops = 0;
   std::uint64_t write_ops = 0;
-  std::uint64_t file_bytes = 0;   // allocated in the swap files, all paths
-  std::uint64_t live_bytes = 0;   // held by current extents
+  std::uint64_t file_bytes = 0;  // allocated in the swap files, all paths
+  std::uint64_t live_bytes = 0;  // held by current extents
 };
 
 class SwapStore {
