@@ -92,6 +92,11 @@ class SwapStore {
   virtual Result<std::vector<ExtentLocation>> locate(std::string_view key) const = 0;
   virtual std::vector<std::string> keys() const = 0;
 
+  // Memory the caller will pass to read/write (a pinned pool): the engines
+  // register it for fixed-buffer I/O where they can. Call before the first
+  // read or write; the regions must outlive the store.
+  virtual Status register_buffers(std::span<const std::span<std::byte>> regions) = 0;
+
   virtual SwapStats stats() const = 0;
   virtual std::string_view backend_name() const = 0;
   virtual const SwapStoreOptions& options() const = 0;

@@ -1,0 +1,266 @@
+// SwapStore against every engine this machine has: round trips (striped and
+// not), versioned overwrites, space reuse, concurrency, checksums, faults,
+// and what it may and may not touch on disk.
+#include "zinf/swap/swap_store.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include "swap/swap_test_util.hpp"
+#include "zinf/common/aligned.hpp"
+
+namespace zinf::swap {
+namespace {
+
+using testing::ScratchDir;
+
+class SwapStoreTest : public ::testing::TestWithParam<IoBackend> {
+ protected:
+  void SetUp() override {
+    Status probe = probe_backend(GetParam());
+    if (!probe.is_ok())
+      GTEST_SKIP() << to_string(GetParam()) << " unavailable: " << probe.to_string();
+  }
+
+  SwapStoreOptions options(int paths = 1) {
+    SwapStoreOptions o;
+    for (int i = 0; i < paths; ++i) {
+      auto p = dir_.path() / ("nvme" + std::to_string(i));
+      std::filesystem::create_directories(p);
+      o.paths.push_back(p);
+    }
+    o.backend = GetParam();
+    o.aio.block_size = 128 << 10;
+    o.aio.queue_depth = 8;
+    o.aio.intra_op_parallelism = 2;
+    return o;
+  }
+
+  std::unique_ptr<SwapStore> open(SwapStoreOptions o) {
+    auto store = SwapStore::open(std::move(o));
+    EXPECT_TRUE(store.is_ok()) << store.status().to_string();
+    return store.is_ok() ? std::move(*store) : nullptr;
+  }
+
+  static AlignedBuffer pattern(std::size_t size, std::uint64_t seed) {
+    auto b = AlignedBuffer::allocate(size);
+    testing::fill_pattern(b->data(), size, seed);
+    return std::move(*b);
+  }
+
+  static Status put(SwapStore& s, const std::string& key, const AlignedBuffer& b,
+                    std::size_t size) {
+    auto t = s.write(key, {b.data(), size});
+    return t.is_ok() ? s.wait(*t) : t.status();
+  }
+
+  static Status get(SwapStore& s, const std::string& key, AlignedBuffer& b, std::size_t size) {
+    auto t = s.read(key, {b.data(), size});
+    return t.is_ok() ? s.wait(*t) : t.status();
+  }
+
+  ScratchDir dir_;
+};
+
+TEST_P(SwapStoreTest, RoundTripsOfManySizesStripedAndNot) {
+  for (int paths : {1, 2, 3}) {
+    auto store = open(options(paths));
+    ASSERT_NE(store, nullptr);
+    std::mt19937_64 rng(paths);
+    for (std::size_t size :
+         {std::size_t{1}, std::size_t{4095}, std::size_t{4096}, std::size_t{100000},
+          std::size_t{128 << 10}, std::size_t{(1 << 20) + 7}, std::size_t{3 << 20}}) {
+      const std::string key = "k" + std::to_string(size);
+      AlignedBuffer out = pattern(size, rng());
+      auto in = AlignedBuffer::allocate(size);
+      ASSERT_TRUE(put(*store, key, out, size).is_ok());
+      ASSERT_TRUE(get(*store, key, *in, size).is_ok());
+      ASSERT_EQ(std::memcmp(out.data(), in->data(), size), 0)
+          << paths << " paths, " << size << " bytes";
+      EXPECT_EQ(*store->size_of(key), size);
+    }
+    if (paths > 1) {
+      std::set<std::filesystem::path> files;
+      auto where = store->locate("k3145728");
+      ASSERT_TRUE(where.is_ok());
+      for (const auto& loc : *where) files.insert(loc.file);
+      EXPECT_EQ(files.size(), static_cast<std::size_t>(paths))
+          << "a large value is striped over every path";
+    }
+  }
+}
+
+TEST_P(SwapStoreTest, OverwriteKeepsTheLastValueAndReusesSpace) {
+  auto store = open(options(1));
+  ASSERT_NE(store, nullptr);
+  const std::size_t size = 1 << 20;
+  auto in = AlignedBuffer::allocate(size);
+  for (int i = 0; i < 100; ++i) {
+    AlignedBuffer v = pattern(size, static_cast<std::uint64_t>(i));
+    ASSERT_TRUE(put(*store, "w", v, size).is_ok());
+    ASSERT_TRUE(get(*store, "w", *in, size).is_ok());
+    ASSERT_EQ(std::memcmp(v.data(), in->data(), size), 0);
+  }
+  const SwapStats s = store->stats();
+  EXPECT_EQ(s.live_bytes, size);
+  EXPECT_LE(s.file_bytes, 512u << 20) << "the file must not grow with overwrites";
+  ASSERT_TRUE(store->remove("w").is_ok());
+  EXPECT_FALSE(store->contains("w"));
+  EXPECT_EQ(store->stats().live_bytes, 0u);
+  EXPECT_EQ(store->read("w", {in->data(), size}).status().code(), StatusCode::kNotFound);
+}
+
+TEST_P(SwapStoreTest, ManyOperationsInFlightFromSeveralThreads) {
+  auto store = open(options(2));
+  ASSERT_NE(store, nullptr);
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      const std::size_t size = 300000;
+      std::vector<AlignedBuffer> outs;
+      std::vector<SwapTicket> tickets;
+      for (int i = 0; i < 16; ++i) {
+        outs.push_back(pattern(size, static_cast<std::uint64_t>(t * 100 + i)));
+        auto ticket = store->write("t" + std::to_string(t) + "/" + std::to_string(i),
+                                   {outs.back().data(), size});
+        if (!ticket.is_ok()) ++failures;
+        tickets.push_back(*ticket);
+      }
+      for (auto& tk : tickets) {
+        if (!store->wait(tk).is_ok()) ++failures;
+      }
+      auto in = AlignedBuffer::allocate(size);
+      for (int i = 0; i < 16; ++i) {
+        if (!get(*store, "t" + std::to_string(t) + "/" + std::to_string(i), *in, size).is_ok() ||
+            std::memcmp(in->data(), outs[static_cast<std::size_t>(i)].data(), size) != 0) {
+          ++failures;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(store->keys().size(), 64u);
+}
+
+TEST_P(SwapStoreTest, FlippedByteOnDiskIsDataLossNamingKeyAndFile) {
+  for (bool checksum : {true, false}) {
+    auto o = options(1);
+    o.checksum = checksum;
+    auto store = open(o);
+    ASSERT_NE(store, nullptr);
+    const std::size_t size = 200000;
+    AlignedBuffer v = pattern(size, 1);
+    ASSERT_TRUE(put(*store, "victim", v, size).is_ok());
+    auto loc = store->locate("victim");
+    ASSERT_TRUE(loc.is_ok());
+    const ExtentLocation& where = (*loc)[1];
+    {
+      int fd = ::open(where.file.c_str(), O_RDWR);
+      ASSERT_GE(fd, 0);
+      unsigned char byte = 0;
+      ASSERT_EQ(::pread(fd, &byte, 1, static_cast<off_t>(where.offset + 10)), 1);
+      byte ^= 0x40;
+      ASSERT_EQ(::pwrite(fd, &byte, 1, static_cast<off_t>(where.offset + 10)), 1);
+      ::fsync(fd);
+      ::close(fd);
+    }
+    auto in = AlignedBuffer::allocate(size);
+    Status s = get(*store, "victim", *in, size);
+    if (checksum) {
+      EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.to_string();
+      EXPECT_NE(s.message().find("'victim'"), std::string::npos) << s.message();
+      EXPECT_NE(s.message().find(where.file.string()), std::string::npos) << s.message();
+    } else {
+      EXPECT_TRUE(s.is_ok()) << "checksum off: the corruption goes unnoticed, by request";
+    }
+  }
+}
+
+TEST_P(SwapStoreTest, FailedWriteKeepsThePreviousValue) {
+  auto o = options(1);
+  o.aio.intra_op_parallelism = 1;
+  FaultSpec fault;
+  fault.kind = FaultKind::kEio;
+  fault.only = IoOp::kWrite;
+  fault.nth = 3;  // the first value is 2 chunks; the third write request fails
+  o.fault = fault;
+  auto store = open(o);
+  ASSERT_NE(store, nullptr);
+  const std::size_t size = 256 << 10;
+  AlignedBuffer old_value = pattern(size, 1), new_value = pattern(size, 2);
+  ASSERT_TRUE(put(*store, "x", old_value, size).is_ok());
+  Status s = put(*store, "x", new_value, size);
+  EXPECT_EQ(s.code(), StatusCode::kIoError) << s.to_string();
+  EXPECT_NE(s.message().find("key 'x'"), std::string::npos) << s.message();
+  auto in = AlignedBuffer::allocate(size);
+  ASSERT_TRUE(get(*store, "x", *in, size).is_ok());
+  EXPECT_EQ(std::memcmp(in->data(), old_value.data(), size), 0);
+  ASSERT_TRUE(put(*store, "x", new_value, size).is_ok()) << "the fault has cleared";
+  ASSERT_TRUE(get(*store, "x", *in, size).is_ok());
+  EXPECT_EQ(std::memcmp(in->data(), new_value.data(), size), 0);
+}
+
+TEST_P(SwapStoreTest, FilesArePrivateAndRemovedLeavingOthersUntouched) {
+  auto o = options(1);
+  const auto root = o.paths[0];
+  std::ofstream(root / "sentinel") << "keep me";
+  std::filesystem::path file;
+  {
+    auto store = open(o);
+    ASSERT_NE(store, nullptr);
+    AlignedBuffer v = pattern(4096, 3);
+    ASSERT_TRUE(put(*store, "a", v, 4096).is_ok());
+    auto where = store->locate("a");
+    ASSERT_TRUE(where.is_ok());
+    file = where->front().file;
+    struct stat st {};
+    ASSERT_EQ(::stat(file.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0600u);
+    ASSERT_EQ(::stat(file.parent_path().c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0700u);
+    EXPECT_EQ(file.parent_path().parent_path(), root);
+  }
+  EXPECT_FALSE(std::filesystem::exists(file));
+  EXPECT_FALSE(std::filesystem::exists(file.parent_path()));
+  std::ifstream in(root / "sentinel");
+  std::string text;
+  std::getline(in, text);
+  EXPECT_EQ(text, "keep me");
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(root), {}), 1);
+}
+
+TEST_P(SwapStoreTest, BadPathsAndBuffersAreClearErrors) {
+  SwapStoreOptions o = options(1);
+  o.paths = {dir_.path() / "missing"};
+  auto missing = SwapStore::open(o);
+  ASSERT_FALSE(missing.is_ok());
+  EXPECT_NE(missing.status().message().find("missing"), std::string::npos);
+  std::ofstream(dir_.path() / "plainfile") << "x";
+  o.paths = {dir_.path() / "plainfile"};
+  auto not_dir = SwapStore::open(o);
+  ASSERT_FALSE(not_dir.is_ok());
+  EXPECT_NE(not_dir.status().message().find("not a directory"), std::string::npos);
+
+  auto store = open(options(1));
+  ASSERT_NE(store, nullptr);
+  auto buf = AlignedBuffer::allocate(8192);
+  EXPECT_EQ(store->write("", {buf->data(), 10}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(store->write("u", {buf->data() + 1, 10}).status().code(), StatusCode::kInvalidArgument);
+  ASSERT_TRUE(put(*store, "k", *buf, 100).is_ok());
+  EXPECT_EQ(store->read("k", {buf->data(), 99}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(store->wait(SwapTicket{12345}).code(), StatusCode::kInvalidArgument);
+}
+
+INSTANTIATE_TEST_SUITE_P(Engines, SwapStoreTest, ::testing::ValuesIn(testing::all_backends()),
+                         testing::backend_name);
+
+}  // namespace
+}  // namespace zinf::swap
