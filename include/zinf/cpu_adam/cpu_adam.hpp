@@ -64,9 +64,9 @@ struct Buffers {
   void* exp_avg = nullptr;     // Adam: m; Lion: m; Adagrad: unused (may be null)
   void* exp_avg_sq = nullptr;  // Adam: v; Adagrad: the sum of squares; Lion: unused
   Dtype state_dtype = Dtype::kF32;
-  void* copy_out = nullptr;    // optional low-precision copy of the updated params
+  void* copy_out = nullptr;  // optional low-precision copy of the updated params
   Dtype copy_dtype = Dtype::kF16;
-  std::size_t count = 0;       // elements
+  std::size_t count = 0;  // elements
 };
 
 struct GradStats {
@@ -77,7 +77,8 @@ struct GradStats {
 class Executor {
  public:
   // threads = 0: every core the process may run on. isa: nullopt = isa_from_environment().
-  static Result<std::unique_ptr<Executor>> create(int threads = 0, std::optional<Isa> isa = std::nullopt);
+  static Result<std::unique_ptr<Executor>> create(int threads = 0,
+                                                  std::optional<Isa> isa = std::nullopt);
   ~Executor();
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
@@ -85,7 +86,8 @@ class Executor {
   // One optimizer update. `step` is the 1-based count of updates including
   // this one (bias correction). Validates the buffers and hyper-parameters
   // first; on error nothing is written.
-  Status step(const Hyper& hyper, std::int64_t step, const Buffers& buffers, float grad_scale = 1.0f);
+  Status step(const Hyper& hyper, std::int64_t step, const Buffers& buffers,
+              float grad_scale = 1.0f);
 
   // One read pass over `count` gradients.
   Result<GradStats> grad_stats(const void* grads, Dtype dtype, std::size_t count);
