@@ -1,0 +1,7 @@
+// Everything a LibTorch program needs from zinf.
+#pragma once
+
+#include "zinf/common/config.hpp"
+#include "zinf/common/status.hpp"
+#include "zinf/offload/offload_optimizer.hpp"
+#include "zinf/offload/offload_options.hpp"

@@ -1,0 +1,533 @@
+// OffloadOptimizer: the LibTorch surface over cpu_adam (the step) and a
+// StateTier (where the fp32 state lives). See the header for the contract.
+//
+// Layout. Parameters are flattened in param-group order into one element
+// space; sub-groups are consecutive ranges of it, so a parameter may span
+// sub-groups. Each sub-group knows its segments (parameter, offset, length).
+//
+// Masters and parameters. A parameter always equals its master rounded to the
+// parameter's dtype: that is what makes a failed NVMe step restorable exactly
+// (the previous masters are intact on disk). A parameter changed outside the
+// optimizer (torch::load into the model, a manual edit) is noticed through its
+// version counter and its master is taken from it again at the next step.
+#include "zinf/offload/offload_optimizer.hpp"
+
+#include <torch/serialize/archive.h>
+
+#include <chrono>
+#include <cmath>
+
+#include "offload/state_tier.hpp"
+#include "zinf/common/logging.hpp"
+#include "zinf/cpu_adam/cpu_adam.hpp"
+
+namespace zinf {
+
+using offload::SubGroup;
+namespace ca = cpu_adam;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr std::int64_t kFormatVersion = 1;
+
+double since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+Result<ca::Dtype> dtype_of(const torch::Tensor& t, const std::string& what) {
+  switch (t.scalar_type()) {
+    case torch::kFloat:
+      return ca::Dtype::kF32;
+    case torch::kHalf:
+      return ca::Dtype::kF16;
+    case torch::kBFloat16:
+      return ca::Dtype::kBF16;
+    default:
+      return Status::invalid_argument(what + " has dtype " +
+                                      std::string(c10::toString(t.scalar_type())) +
+                                      "; zinf optimizers take float32, float16 or bfloat16");
+  }
+}
+
+struct Segment {
+  std::size_t param;
+  std::uint64_t param_offset;  // elements into the parameter
+  std::uint64_t sg_offset;     // elements into the sub-group
+  std::uint64_t length;
+};
+
+}  // namespace
+
+struct OffloadOptimizer::Impl {
+  struct Param {
+    torch::Tensor tensor;
+    std::size_t group = 0;
+    std::string name;  // "group g, parameter i", for messages
+    std::uint64_t offset = 0;
+    std::uint64_t numel = 0;
+    ca::Dtype dtype = ca::Dtype::kF32;
+    std::int64_t step = 0;
+    std::int64_t version = 0;
+  };
+
+  Kind kind;
+  OffloadOptions options;
+  std::vector<Param> params;
+  std::vector<std::vector<Segment>> segments;  // per sub-group
+  offload::TierShape shape;
+  std::unique_ptr<ca::Executor> executor;
+  std::unique_ptr<offload::StateTier> tier;
+  bool last_skipped = false;
+  std::uint64_t skipped = 0;
+  double last_norm = 0;
+  StepStats stats;
+
+  const char* algorithm_name() const {
+    switch (kind) {
+      case Kind::kAdamW:
+        return "AdamW";
+      case Kind::kAdam:
+        return "Adam";
+      case Kind::kAdagrad:
+        return "Adagrad";
+      case Kind::kLion:
+        return "Lion";
+    }
+    return "?";
+  }
+
+  ca::Hyper hyper(const torch::optim::OptimizerOptions& opts, std::int64_t step) const {
+    ca::Hyper h;
+    switch (kind) {
+      case Kind::kAdamW: {
+        const auto& o = static_cast<const torch::optim::AdamWOptions&>(opts);
+        h.algorithm = ca::Algorithm::kAdam;
+        h.lr = static_cast<float>(o.lr());
+        h.beta1 = static_cast<float>(std::get<0>(o.betas()));
+        h.beta2 = static_cast<float>(std::get<1>(o.betas()));
+        h.eps = static_cast<float>(o.eps());
+        h.weight_decay = static_cast<float>(o.weight_decay());
+        h.adamw_mode = true;
+        break;
+      }
+      case Kind::kAdam: {
+        const auto& o = static_cast<const torch::optim::AdamOptions&>(opts);
+        h.algorithm = ca::Algorithm::kAdam;
+        h.lr = static_cast<float>(o.lr());
+        h.beta1 = static_cast<float>(std::get<0>(o.betas()));
+        h.beta2 = static_cast<float>(std::get<1>(o.betas()));
+        h.eps = static_cast<float>(o.eps());
+        h.weight_decay = static_cast<float>(o.weight_decay());
+        h.adamw_mode = false;
+        break;
+      }
+      case Kind::kAdagrad: {
+        const auto& o = static_cast<const torch::optim::AdagradOptions&>(opts);
+        h.algorithm = ca::Algorithm::kAdagrad;
+        h.lr = static_cast<float>(o.lr() / (1.0 + static_cast<double>(step - 1) * o.lr_decay()));
+        h.eps = static_cast<float>(o.eps());
+        h.weight_decay = static_cast<float>(o.weight_decay());
+        break;
+      }
+      case Kind::kLion: {
+        const auto& o = static_cast<const LionOptions&>(opts);
+        h.algorithm = ca::Algorithm::kLion;
+        h.lr = static_cast<float>(o.lr());
+        h.beta1 = static_cast<float>(std::get<0>(o.betas()));
+        h.beta2 = static_cast<float>(std::get<1>(o.betas()));
+        h.weight_decay = static_cast<float>(o.weight_decay());
+        break;
+      }
+    }
+    return h;
+  }
+
+  int num_states() const { return kind == Kind::kAdamW || kind == Kind::kAdam ? 3 : 2; }
+
+  float initial_moment(const torch::optim::OptimizerOptions& opts) const {
+    if (kind != Kind::kAdagrad) return 0.0f;
+    return static_cast<float>(
+        static_cast<const torch::optim::AdagradOptions&>(opts).initial_accumulator_value());
+  }
+
+  // The moment arrays of a sub-group, as cpu_adam names them.
+  std::pair<float*, float*> moments(const SubGroup& sg) const {
+    switch (kind) {
+      case Kind::kAdagrad:
+        return {nullptr, sg.state[1]};
+      case Kind::kLion:
+        return {sg.state[1], nullptr};
+      default:
+        return {sg.state[1], sg.state[2]};
+    }
+  }
+};
+
+OffloadOptimizer::OffloadOptimizer(std::vector<torch::optim::OptimizerParamGroup> groups,
+                                   std::unique_ptr<torch::optim::OptimizerOptions> defaults,
+                                   OffloadOptions offload, Kind kind)
+    : torch::optim::Optimizer(std::move(groups), std::move(defaults)),
+      impl_(std::make_unique<Impl>()) {
+  Impl& m = *impl_;
+  m.kind = kind;
+  m.options = std::move(offload);
+  if (m.options.device() != "cpu" && m.options.device() != "nvme") {
+    throw Error(Status::invalid_argument(
+        "offload_optimizer.device (OffloadOptions::device) must be \"cpu\" or "
+        "\"nvme\", got \"" +
+        m.options.device() + "\""));
+  }
+  if (m.options.sub_group_size() == 0) {
+    throw Error(Status::invalid_argument(
+        "zero_optimization.sub_group_size (OffloadOptions::sub_group_size) must be >= 1"));
+  }
+  std::uint64_t total = 0;
+  for (std::size_t g = 0; g < param_groups().size(); ++g) {
+    const auto& group = param_groups()[g];
+    if ((kind == Kind::kAdamW &&
+         static_cast<const torch::optim::AdamWOptions&>(group.options()).amsgrad()) ||
+        (kind == Kind::kAdam &&
+         static_cast<const torch::optim::AdamOptions&>(group.options()).amsgrad())) {
+      throw Error(Status::unimplemented("param group " + std::to_string(g) +
+                                        ": amsgrad is not supported by zinf"));
+    }
+    for (std::size_t i = 0; i < group.params().size(); ++i) {
+      Impl::Param p;
+      p.tensor = group.params()[i];
+      p.group = g;
+      p.name = "param group " + std::to_string(g) + ", parameter " + std::to_string(i);
+      auto dtype = dtype_of(p.tensor, p.name);
+      throw_if_error(dtype.status());
+      if (!p.tensor.is_contiguous())
+        throw Error(Status::invalid_argument(p.name + " is not contiguous"));
+      p.dtype = *dtype;
+      p.numel = static_cast<std::uint64_t>(p.tensor.numel());
+      p.offset = total;
+      p.version = p.tensor._version();
+      total += p.numel;
+      m.params.push_back(std::move(p));
+    }
+  }
+  m.shape.elements = total;
+  m.shape.sub_group_size = std::max<std::uint64_t>(1, std::min(m.options.sub_group_size(), total));
+  m.shape.num_states = m.num_states();
+  m.segments.resize(total == 0 ? 0 : m.shape.sub_groups());
+  for (std::size_t i = 0; i < m.params.size(); ++i) {
+    const auto& p = m.params[i];
+    for (std::uint64_t done = 0; done < p.numel;) {
+      const std::uint64_t flat = p.offset + done;
+      const std::uint64_t sg = flat / m.shape.sub_group_size;
+      const std::uint64_t in_sg = flat - sg * m.shape.sub_group_size;
+      const std::uint64_t len = std::min(p.numel - done, m.shape.sub_group_size - in_sg);
+      m.segments[sg].push_back({i, done, in_sg, len});
+      done += len;
+    }
+  }
+  auto executor = ca::Executor::create(m.options.threads());
+  throw_if_error(executor.status());
+  m.executor = std::move(*executor);
+
+  // The initial state: masters from the parameters, moments from the options.
+  auto init = [&](SubGroup& sg) -> Status {
+    for (int s = 1; s < m.shape.num_states; ++s) std::fill_n(sg.state[s], sg.count, 0.0f);
+    for (const Segment& seg : m.segments[sg.index]) {
+      const auto& p = m.params[seg.param];
+      const torch::Tensor flat = p.tensor.detach().reshape({-1}).narrow(
+          0, static_cast<std::int64_t>(seg.param_offset), static_cast<std::int64_t>(seg.length));
+      torch::Tensor master = torch::from_blob(
+          sg.state[0] + seg.sg_offset, {static_cast<std::int64_t>(seg.length)}, torch::kFloat);
+      master.copy_(flat);
+      const float moment = m.initial_moment(param_groups()[p.group].options());
+      if (moment != 0.0f) std::fill_n(sg.state[1] + seg.sg_offset, seg.length, moment);
+    }
+    return Status::ok();
+  };
+  torch::NoGradGuard no_grad;
+  auto tier = m.options.device() == "nvme"
+                  ? offload::make_nvme_tier(m.shape, m.options, m.algorithm_name(), init)
+                  : offload::make_host_tier(m.shape, m.options.pin_memory(), init);
+  throw_if_error(tier.status());
+  m.tier = std::move(*tier);
+}
+
+OffloadOptimizer::~OffloadOptimizer() = default;
+
+torch::Tensor OffloadOptimizer::step(LossClosure closure) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor loss;
+  if (closure) {
+    torch::AutoGradMode enable(true);
+    loss = closure();
+  }
+  Impl& m = *impl_;
+  const auto t_start = Clock::now();
+  m.stats = {};
+  std::size_t count = 0;
+  for (const auto& g : param_groups()) count += g.params().size();
+  if (count != m.params.size()) {
+    throw Error(
+        Status::failed_precondition("zinf optimizers take all their parameters at construction; "
+                                    "add_param_group afterwards is not supported"));
+  }
+
+  // 1. Gradients in host memory, and one pass for the global norm.
+  std::vector<torch::Tensor> grads(m.params.size());
+  std::vector<ca::Dtype> grad_dtypes(m.params.size());
+  double sq_norm = 0;
+  bool finite = true;
+  for (std::size_t i = 0; i < m.params.size(); ++i) {
+    const torch::Tensor& g = m.params[i].tensor.grad();
+    if (!g.defined()) continue;
+    if (g.is_sparse())
+      throw Error(
+          Status::invalid_argument(m.params[i].name + ": sparse gradients are not supported"));
+    grads[i] = g.device().is_cpu() ? g.contiguous() : g.to(torch::kCPU).contiguous();
+    auto dtype = dtype_of(grads[i], m.params[i].name + "'s gradient");
+    throw_if_error(dtype.status());
+    grad_dtypes[i] = *dtype;
+    auto stats = m.executor->grad_stats(grads[i].data_ptr(), *dtype, m.params[i].numel);
+    throw_if_error(stats.status());
+    sq_norm += stats->sq_norm;
+    finite = finite && stats->finite;
+  }
+  m.stats.gather_s = since(t_start);
+  m.last_norm = std::sqrt(sq_norm);
+  m.last_skipped = !finite;
+  if (!finite) {
+    ++m.skipped;
+    ZINF_LOG(kWarn) << m.algorithm_name() << ": a gradient is inf or nan; step skipped ("
+                    << m.skipped << " skipped so far)";
+    m.stats.wall_s = since(t_start);
+    return loss;
+  }
+  const double max_norm = m.options.max_grad_norm();
+  const float clip = max_norm > 0 && m.last_norm > max_norm
+                         ? static_cast<float>(max_norm / (m.last_norm + 1e-6))
+                         : 1.0f;
+
+  // 2. Validate every group's hyper-parameters before anything is written.
+  for (std::size_t i = 0; i < m.params.size(); ++i) {
+    if (!grads[i].defined()) continue;
+    ca::Buffers none;
+    none.param_dtype = m.params[i].dtype;
+    Status s = m.executor->step(
+        m.hyper(param_groups()[m.params[i].group].options(), m.params[i].step + 1), 1, none, clip);
+    if (!s.is_ok()) throw Error(s.with_context(m.params[i].name));
+  }
+
+  // 3. The update, sub-group by sub-group. A CPU parameter is written where it
+  // lies; a device parameter through a host staging tensor.
+  auto write_param = [&](std::size_t i, const Segment& seg,
+                         const std::function<Status(void*)>& produce) -> Status {
+    Impl::Param& p = m.params[i];
+    const auto begin = static_cast<std::int64_t>(seg.param_offset);
+    const auto len = static_cast<std::int64_t>(seg.length);
+    if (p.tensor.device().is_cpu()) {
+      auto* base = static_cast<std::byte*>(p.tensor.data_ptr());
+      return produce(base + seg.param_offset * ca::size_of(p.dtype));
+    }
+    torch::Tensor staging =
+        torch::empty({len}, torch::TensorOptions().dtype(p.tensor.dtype()).pinned_memory(true));
+    ZINF_RETURN_IF_ERROR(produce(staging.data_ptr()));
+    p.tensor.detach().view({-1}).narrow(0, begin, len).copy_(staging);
+    return Status::ok();
+  };
+  auto update = [&](SubGroup& sg) -> Status {
+    for (const Segment& seg : m.segments[sg.index]) {
+      Impl::Param& p = m.params[seg.param];
+      float* master = sg.state[0] + seg.sg_offset;
+      if (p.tensor._version() !=
+          p.version) {  // changed outside the optimizer: take it as the master
+        torch::from_blob(master, {static_cast<std::int64_t>(seg.length)}, torch::kFloat)
+            .copy_(p.tensor.detach().reshape({-1}).narrow(
+                0, static_cast<std::int64_t>(seg.param_offset),
+                static_cast<std::int64_t>(seg.length)));
+      }
+      if (!grads[seg.param].defined()) continue;
+      auto [exp_avg, exp_avg_sq] = m.moments(sg);
+      ca::Buffers b;
+      b.params = master;
+      b.param_dtype = ca::Dtype::kF32;
+      b.grads = static_cast<const std::byte*>(grads[seg.param].data_ptr()) +
+                seg.param_offset * ca::size_of(grad_dtypes[seg.param]);
+      b.grad_dtype = grad_dtypes[seg.param];
+      b.exp_avg = exp_avg == nullptr ? nullptr : exp_avg + seg.sg_offset;
+      b.exp_avg_sq = exp_avg_sq == nullptr ? nullptr : exp_avg_sq + seg.sg_offset;
+      b.state_dtype = ca::Dtype::kF32;
+      b.copy_dtype = p.dtype;
+      b.count = seg.length;
+      const ca::Hyper h = m.hyper(param_groups()[p.group].options(), p.step + 1);
+      ZINF_RETURN_IF_ERROR(write_param(seg.param, seg, [&](void* out) {
+        b.copy_out = out;
+        return m.executor->step(h, p.step + 1, b, clip);
+      }));
+    }
+    return Status::ok();
+  };
+  Status s = m.tier->update(update, m.stats);
+  if (!s.is_ok()) {
+    // The stored state is the previous one: put every parameter back to it.
+    Status restored = m.tier->read([&](SubGroup& sg) -> Status {
+      for (const Segment& seg : m.segments[sg.index]) {
+        ZINF_RETURN_IF_ERROR(write_param(seg.param, seg, [&](void* out) {
+          return m.executor->convert(sg.state[0] + seg.sg_offset, out, m.params[seg.param].dtype,
+                                     seg.length);
+        }));
+      }
+      return Status::ok();
+    });
+    for (auto& p : m.params) p.version = p.tensor._version();
+    if (!restored.is_ok()) {
+      throw Error(s.with_context(std::string(m.algorithm_name()) +
+                                 " step failed, and restoring the parameters failed "
+                                 "too (" +
+                                 restored.to_string() + ")"));
+    }
+    throw Error(s.with_context(std::string(m.algorithm_name()) +
+                               " step failed; parameters and state are as before"));
+  }
+  for (std::size_t i = 0; i < m.params.size(); ++i) {
+    if (grads[i].defined()) ++m.params[i].step;
+    m.params[i].version = m.params[i].tensor._version();
+  }
+  m.stats.wall_s = since(t_start);
+  return loss;
+}
+
+// The archive holds, per parameter, its fp32 master and moments as flat
+// tensors and its step, plus each group's hyper-parameters: independent of
+// where the state lived, so cpu and nvme checkpoints load into either.
+void OffloadOptimizer::save(torch::serialize::OutputArchive& archive) const {
+  torch::NoGradGuard no_grad;
+  const Impl& m = *impl_;
+  archive.write("zinf/format", c10::IValue(kFormatVersion));
+  archive.write("zinf/algorithm", c10::IValue(std::string(m.algorithm_name())));
+  archive.write("zinf/params", c10::IValue(static_cast<std::int64_t>(m.params.size())));
+  std::vector<std::vector<torch::Tensor>> states(m.params.size());
+  for (std::size_t i = 0; i < m.params.size(); ++i) {
+    for (int s = 0; s < m.shape.num_states; ++s) {
+      states[i].push_back(
+          torch::empty({static_cast<std::int64_t>(m.params[i].numel)}, torch::kFloat));
+    }
+  }
+  throw_if_error(m.tier->read([&](SubGroup& sg) -> Status {
+    for (const Segment& seg : m.segments[sg.index]) {
+      for (int s = 0; s < m.shape.num_states; ++s) {
+        std::copy_n(sg.state[s] + seg.sg_offset, seg.length,
+                    states[seg.param][s].data_ptr<float>() + seg.param_offset);
+      }
+    }
+    return Status::ok();
+  }));
+  for (std::size_t i = 0; i < m.params.size(); ++i) {
+    const std::string prefix = "zinf/param/" + std::to_string(i) + "/";
+    archive.write(prefix + "step", c10::IValue(m.params[i].step));
+    for (int s = 0; s < m.shape.num_states; ++s)
+      archive.write(prefix + "state" + std::to_string(s), states[i][s]);
+  }
+  for (std::size_t g = 0; g < param_groups().size(); ++g) {
+    torch::serialize::OutputArchive options(std::make_shared<torch::jit::CompilationUnit>());
+    param_groups()[g].options().serialize(options);
+    archive.write("zinf/group/" + std::to_string(g), options);
+  }
+}
+
+void OffloadOptimizer::load(torch::serialize::InputArchive& archive) {
+  torch::NoGradGuard no_grad;
+  Impl& m = *impl_;
+  c10::IValue v;
+  if (!archive.try_read("zinf/format", v)) {
+    throw Error(Status::invalid_argument("not a zinf optimizer checkpoint (no zinf/format)"));
+  }
+  if (v.toInt() != kFormatVersion) {
+    throw Error(Status::invalid_argument("zinf optimizer checkpoint format " +
+                                         std::to_string(v.toInt()) + " (this build reads " +
+                                         std::to_string(kFormatVersion) + ")"));
+  }
+  archive.read("zinf/algorithm", v);
+  if (v.toStringRef() != m.algorithm_name()) {
+    throw Error(Status::invalid_argument("checkpoint is for " + v.toStringRef() +
+                                         ", this optimizer is " + m.algorithm_name()));
+  }
+  archive.read("zinf/params", v);
+  if (v.toInt() != static_cast<std::int64_t>(m.params.size())) {
+    throw Error(Status::invalid_argument("checkpoint has " + std::to_string(v.toInt()) +
+                                         " parameters, this optimizer " +
+                                         std::to_string(m.params.size())));
+  }
+  // Read and check everything before any state changes.
+  std::vector<std::vector<torch::Tensor>> states(m.params.size());
+  std::vector<std::int64_t> steps(m.params.size());
+  for (std::size_t i = 0; i < m.params.size(); ++i) {
+    const std::string prefix = "zinf/param/" + std::to_string(i) + "/";
+    archive.read(prefix + "step", v);
+    steps[i] = v.toInt();
+    for (int s = 0; s < m.shape.num_states; ++s) {
+      torch::Tensor t;
+      archive.read(prefix + "state" + std::to_string(s), t);
+      if (t.scalar_type() != torch::kFloat ||
+          static_cast<std::uint64_t>(t.numel()) != m.params[i].numel) {
+        throw Error(Status::invalid_argument(
+            "checkpoint " + m.params[i].name + " state " + std::to_string(s) + " has " +
+            std::to_string(t.numel()) + " " + std::string(c10::toString(t.scalar_type())) +
+            " elements, expected " + std::to_string(m.params[i].numel) + " float"));
+      }
+      states[i].push_back(t.contiguous());
+    }
+  }
+  StepStats ignored;
+  throw_if_error(m.tier->update(
+      [&](SubGroup& sg) -> Status {
+        for (const Segment& seg : m.segments[sg.index]) {
+          for (int s = 0; s < m.shape.num_states; ++s) {
+            std::copy_n(states[seg.param][s].data_ptr<float>() + seg.param_offset, seg.length,
+                        sg.state[s] + seg.sg_offset);
+          }
+        }
+        return Status::ok();
+      },
+      ignored));
+  for (std::size_t g = 0; g < param_groups().size(); ++g) {
+    torch::serialize::InputArchive options;
+    if (archive.try_read("zinf/group/" + std::to_string(g), options))
+      param_groups()[g].options().serialize(options);
+  }
+  for (std::size_t i = 0; i < m.params.size(); ++i) {
+    m.params[i].step = steps[i];
+    m.params[i].version = m.params[i].tensor._version();
+  }
+}
+
+bool OffloadOptimizer::last_step_skipped() const { return impl_->last_skipped; }
+std::uint64_t OffloadOptimizer::skipped_steps() const { return impl_->skipped; }
+double OffloadOptimizer::last_grad_norm() const { return impl_->last_norm; }
+const StepStats& OffloadOptimizer::last_step_stats() const { return impl_->stats; }
+TierBytes OffloadOptimizer::tier_bytes() const { return impl_->tier->bytes(); }
+const OffloadOptions& OffloadOptimizer::offload_options() const { return impl_->options; }
+
+namespace {
+
+std::vector<torch::optim::OptimizerParamGroup> one_group(std::vector<torch::Tensor> params) {
+  return {torch::optim::OptimizerParamGroup(std::move(params))};
+}
+
+}  // namespace
+
+#define ZINF_OFFLOAD_CONSTRUCTORS(Class, Options, kind)                                     \
+  Class::Class(std::vector<torch::Tensor> params, Options defaults, OffloadOptions offload) \
+      : OffloadOptimizer(one_group(std::move(params)), std::make_unique<Options>(defaults), \
+                         std::move(offload), kind) {}                                       \
+  Class::Class(std::vector<torch::optim::OptimizerParamGroup> groups, Options defaults,     \
+               OffloadOptions offload)                                                      \
+      : OffloadOptimizer(std::move(groups), std::make_unique<Options>(defaults),            \
+                         std::move(offload), kind) {}
+
+ZINF_OFFLOAD_CONSTRUCTORS(OffloadAdamW, torch::optim::AdamWOptions, Kind::kAdamW)
+ZINF_OFFLOAD_CONSTRUCTORS(OffloadAdam, torch::optim::AdamOptions, Kind::kAdam)
+ZINF_OFFLOAD_CONSTRUCTORS(OffloadAdagrad, torch::optim::AdagradOptions, Kind::kAdagrad)
+ZINF_OFFLOAD_CONSTRUCTORS(OffloadLion, LionOptions, Kind::kLion)
+
+#undef ZINF_OFFLOAD_CONSTRUCTORS
+
+}  // namespace zinf
