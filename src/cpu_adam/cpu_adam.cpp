@@ -1,11 +1,11 @@
 // Executor: validation, per-step constants, tiling and oneTBB parallelism
 // around the per-ISA kernels.
 //
-// Work is cut into tiles of kTile elements. A tile of an fp32 buffer is
-// updated where it lies; a tile of an fp16/bf16 buffer (or gradient) is first
-// widened into an fp32 scratch tile on the stack (L1 resident), updated there
-// and narrowed back. So every precision pair runs the same fp32 kernel, and
-// the low-precision paths move exactly the bytes they must.
+// Work is cut into tiles of kTile elements. Gradients are read and the
+// copy-out written in their own dtypes inside the kernel's one pass. A tile
+// of an fp16/bf16 parameter or state buffer is widened into an fp32 scratch
+// tile on the stack (L1 resident), updated there and narrowed back, so every
+// precision pair runs the same fp32 kernel and moves only the bytes it must.
 #include "zinf/cpu_adam/cpu_adam.hpp"
 
 #include <tbb/blocked_range.h>
@@ -248,32 +248,31 @@ struct Executor::Impl {
 
   void update(const Hyper& h, const StepConsts& c, const Buffers& b, std::size_t begin,
               std::size_t end) const {
-    alignas(64) float scratch[4][kTile];
+    alignas(64) float scratch[3][kTile];
     const KernelTable& k = kernels;
+    const bool needs_m = h.algorithm != Algorithm::kAdagrad;
+    const bool needs_v = h.algorithm != Algorithm::kLion;
     for (std::size_t t = begin; t < end; t += kTile) {
       const std::size_t len = std::min(kTile, end - t);
-      const bool needs_m = h.algorithm != Algorithm::kAdagrad;
-      const bool needs_v = h.algorithm != Algorithm::kLion;
       Fp32Tile p(k, b.params, b.param_dtype, t, len, scratch[0]);
-      Fp32Tile g(k, const_cast<void*>(b.grads), b.grad_dtype, t, len, scratch[1]);
-      Fp32Tile m(k, needs_m ? b.exp_avg : nullptr, b.state_dtype, t, len, scratch[2]);
-      Fp32Tile v(k, needs_v ? b.exp_avg_sq : nullptr, b.state_dtype, t, len, scratch[3]);
+      Fp32Tile m(k, needs_m ? b.exp_avg : nullptr, b.state_dtype, t, len, scratch[1]);
+      Fp32Tile v(k, needs_v ? b.exp_avg_sq : nullptr, b.state_dtype, t, len, scratch[2]);
+      const void* g = at(b.grads, b.grad_dtype, t);
+      void* out = b.copy_out == nullptr ? nullptr : at(b.copy_out, b.copy_dtype, t);
       switch (h.algorithm) {
         case Algorithm::kAdam:
-          k.adam(c, p.data(), g.data(), m.data(), v.data(), len);
+          k.adam(c, p.data(), g, b.grad_dtype, m.data(), v.data(), out, b.copy_dtype, len);
           break;
         case Algorithm::kAdagrad:
-          k.adagrad(c, p.data(), g.data(), v.data(), len);
+          k.adagrad(c, p.data(), g, b.grad_dtype, v.data(), out, b.copy_dtype, len);
           break;
         case Algorithm::kLion:
-          k.lion(c, p.data(), g.data(), m.data(), len);
+          k.lion(c, p.data(), g, b.grad_dtype, m.data(), out, b.copy_dtype, len);
           break;
       }
       p.commit();
       m.commit();
       v.commit();
-      if (b.copy_out != nullptr)
-        k.from_f32(b.copy_dtype, p.data(), at(b.copy_out, b.copy_dtype, t), len);
     }
   }
 

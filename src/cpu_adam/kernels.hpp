@@ -28,10 +28,15 @@ struct StepConsts {
 };
 
 struct KernelTable {
-  // In-place fp32 updates of n elements; g is read only.
-  void (*adam)(const StepConsts&, float* p, const float* g, float* m, float* v, std::size_t n);
-  void (*adagrad)(const StepConsts&, float* p, const float* g, float* v, std::size_t n);
-  void (*lion)(const StepConsts&, float* p, const float* g, float* m, std::size_t n);
+  // In-place fp32 updates of n elements. The gradient is read in its own
+  // dtype; when `out` is not null the updated p is also written there in
+  // `out_dtype`. Both conversions happen in registers, inside the one pass.
+  void (*adam)(const StepConsts&, float* p, const void* g, Dtype g_dtype, float* m, float* v,
+               void* out, Dtype out_dtype, std::size_t n);
+  void (*adagrad)(const StepConsts&, float* p, const void* g, Dtype g_dtype, float* v, void* out,
+                  Dtype out_dtype, std::size_t n);
+  void (*lion)(const StepConsts&, float* p, const void* g, Dtype g_dtype, float* m, void* out,
+               Dtype out_dtype, std::size_t n);
   // Conversions to and from fp32, round-to-nearest-even, NaN kept.
   void (*to_f32)(Dtype from, const void* in, float* out, std::size_t n);
   void (*from_f32)(Dtype to, const float* in, void* out, std::size_t n);

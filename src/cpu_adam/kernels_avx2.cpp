@@ -7,8 +7,34 @@
 namespace zinf::cpu_adam {
 namespace avx2_isa {
 
+__m128i bf16_round(__m256 x) {
+  const __m256i u = _mm256_castps_si256(x);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  __m256i r =
+      _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb)), 16);
+  const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+  r = _mm256_blendv_epi8(r, quiet, _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)));
+  // Narrow 8 x 32 bits to 8 x 16 bits (values fit, so saturation never acts).
+  return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08));
+}
+
 struct V {
+  using T = __m256;
   static constexpr std::size_t kWidth = 8;
+  static __m256 load_f16(const std::uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static __m256 load_bf16(const std::uint16_t* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  static void store_f16(std::uint16_t* p, __m256 x) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                     _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  static void store_bf16(std::uint16_t* p, __m256 x) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), bf16_round(x));
+  }
   static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, __m256 x) { _mm256_storeu_ps(p, x); }
   static __m256 set1(float x) { return _mm256_set1_ps(x); }
@@ -26,27 +52,12 @@ struct V {
   }
 };
 
-__m128i bf16_round(__m256 x) {
-  const __m256i u = _mm256_castps_si256(x);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-  __m256i r =
-      _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb)), 16);
-  const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
-  r = _mm256_blendv_epi8(r, quiet, _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)));
-  // Narrow 8 x 32 bits to 8 x 16 bits (values fit, so saturation never acts).
-  return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08));
-}
-
 void convert_to_f32(Dtype from, const void* in, float* out, std::size_t n) {
   if (from == Dtype::kF32) return scalar_to_f32(from, in, out, n);
   const auto* src = static_cast<const std::uint16_t*>(in);
   std::size_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
-    const __m256 f = from == Dtype::kF16
-                         ? _mm256_cvtph_ps(h)
-                         : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    _mm256_storeu_ps(out + i, f);
+    _mm256_storeu_ps(out + i, from == Dtype::kF16 ? V::load_f16(src + i) : V::load_bf16(src + i));
   }
   scalar_to_f32(from, src + i, out + i, n - i);
 }

@@ -65,7 +65,12 @@ inline float f16_to_f32(std::uint16_t h) {
 
 // The kernel interface for one float.
 struct S {
+  using T = float;
   static constexpr std::size_t kWidth = 1;
+  static float load_f16(const std::uint16_t* p) { return f16_to_f32(*p); }
+  static float load_bf16(const std::uint16_t* p) { return bf16_to_f32(*p); }
+  static void store_f16(std::uint16_t* p, float x) { *p = f32_to_f16(x); }
+  static void store_bf16(std::uint16_t* p, float x) { *p = f32_to_bf16(x); }
   static float load(const float* p) { return *p; }
   static void store(float* p, float x) { *p = x; }
   static float set1(float x) { return x; }
