@@ -292,6 +292,42 @@ TEST(CpuAdamTest, IsasAgreeBitForBit) {
   }
 }
 
+// Buffers that are only element aligned (as tensor slices are), at an odd
+// length, give the same result as 64-byte aligned ones.
+TEST(CpuAdamTest, UnalignedBuffersWork) {
+  for (Isa isa : available_isas()) {
+    auto e = executor(isa);
+    const std::size_t n = 50001;
+    std::vector<float> p0(n), g(n);
+    std::mt19937_64 rng(9);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (std::size_t i = 0; i < n; ++i) {
+      p0[i] = normal(rng);
+      g[i] = normal(rng);
+    }
+    auto run = [&](std::size_t shift) {
+      std::vector<float> mem(5 * n + 64);
+      auto* p = reinterpret_cast<float*>(reinterpret_cast<std::byte*>(mem.data()) + shift);
+      auto* m = p + n;
+      auto* v = m + n;
+      auto* gr = v + n;
+      auto* out = reinterpret_cast<std::uint16_t*>(gr + n);
+      std::memcpy(p, p0.data(), 4 * n);
+      std::memset(m, 0, 8 * n);
+      std::memcpy(gr, g.data(), 4 * n);
+      EXPECT_TRUE(
+          e->step(Hyper{}, 1,
+                  {p, Dtype::kF32, gr, Dtype::kF32, m, v, Dtype::kF32, out, Dtype::kBF16, n})
+              .is_ok());
+      std::vector<std::byte> result(reinterpret_cast<std::byte*>(p),
+                                    reinterpret_cast<std::byte*>(out + n));
+      return result;
+    };
+    EXPECT_EQ(run(0), run(4)) << to_string(isa);
+    EXPECT_EQ(run(0), run(36)) << to_string(isa);
+  }
+}
+
 TEST(CpuAdamTest, GradStatsSumOfSquaresAndFiniteness) {
   for (Isa isa : available_isas()) {
     auto e = executor(isa);
