@@ -102,6 +102,7 @@ class FaultEngine final : public IoEngine {
     return inner_->in_flight() + synthetic_.size() + held_.size() + released_.size() + dropped_;
   }
   std::uint32_t queue_depth() const override { return inner_->queue_depth(); }
+  void wake() override { inner_->wake(); }
 
  private:
   enum class Decision { kPass, kFail, kShort, kDelay, kDrop };

@@ -104,8 +104,12 @@ Result<std::size_t> IoQueue::wait(std::span<IoResult> out, std::size_t min_done)
   min_done = std::min(min_done, pending());
   while (s.finished.size() < min_done) {
     if (!s.fatal.is_ok()) return s.fatal;
+    const auto started = std::chrono::steady_clock::now();
     ZINF_ASSIGN_OR_RETURN(std::size_t got,
                           engine_->reap(s.completions, 1, s.options.completion_timeout));
+    if (got == 0 && std::chrono::steady_clock::now() - started < s.options.completion_timeout) {
+      break;  // woken: the caller has new work to submit
+    }
     if (got == 0) {
       s.fatal = Status::internal("dropped completion: " + std::to_string(engine_->in_flight()) +
                                  " request(s) in flight on " + std::string(engine_->name()) +

@@ -66,7 +66,8 @@ class PsyncEngine final : public IoEngine {
   Result<std::size_t> reap(std::span<IoCompletion> out, std::size_t min_complete,
                            std::chrono::milliseconds timeout) override {
     std::unique_lock lock(mutex_);
-    done_cv_.wait_for(lock, timeout, [&] { return done_.size() >= min_complete; });
+    done_cv_.wait_for(lock, timeout, [&] { return done_.size() >= min_complete || woken_; });
+    woken_ = false;
     const std::size_t n = std::min(out.size(), done_.size());
     std::copy_n(done_.begin(), n, out.begin());
     done_.erase(done_.begin(), done_.begin() + static_cast<std::ptrdiff_t>(n));
@@ -79,6 +80,14 @@ class PsyncEngine final : public IoEngine {
     return in_flight_;
   }
   std::uint32_t queue_depth() const override { return queue_depth_; }
+
+  void wake() override {
+    {
+      std::lock_guard lock(mutex_);
+      woken_ = true;
+    }
+    done_cv_.notify_all();
+  }
 
  private:
   void run() {
@@ -109,6 +118,7 @@ class PsyncEngine final : public IoEngine {
   std::deque<IoCompletion> done_;
   std::size_t in_flight_ = 0;
   bool stopping_ = false;
+  bool woken_ = false;
   std::vector<std::thread> workers_;
 };
 

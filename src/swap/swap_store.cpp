@@ -135,7 +135,11 @@ class SwapStoreImpl final : public SwapStore {
                                                  IoQueueOptions{options_.completion_timeout}));
     }
     queues_ = std::move(queues);
-    for (auto& q : queues_) workers_.emplace_back([this, queue = q.get()] { run_worker(*queue); });
+    for (std::size_t w = 0; w < queues_.size(); ++w)
+      waiting_.push_back(std::make_unique<std::atomic<bool>>(false));
+    for (std::size_t w = 0; w < queues_.size(); ++w) {
+      workers_.emplace_back([this, w] { run_worker(*queues_[w], *waiting_[w]); });
+    }
     return Status::ok();
   }
 
@@ -420,12 +424,17 @@ class SwapStoreImpl final : public SwapStore {
       for (auto& c : chunks) queue_.push_back(std::move(c));
     }
     queue_cv_.notify_all();
+    // A worker blocked on its completions would pick the new chunks up only
+    // at its next completion: wake it so they go to the device now.
+    for (std::size_t w = 0; w < queues_.size(); ++w) {
+      if (waiting_[w]->load(std::memory_order_acquire)) queues_[w]->wake();
+    }
     return ticket;
   }
 
   // One worker: keeps its queue full from the shared work queue and finishes
   // chunks as their completions arrive.
-  void run_worker(IoQueue& queue) {
+  void run_worker(IoQueue& queue, std::atomic<bool>& waiting) {
     std::vector<Chunk> slots(queue.free_slots() + queue.pending());
     std::vector<std::size_t> free_slots;
     for (std::size_t i = slots.size(); i > 0; --i) free_slots.push_back(i - 1);
@@ -462,7 +471,9 @@ class SwapStoreImpl final : public SwapStore {
         if (*n == 0) break;
       }
       if (queue.pending() == 0) continue;
+      waiting.store(true, std::memory_order_release);
       auto got = queue.wait(results, 1);
+      waiting.store(false, std::memory_order_release);
       if (!got.is_ok()) {
         // Fatal for this queue (a dropped completion): fail what it holds.
         for (std::size_t s = 0; s < slots.size(); ++s) {
@@ -535,6 +546,7 @@ class SwapStoreImpl final : public SwapStore {
   const SwapStoreOptions options_;
   std::vector<PathState> paths_;
   std::vector<std::unique_ptr<IoQueue>> queues_;
+  std::vector<std::unique_ptr<std::atomic<bool>>> waiting_;  // worker w is blocked in wait()
   std::vector<std::thread> workers_;
   std::string backend_;
 

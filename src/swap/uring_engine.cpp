@@ -6,6 +6,9 @@
 #ifdef ZINF_HAVE_LIBURING
 
 #include <liburing.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -13,6 +16,7 @@
 #include <vector>
 
 #include "zinf/common/logging.hpp"
+#include "zinf/swap/file.hpp"
 
 namespace zinf::swap {
 namespace {
@@ -34,6 +38,7 @@ class UringEngine final : public IoEngine {
       int ret = io_uring_queue_init_params(options.queue_depth, &engine->ring_, &params);
       if (ret == 0) {
         engine->ready_ = true;
+        engine->arm_wake();
         return std::unique_ptr<IoEngine>(std::move(engine));
       }
       ZINF_LOG(kWarn) << "io_uring: SQPOLL refused (" << std::strerror(-ret)
@@ -45,6 +50,7 @@ class UringEngine final : public IoEngine {
     int ret = io_uring_queue_init_params(options.queue_depth, &engine->ring_, &params);
     if (ret < 0) return ring_error(ret, "io_uring_queue_init");
     engine->ready_ = true;
+    engine->arm_wake();
     return std::unique_ptr<IoEngine>(std::move(engine));
   }
 
@@ -119,7 +125,7 @@ class UringEngine final : public IoEngine {
   Result<std::size_t> reap(std::span<IoCompletion> out, std::size_t min_complete,
                            std::chrono::milliseconds timeout) override {
     std::size_t got = drain(out);
-    if (got >= min_complete || got == out.size()) return got;
+    if (got >= min_complete || got == out.size() || take_wake()) return got;
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (got < min_complete) {
       auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -134,8 +140,15 @@ class UringEngine final : public IoEngine {
       if (ret == -EINTR) continue;
       if (ret < 0) return ring_error(ret, "io_uring_wait_cqe_timeout");
       got += drain(out.subspan(got));
+      if (take_wake()) break;
     }
     return got;
+  }
+
+  void wake() override {
+    if (!wake_fd_.valid()) return;
+    const std::uint64_t one = 1;
+    (void)!::write(wake_fd_.get(), &one, sizeof(one));
   }
 
   std::size_t in_flight() const override { return in_flight_; }
@@ -175,18 +188,57 @@ class UringEngine final : public IoEngine {
     return -1;
   }
 
+  // Moves completions to `out`; the wake poll's completion is consumed here
+  // and never counts as a request.
   std::size_t drain(std::span<IoCompletion> out) {
     if (out.empty()) return 0;
     io_uring_cqe* cqes[64];
     const unsigned want = static_cast<unsigned>(std::min<std::size_t>(out.size(), 64));
     const unsigned n = io_uring_peek_batch_cqe(&ring_, cqes, want);
+    std::size_t got = 0;
     for (unsigned i = 0; i < n; ++i) {
-      out[i] = {io_uring_cqe_get_data64(cqes[i]), static_cast<std::int64_t>(cqes[i]->res)};
+      const std::uint64_t data = io_uring_cqe_get_data64(cqes[i]);
+      if (data == kWakeTag) {
+        woken_ = true;
+        continue;
+      }
+      out[got++] = {data, static_cast<std::int64_t>(cqes[i]->res)};
     }
     io_uring_cq_advance(&ring_, n);
-    in_flight_ -= n;
-    return n;
+    in_flight_ -= got;
+    return got;
   }
+
+  // wake() writes an eventfd that a poll in the ring watches, so a thread
+  // blocked in io_uring_wait_cqe_timeout returns. Without an eventfd the
+  // engine simply cannot be woken (reap returns at the next completion).
+  void arm_wake() {
+    if (!wake_fd_.valid()) {
+      wake_fd_ = FileDescriptor(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+      if (!wake_fd_.valid()) return;
+    }
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    if (sqe == nullptr) {
+      (void)io_uring_submit(&ring_);
+      sqe = io_uring_get_sqe(&ring_);
+      if (sqe == nullptr) return;
+    }
+    io_uring_prep_poll_add(sqe, wake_fd_.get(), POLLIN);
+    io_uring_sqe_set_data64(sqe, kWakeTag);
+    (void)io_uring_submit(&ring_);
+  }
+
+  // True once per wake: clears the eventfd and re-arms the poll.
+  bool take_wake() {
+    if (!woken_) return false;
+    woken_ = false;
+    std::uint64_t count = 0;
+    (void)!::read(wake_fd_.get(), &count, sizeof(count));
+    arm_wake();
+    return true;
+  }
+
+  static constexpr std::uint64_t kWakeTag = ~std::uint64_t{0};
 
   const std::uint32_t queue_depth_;
   const bool single_submit_;
@@ -196,6 +248,8 @@ class UringEngine final : public IoEngine {
   bool files_registered_ = false;
   std::vector<std::span<std::byte>> regions_;
   std::size_t in_flight_ = 0;
+  FileDescriptor wake_fd_;
+  bool woken_ = false;
 };
 
 }  // namespace

@@ -89,6 +89,12 @@ class IoEngine {
   virtual std::size_t in_flight() const = 0;
   virtual std::uint32_t queue_depth() const = 0;
   std::size_t free_slots() const { return queue_depth() - in_flight(); }
+
+  // Makes a reap() blocked in another thread return now, with whatever it
+  // has (possibly nothing), so its caller can submit new work. Thread safe.
+  // Engines that cannot be interrupted (libaio) do nothing: their reap()
+  // returns at the next completion.
+  virtual void wake() {}
 };
 
 // Whether a backend can run here (a probe ring, the libaio syscalls); the
@@ -150,8 +156,12 @@ class IoQueue {
 
   // Drives the engine (reaping, resubmitting retries and short-transfer
   // remainders) until at least min_done requests are finished, then returns
-  // up to out.size() finished ones.
+  // up to out.size() finished ones. Returns early, with fewer (even none),
+  // when wake() is called from another thread.
   Result<std::size_t> wait(std::span<IoResult> out, std::size_t min_done);
+
+  // Thread safe: interrupts a wait() blocked in another thread.
+  void wake() { engine_->wake(); }
 
   std::size_t pending() const;  // accepted and not yet returned by wait()
   std::size_t free_slots() const;
