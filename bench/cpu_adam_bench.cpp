@@ -199,13 +199,9 @@ void register_all() {
 #endif
 }
 
+// Registered before main runs, as BENCHMARK() would.
+[[maybe_unused]] const bool kRegistered = (register_all(), true);
+
 }  // namespace
 
-int main(int argc, char** argv) {
-  register_all();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+BENCHMARK_MAIN();

@@ -135,13 +135,9 @@ void register_all() {
       ->Unit(benchmark::kMillisecond);
 }
 
+// Registered before main runs, as BENCHMARK() would.
+[[maybe_unused]] const bool kRegistered = (register_all(), true);
+
 }  // namespace
 
-int main(int argc, char** argv) {
-  register_all();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+BENCHMARK_MAIN();

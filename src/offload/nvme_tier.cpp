@@ -192,8 +192,11 @@ Result<std::unique_ptr<StateTier>> make_nvme_tier(const TierShape& shape, const 
     return Status::invalid_argument(
         "offload_optimizer.nvme_path (OffloadOptions::nvme_path) is required for device nvme");
   }
+  // Two sets overlap I/O with compute; three also overlap the read of i+1
+  // with the write of i-1, so that is what an unset buffer_count gets.
   const std::uint32_t needed = 2 * static_cast<std::uint32_t>(shape.num_states);
-  const std::uint32_t buffers = o.buffer_count() == 0 ? needed : o.buffer_count();
+  const std::uint32_t buffers =
+      o.buffer_count() == 0 ? 3 * static_cast<std::uint32_t>(shape.num_states) : o.buffer_count();
   if (buffers < needed) {
     return Status::invalid_argument(
         "offload_optimizer.buffer_count (OffloadOptions::buffer_count) = " +

@@ -50,6 +50,21 @@ Result<ca::Dtype> dtype_of(const torch::Tensor& t, const std::string& what) {
   }
 }
 
+// AdamWOptions and AdamOptions have the same accessors; AdamW decouples the
+// weight decay, Adam adds it to the gradient (L2).
+template <typename Options>
+ca::Hyper adam_hyper(const Options& o, bool adamw) {
+  ca::Hyper h;
+  h.algorithm = ca::Algorithm::kAdam;
+  h.lr = static_cast<float>(o.lr());
+  h.beta1 = static_cast<float>(std::get<0>(o.betas()));
+  h.beta2 = static_cast<float>(std::get<1>(o.betas()));
+  h.eps = static_cast<float>(o.eps());
+  h.weight_decay = static_cast<float>(o.weight_decay());
+  h.adamw_mode = adamw;
+  return h;
+}
+
 struct Segment {
   std::size_t param;
   std::uint64_t param_offset;  // elements into the parameter
@@ -100,28 +115,10 @@ struct OffloadOptimizer::Impl {
   ca::Hyper hyper(const torch::optim::OptimizerOptions& opts, std::int64_t step) const {
     ca::Hyper h;
     switch (kind) {
-      case Kind::kAdamW: {
-        const auto& o = static_cast<const torch::optim::AdamWOptions&>(opts);
-        h.algorithm = ca::Algorithm::kAdam;
-        h.lr = static_cast<float>(o.lr());
-        h.beta1 = static_cast<float>(std::get<0>(o.betas()));
-        h.beta2 = static_cast<float>(std::get<1>(o.betas()));
-        h.eps = static_cast<float>(o.eps());
-        h.weight_decay = static_cast<float>(o.weight_decay());
-        h.adamw_mode = true;
-        break;
-      }
-      case Kind::kAdam: {
-        const auto& o = static_cast<const torch::optim::AdamOptions&>(opts);
-        h.algorithm = ca::Algorithm::kAdam;
-        h.lr = static_cast<float>(o.lr());
-        h.beta1 = static_cast<float>(std::get<0>(o.betas()));
-        h.beta2 = static_cast<float>(std::get<1>(o.betas()));
-        h.eps = static_cast<float>(o.eps());
-        h.weight_decay = static_cast<float>(o.weight_decay());
-        h.adamw_mode = false;
-        break;
-      }
+      case Kind::kAdamW:
+        return adam_hyper(static_cast<const torch::optim::AdamWOptions&>(opts), true);
+      case Kind::kAdam:
+        return adam_hyper(static_cast<const torch::optim::AdamOptions&>(opts), false);
       case Kind::kAdagrad: {
         const auto& o = static_cast<const torch::optim::AdagradOptions&>(opts);
         h.algorithm = ca::Algorithm::kAdagrad;

@@ -58,8 +58,8 @@ struct OffloadOptimizerConfig {
   OffloadDevice device = OffloadDevice::kNone;
   std::string nvme_path;
   // Buffers of sub_group_size fp32 elements in the swap pool (DeepSpeed's
-  // meaning). Unset: zinf takes what a pipelined step needs (2 sub-groups in
-  // flight x the states swapped per sub-group); set below that is an error.
+  // meaning). Unset: zinf takes 3 sub-groups of states (reads, compute and
+  // writes all overlap); below 2 sub-groups of states is an error.
   std::optional<std::uint32_t> buffer_count;
   bool pin_memory = true;
   bool pipeline_read = false;

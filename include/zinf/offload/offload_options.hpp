@@ -21,8 +21,9 @@ struct OffloadOptions {
   TORCH_ARG(std::string, device) = "cpu";
   TORCH_ARG(std::string, nvme_path) = "";
   // fp32 buffers of sub_group_size elements in the NVMe swap pool
-  // (offload_optimizer.buffer_count). 0: what the pipeline needs (2 sub-groups
-  // in flight x the states swapped per sub-group); fewer than that is an error.
+  // (offload_optimizer.buffer_count). The pipeline needs at least 2 sub-groups
+  // of states (6 for Adam/AdamW, 4 for Adagrad/Lion; fewer is an error); 3
+  // also overlap reads with writes. 0: 3 sub-groups of states.
   TORCH_ARG(std::uint32_t, buffer_count) = 0;
   // Elements per optimizer sub-group (zero_optimization.sub_group_size).
   TORCH_ARG(std::uint64_t, sub_group_size) = 1000000000;
