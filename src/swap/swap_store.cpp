@@ -281,6 +281,8 @@ class SwapStoreImpl final : public SwapStore {
     if (!std::filesystem::is_directory(st)) {
       return Status::invalid_argument("swap path " + root.string() + " is not a directory");
     }
+    if (::access(root.c_str(), W_OK | X_OK) != 0)
+      return Status::from_errno(errno, "swap path " + root.string() + " is not writable");
     PathState p;
     p.root = root;
     std::string pattern = (root / "zinf-swap-XXXXXX").string();

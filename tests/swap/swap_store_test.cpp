@@ -208,6 +208,78 @@ TEST_P(SwapStoreTest, FailedWriteKeepsThePreviousValue) {
   EXPECT_EQ(std::memcmp(in->data(), new_value.data(), size), 0);
 }
 
+TEST_P(SwapStoreTest, NoSpaceOnTheDeviceIsNoSpaceNamingTheKey) {
+  auto o = options(1);
+  FaultSpec fault;
+  fault.kind = FaultKind::kEnospc;
+  fault.only = IoOp::kWrite;
+  fault.nth = 1;
+  o.fault = fault;
+  auto store = open(o);
+  ASSERT_NE(store, nullptr);
+  AlignedBuffer v = pattern(8192, 4);
+  Status s = put(*store, "full", v, 8192);
+  EXPECT_EQ(s.code(), StatusCode::kNoSpace) << s.to_string();
+  EXPECT_NE(s.message().find("key 'full'"), std::string::npos) << s.message();
+  EXPECT_FALSE(store->contains("full")) << "a failed first write stores nothing";
+  EXPECT_EQ(store->stats().live_bytes, 0u);
+}
+
+TEST_P(SwapStoreTest, ReadStartedBeforeOverwritesGetsTheOldValue) {
+  auto o = options(1);
+  o.aio.intra_op_parallelism = 1;
+  auto store = open(o);
+  ASSERT_NE(store, nullptr);
+  const std::size_t size = 300000;
+  AlignedBuffer old_value = pattern(size, 5), v1 = pattern(size, 6), v2 = pattern(size, 7);
+  ASSERT_TRUE(put(*store, "r", old_value, size).is_ok());
+  const auto old_where = store->locate("r");
+  ASSERT_TRUE(old_where.is_ok());
+  auto in = AlignedBuffer::allocate(size);
+  auto reading = store->read("r", {in->data(), size});
+  ASSERT_TRUE(reading.is_ok());
+  // Both overwrites finish while the read is not yet waited for: the extents
+  // it reads stay reserved until then, so first fit cannot hand them to v2.
+  ASSERT_TRUE(put(*store, "r", v1, size).is_ok());
+  ASSERT_TRUE(put(*store, "r", v2, size).is_ok());
+  const auto new_where = store->locate("r");
+  ASSERT_TRUE(new_where.is_ok());
+  for (const auto& a : *old_where) {
+    for (const auto& b : *new_where) {
+      EXPECT_TRUE(a.offset + a.length <= b.offset || b.offset + b.length <= a.offset)
+          << "v2 at " << b.offset << " overlaps the value being read at " << a.offset;
+    }
+  }
+  ASSERT_TRUE(store->wait(*reading).is_ok());
+  EXPECT_EQ(std::memcmp(in->data(), old_value.data(), size), 0);
+  ASSERT_TRUE(get(*store, "r", *in, size).is_ok());
+  EXPECT_EQ(std::memcmp(in->data(), v2.data(), size), 0);
+}
+
+TEST_P(SwapStoreTest, ATicketIsWaitedForOnce) {
+  auto store = open(options(1));
+  ASSERT_NE(store, nullptr);
+  AlignedBuffer v = pattern(4096, 8);
+  auto t = store->write("once", {v.data(), 4096});
+  ASSERT_TRUE(t.is_ok());
+  ASSERT_TRUE(store->wait(*t).is_ok());
+  Status again = store->wait(*t);
+  EXPECT_EQ(again.code(), StatusCode::kInvalidArgument) << again.to_string();
+}
+
+TEST_P(SwapStoreTest, UnwritablePathIsAnErrorNamingIt) {
+  if (::geteuid() == 0) GTEST_SKIP() << "root writes to any directory";
+  auto o = options(1);
+  std::filesystem::permissions(
+      o.paths[0], std::filesystem::perms::owner_read | std::filesystem::perms::owner_exec);
+  auto store = SwapStore::open(o);
+  std::filesystem::permissions(o.paths[0], std::filesystem::perms::owner_all);
+  ASSERT_FALSE(store.is_ok());
+  EXPECT_NE(store.status().message().find(o.paths[0].string()), std::string::npos)
+      << store.status().message();
+  EXPECT_NE(store.status().message().find("not writable"), std::string::npos);
+}
+
 TEST_P(SwapStoreTest, FilesArePrivateAndRemovedLeavingOthersUntouched) {
   auto o = options(1);
   const auto root = o.paths[0];
