@@ -108,7 +108,7 @@ RunResult sample(Op op, std::uint32_t qd, double gbps) {
 TEST(SwapbenchReportTest, SvgHasAxesAndOnePolylinePerSeries) {
   std::vector<RunResult> rs = {sample(Op::kWrite, 1, 0.5), sample(Op::kWrite, 8, 1.5),
                                sample(Op::kRead, 1, 0.7), sample(Op::kRead, 8, 2.1)};
-  const std::string svg = to_svg(rs, "t");
+  const std::string svg = to_svg(rs, "a <b> & c");
   EXPECT_EQ(svg.rfind("<svg", 0), 0u);
   EXPECT_NE(svg.find("</svg>"), std::string::npos);
   std::size_t polylines = 0;
@@ -117,6 +117,7 @@ TEST(SwapbenchReportTest, SvgHasAxesAndOnePolylinePerSeries) {
     ++polylines;
   EXPECT_EQ(polylines, 2u);
   EXPECT_NE(svg.find("queue depth"), std::string::npos);
+  EXPECT_NE(svg.find("a &lt;b&gt; &amp; c"), std::string::npos);
   const std::string csv = to_csv(rs);
   EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 5);
 }
@@ -192,9 +193,10 @@ TEST_F(SwapbenchBinaryTest, TuneEmitsAConfigZinfReads) {
 }
 
 TEST_F(SwapbenchBinaryTest, DefaultRunLeavesNothingBehind) {
-  auto [rc, out] = run_swapbench("--size 8M", dir_);
+  auto [rc, out] = run_swapbench("", dir_);
   ASSERT_EQ(rc, 0) << out;
-  EXPECT_NE(out.find("GB/s"), std::string::npos);
+  EXPECT_NE(out.find("256 MiB per op"), std::string::npos) << out;
+  EXPECT_NE(out.find("GB/s"), std::string::npos) << out;
   EXPECT_TRUE(std::filesystem::is_empty(dir_));
 }
 

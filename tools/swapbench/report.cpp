@@ -23,6 +23,30 @@ std::string fixed(double v, int digits) {
   return buf;
 }
 
+// The title holds a user's path: escape what XML reserves.
+std::string xml_escape(std::string_view text) {
+  std::string out;
+  for (char c : text) {
+    switch (c) {
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 void print_table(std::ostream& out, const std::vector<RunResult>& results) {
@@ -109,7 +133,7 @@ std::string to_svg(const std::vector<RunResult>& results, const std::string& tit
     << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
     << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     << "<text x=\"" << kW / 2 - kRight / 2 << "\" y=\"28\" text-anchor=\"middle\" font-size=\"16\">"
-    << title << "</text>\n";
+    << xml_escape(title) << "</text>\n";
   for (int i = 0; i <= 5; ++i) {
     const double y = top * i / 5;
     s << "<line x1=\"" << kLeft << "\" x2=\"" << kLeft + plot_w << "\" y1=\"" << py(y) << "\" y2=\""
