@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deps="$PWD/.deps"
-packages=(liburing2 liburing-dev libaio1 libaio-dev libtbb12 libtbbmalloc2 libtbb-dev libisal2 libisal-dev
+packages=(liburing2 liburing-dev libaio1 libaio-dev libtbb12 libtbbmalloc2 libtbbbind-2-5 libtbb-dev libisal2 libisal-dev
           nlohmann-json3-dev libgtest-dev libgmock-dev)
 
 if [ "${1:-}" = "--fetch" ]; then

@@ -15,8 +15,12 @@ set(torch_arg "")
 if(Torch_DIR)
   set(torch_arg -DTorch_DIR=${Torch_DIR})
 endif()
+string(REPLACE "|" ";" prefix_path "${prefix}|${SEARCH_CMAKE_PREFIX_PATH}")
+string(REPLACE "|" ";" include_path "${SEARCH_CMAKE_INCLUDE_PATH}")
+string(REPLACE "|" ";" library_path "${SEARCH_CMAKE_LIBRARY_PATH}")
 run(configure ${CMAKE_COMMAND} -S ${CONSUMER_SOURCE_DIR} -B ${WORK_DIR}/build -G ${GENERATOR}
-    -DCMAKE_BUILD_TYPE=${BUILD_TYPE} -DCMAKE_PREFIX_PATH=${prefix} ${torch_arg})
+    -DCMAKE_BUILD_TYPE=${BUILD_TYPE} "-DCMAKE_PREFIX_PATH=${prefix_path}"
+    "-DCMAKE_INCLUDE_PATH=${include_path}" "-DCMAKE_LIBRARY_PATH=${library_path}" ${torch_arg})
 run(build ${CMAKE_COMMAND} --build ${WORK_DIR}/build)
 run(execute ${WORK_DIR}/build/consumer)
 file(REMOVE_RECURSE ${WORK_DIR})
