@@ -2,11 +2,14 @@
 // would use torch::optim::AdamW: a character-level model learns to predict
 // the next character of a text file.
 //
-//   finetune_drop_in [--optimizer torch|zinf-cpu|zinf-nvme] [--steps N]
-//                    [--nvme-path DIR] [--config ds.json] [--data FILE] [--lr X]
+//   finetune_drop_in [--optimizer torch|zinf-cpu|zinf-nvme] [--device auto|cpu|cuda]
+//                    [--steps N] [--nvme-path DIR] [--config ds.json] [--data FILE]
+//                    [--lr X]
 //
-// It prints the loss curve, the time per step and the bytes the optimizer
-// state holds on each tier.
+// The model trains on the GPU when there is one (--device auto) and on the CPU
+// otherwise. It prints the loss curve, the time per step and the bytes held on
+// each tier: the parameters on the device, the optimizer state in host memory
+// or on NVMe.
 #include <stdlib.h>
 #include <torch/torch.h>
 
@@ -45,6 +48,7 @@ struct CharModel : torch::nn::Module {
 
 struct Args {
   std::string optimizer = "zinf-nvme";
+  std::string device = "auto";
   int steps = 200;
   std::string nvme_path;
   std::string config;
@@ -54,9 +58,9 @@ struct Args {
 
 [[noreturn]] void usage_error(const std::string& why) {
   std::cerr << "finetune_drop_in: " << why
-            << "\nusage: finetune_drop_in [--optimizer torch|zinf-cpu|zinf-nvme] [--steps N] "
-               "[--nvme-path DIR]"
-               " [--config ds.json] [--data FILE] [--lr X]\n";
+            << "\nusage: finetune_drop_in [--optimizer torch|zinf-cpu|zinf-nvme] "
+               "[--device auto|cpu|cuda] [--steps N] [--nvme-path DIR] [--config ds.json] "
+               "[--data FILE] [--lr X]\n";
   std::exit(2);
 }
 
@@ -69,6 +73,8 @@ Args parse(int argc, char** argv) {
     try {
       if (flag == "--optimizer") {
         a.optimizer = value;
+      } else if (flag == "--device") {
+        a.device = value;
       } else if (flag == "--steps") {
         a.steps = std::stoi(value);
       } else if (flag == "--nvme-path") {
@@ -88,6 +94,11 @@ Args parse(int argc, char** argv) {
   }
   if (a.optimizer != "torch" && a.optimizer != "zinf-cpu" && a.optimizer != "zinf-nvme") {
     usage_error("--optimizer must be torch, zinf-cpu or zinf-nvme");
+  }
+  if (a.device == "auto") a.device = torch::cuda::is_available() ? "cuda" : "cpu";
+  if (a.device != "cpu" && a.device != "cuda") usage_error("--device must be auto, cpu or cuda");
+  if (a.device == "cuda" && !torch::cuda::is_available()) {
+    usage_error("--device cuda: no CUDA device, or LibTorch built without CUDA");
   }
   if (a.steps < 1) usage_error("--steps must be >= 1");
   return a;
@@ -128,6 +139,8 @@ int main(int argc, char** argv) {
 
   torch::manual_seed(0);
   CharModel model(vocab);
+  const torch::Device device(args.device == "cuda" ? torch::kCUDA : torch::kCPU);
+  model.to(device);
   std::int64_t n_params = 0;
   for (const auto& p : model.parameters()) n_params += p.numel();
 
@@ -153,7 +166,7 @@ int main(int argc, char** argv) {
     optimizer = std::make_unique<zinf::OffloadAdamW>(model.parameters(), adamw, offload);
   }
   std::cout << "finetune_drop_in: " << n_params << " parameters, vocabulary " << vocab
-            << ", optimizer " << args.optimizer << "\n";
+            << ", optimizer " << args.optimizer << ", model on " << args.device << "\n";
 
   const auto windows = static_cast<std::int64_t>(text.size()) - kContext - 1;
   double total_ms = 0;
@@ -162,12 +175,13 @@ int main(int argc, char** argv) {
     auto starts = torch::randint(windows, {kBatch}, torch::kLong);
     auto offsets = torch::arange(kContext + 1, torch::kLong);
     auto idx = starts.unsqueeze(1) + offsets.unsqueeze(0);
-    auto batch = encoded.index({idx});
+    auto batch = encoded.index({idx}).to(device);
     auto x = batch.narrow(1, 0, kContext), y = batch.select(1, kContext);
     optimizer->zero_grad();
     auto loss = torch::cross_entropy_loss(model.forward(x), y);
     loss.backward();
     optimizer->step();
+    if (device.is_cuda()) torch::cuda::synchronize();
     const double ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     total_ms += ms;
@@ -177,6 +191,7 @@ int main(int argc, char** argv) {
     }
   }
   std::printf("average %.1f ms/step over %d steps\n", total_ms / args.steps, args.steps);
+  std::cout << "parameters: " << args.device << " " << mib(n_params * sizeof(float)) << "\n";
   if (auto* z = dynamic_cast<zinf::OffloadOptimizer*>(optimizer.get())) {
     const zinf::TierBytes b = z->tier_bytes();
     const zinf::StepStats& s = z->last_step_stats();
@@ -189,7 +204,7 @@ int main(int argc, char** argv) {
       const auto& st = static_cast<const torch::optim::AdamWParamState&>(*state);
       bytes += (st.exp_avg().numel() + st.exp_avg_sq().numel()) * sizeof(float);
     }
-    std::cout << "optimizer state: host " << mib(bytes)
+    std::cout << "optimizer state: " << args.device << " " << mib(bytes)
               << " (LibTorch keeps it beside the parameters)\n";
   }
   return 0;

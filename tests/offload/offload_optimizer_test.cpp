@@ -31,22 +31,34 @@ struct Mlp : torch::nn::Module {
   torch::nn::Linear fc1{nullptr}, fc2{nullptr};
 };
 
-std::shared_ptr<Mlp> make_mlp(torch::Dtype dtype = torch::kFloat) {
+std::shared_ptr<Mlp> make_mlp(torch::Dtype dtype = torch::kFloat,
+                              torch::Device device = torch::kCPU) {
   torch::manual_seed(0);
   auto m = std::make_shared<Mlp>();
-  m->to(dtype);
+  m->to(device, dtype);
   return m;
 }
 
-// One training step on fixed data (the same for every model).
+// One training step on fixed data (the same for every model, drawn on the CPU
+// and moved to the model's device).
 void train_step(Mlp& model, torch::optim::Optimizer& opt, int step) {
   torch::manual_seed(1000 + step);
-  auto x = torch::randn({64, 16}).to(model.fc1->weight.dtype());
-  auto y = torch::randn({64, 8}).to(model.fc1->weight.dtype());
+  const torch::Tensor& w = model.fc1->weight;
+  auto x = torch::randn({64, 16}).to(w.device(), w.scalar_type());
+  auto y = torch::randn({64, 8}).to(w.device(), w.scalar_type());
   opt.zero_grad();
   auto loss = torch::mse_loss(model.forward(x).to(torch::kFloat), y.to(torch::kFloat));
   loss.backward();
   opt.step();
+}
+
+// Steps [first, last) of train_step on two models side by side.
+void train_both(Mlp& a, torch::optim::Optimizer& opt_a, Mlp& b, torch::optim::Optimizer& opt_b,
+                int first, int last) {
+  for (int s = first; s < last; ++s) {
+    train_step(a, opt_a, s);
+    train_step(b, opt_b, s);
+  }
 }
 
 void expect_close(const Mlp& a, const Mlp& b, double rel, double abs_floor) {
@@ -82,10 +94,7 @@ TEST_P(OffloadTest, AdamWMatchesLibTorchOver200Steps) {
   auto opts = torch::optim::AdamWOptions(1e-3).weight_decay(0.05).betas({0.9, 0.98});
   torch::optim::AdamW torch_opt(ref->parameters(), opts);
   OffloadAdamW zinf_opt(ours->parameters(), opts, offload());
-  for (int s = 0; s < 200; ++s) {
-    train_step(*ref, torch_opt, s);
-    train_step(*ours, zinf_opt, s);
-  }
+  train_both(*ref, torch_opt, *ours, zinf_opt, 0, 200);
   expect_close(*ours, *ref, 1e-5, 1e-7);
 }
 
@@ -94,10 +103,7 @@ TEST_P(OffloadTest, AdamWithL2MatchesLibTorch) {
   auto opts = torch::optim::AdamOptions(1e-2).weight_decay(0.01);
   torch::optim::Adam torch_opt(ref->parameters(), opts);
   OffloadAdam zinf_opt(ours->parameters(), opts, offload());
-  for (int s = 0; s < 200; ++s) {
-    train_step(*ref, torch_opt, s);
-    train_step(*ours, zinf_opt, s);
-  }
+  train_both(*ref, torch_opt, *ours, zinf_opt, 0, 200);
   expect_close(*ours, *ref, 1e-5, 1e-7);
 }
 
@@ -109,10 +115,7 @@ TEST_P(OffloadTest, AdagradMatchesLibTorch) {
                   .initial_accumulator_value(0.1);
   torch::optim::Adagrad torch_opt(ref->parameters(), opts);
   OffloadAdagrad zinf_opt(ours->parameters(), opts, offload());
-  for (int s = 0; s < 200; ++s) {
-    train_step(*ref, torch_opt, s);
-    train_step(*ours, zinf_opt, s);
-  }
+  train_both(*ref, torch_opt, *ours, zinf_opt, 0, 200);
   expect_close(*ours, *ref, 1e-5, 1e-7);
 }
 
@@ -265,6 +268,54 @@ TEST_P(OffloadTest, LoadRejectsAMismatchedCheckpoint) {
 
 INSTANTIATE_TEST_SUITE_P(Devices, OffloadTest, ::testing::Values("cpu", "nvme"));
 
+bool have_cuda() { return torch::cuda::is_available(); }
+constexpr const char* kNoCuda = "no CUDA device, or LibTorch built without CUDA";
+
+// Parameters on a CUDA device reach the same CPU kernel through host copies:
+// given the same gradients they end bit-identical to the same parameters on
+// the CPU, in every dtype.
+class CudaOffloadTest : public OffloadTest {
+ protected:
+  void SetUp() override {
+    if (!have_cuda()) GTEST_SKIP() << kNoCuda;
+  }
+};
+
+TEST_P(CudaOffloadTest, SameResultAsCpuParametersInEveryDtype) {
+  for (torch::Dtype dtype : {torch::kFloat, torch::kHalf, torch::kBFloat16}) {
+    auto host = make_mlp(dtype), device = make_mlp(dtype, torch::kCUDA);
+    auto opts = torch::optim::AdamWOptions(1e-2).weight_decay(0.01);
+    OffloadAdamW host_opt(host->parameters(), opts, offload(100));
+    OffloadAdamW device_opt(device->parameters(), opts, offload(100));
+    for (int s = 0; s < 20; ++s) {
+      torch::manual_seed(s);
+      for (std::size_t i = 0; i < host->parameters().size(); ++i) {
+        auto g = torch::randn(host->parameters()[i].sizes()).to(dtype);
+        host->parameters()[i].mutable_grad() = g;
+        device->parameters()[i].mutable_grad() = g.to(torch::kCUDA);
+      }
+      host_opt.step();
+      device_opt.step();
+    }
+    for (std::size_t i = 0; i < host->parameters().size(); ++i) {
+      EXPECT_TRUE(device->parameters()[i].is_cuda());
+      EXPECT_TRUE(torch::equal(host->parameters()[i], device->parameters()[i].cpu()))
+          << c10::toString(dtype) << " parameter " << i;
+    }
+  }
+}
+
+TEST_P(CudaOffloadTest, TrainsOnTheGpuLikeLibTorchAdamW) {
+  auto ref = make_mlp(torch::kFloat, torch::kCUDA), ours = make_mlp(torch::kFloat, torch::kCUDA);
+  auto opts = torch::optim::AdamWOptions(1e-3).weight_decay(0.05);
+  torch::optim::AdamW torch_opt(ref->parameters(), opts);
+  OffloadAdamW zinf_opt(ours->parameters(), opts, offload());
+  train_both(*ref, torch_opt, *ours, zinf_opt, 0, 200);
+  expect_close(*ours, *ref, 1e-5, 1e-7);
+}
+
+INSTANTIATE_TEST_SUITE_P(Devices, CudaOffloadTest, ::testing::Values("cpu", "nvme"));
+
 class NvmeOffloadTest : public ::testing::Test {
  protected:
   OffloadOptions options(std::uint64_t sub_group = 300) {
@@ -286,10 +337,7 @@ TEST_F(NvmeOffloadTest, BitIdenticalToCpuModeAcrossSubGroups) {
                        options(100).device("cpu"));
   OffloadAdamW nvme_opt(nvme->parameters(), torch::optim::AdamWOptions(1e-2),
                         options(100).buffer_count(9));
-  for (int s = 0; s < 30; ++s) {
-    train_step(*cpu, cpu_opt, s);
-    train_step(*nvme, nvme_opt, s);
-  }
+  train_both(*cpu, cpu_opt, *nvme, nvme_opt, 0, 30);
   expect_equal(*cpu, *nvme);
   EXPECT_EQ(nvme_opt.last_step_stats().sub_groups, 9u);            // 808 elements / 100
   EXPECT_EQ(nvme_opt.last_step_stats().bytes_written, 808u * 12);  // master, exp_avg, exp_avg_sq
@@ -300,15 +348,12 @@ TEST_F(NvmeOffloadTest, BitIdenticalToCpuModeAcrossSubGroups) {
 // A run with an I/O fault in its 3rd step must end exactly like a run
 // without it: the failed step changes nothing, and the retry succeeds.
 void expect_fault_is_atomic(const OffloadOptions& faulty, const OffloadOptions& clean,
-                            StatusCode code) {
-  auto a = make_mlp(), b = make_mlp();
+                            StatusCode code, torch::Device device = torch::kCPU) {
+  auto a = make_mlp(torch::kFloat, device), b = make_mlp(torch::kFloat, device);
   OffloadAdamW opt_a(a->parameters(), torch::optim::AdamWOptions(1e-2), faulty);
   OffloadAdamW opt_b(b->parameters(), torch::optim::AdamWOptions(1e-2), clean);
-  for (int s = 0; s < 2; ++s) {
-    train_step(*a, opt_a, s);
-    train_step(*b, opt_b, s);
-  }
-  auto snapshot = make_mlp();
+  train_both(*a, opt_a, *b, opt_b, 0, 2);
+  auto snapshot = make_mlp(torch::kFloat, device);
   for (std::size_t i = 0; i < a->parameters().size(); ++i)
     snapshot->parameters()[i].detach().copy_(a->parameters()[i]);
   try {
@@ -320,31 +365,39 @@ void expect_fault_is_atomic(const OffloadOptions& faulty, const OffloadOptions& 
         << "names the file: " << e.what();
   }
   expect_equal(*a, *snapshot);
-  for (int s = 2; s < 5; ++s) {
-    train_step(*a, opt_a, s);
-    train_step(*b, opt_b, s);
-  }
+  train_both(*a, opt_a, *b, opt_b, 2, 5);
   expect_equal(*a, *b);
 }
 
-// 808 elements in sub-groups of 300: 3 sub-groups x 3 states, one request
-// each; initialisation writes 9, each step reads 9 and writes 9.
-TEST_F(NvmeOffloadTest, WriteErrorMidStepIsAtomic) {
+// One EIO on the nth read or write. 808 elements in sub-groups of 300: 3
+// sub-groups x 3 states, one request each; initialisation writes 9, each
+// step reads 9 and writes 9.
+swap::FaultSpec one_eio(swap::IoOp op, std::uint64_t nth) {
   swap::FaultSpec f;
   f.kind = swap::FaultKind::kEio;
-  f.only = swap::IoOp::kWrite;
-  f.nth = 9 + 9 + 9 + 5;  // the 5th write of the 3rd step
+  f.only = op;
+  f.nth = nth;
   f.max_faults = 1;
-  expect_fault_is_atomic(options().fault(f), options(), StatusCode::kIoError);
+  return f;
+}
+constexpr std::uint64_t kFifthWriteOfThirdStep = 9 + 9 + 9 + 5;
+
+TEST_F(NvmeOffloadTest, WriteErrorMidStepIsAtomic) {
+  expect_fault_is_atomic(options().fault(one_eio(swap::IoOp::kWrite, kFifthWriteOfThirdStep)),
+                         options(), StatusCode::kIoError);
+}
+
+// The restore after a fault writes the previous values back to the device.
+TEST_F(NvmeOffloadTest, WriteErrorMidStepIsAtomicForCudaParameters) {
+  if (!have_cuda()) GTEST_SKIP() << kNoCuda;
+  expect_fault_is_atomic(options().fault(one_eio(swap::IoOp::kWrite, kFifthWriteOfThirdStep)),
+                         options(), StatusCode::kIoError, torch::kCUDA);
 }
 
 TEST_F(NvmeOffloadTest, ReadErrorMidStepIsAtomic) {
-  swap::FaultSpec f;
-  f.kind = swap::FaultKind::kEio;
-  f.only = swap::IoOp::kRead;
-  f.nth = 9 + 9 + 4;  // the 4th read of the 3rd step
-  f.max_faults = 1;
-  expect_fault_is_atomic(options().fault(f), options(), StatusCode::kIoError);
+  const std::uint64_t fourth_read_of_third_step = 9 + 9 + 4;
+  expect_fault_is_atomic(options().fault(one_eio(swap::IoOp::kRead, fourth_read_of_third_step)),
+                         options(), StatusCode::kIoError);
 }
 
 TEST_F(NvmeOffloadTest, ShortTransfersAreInvisible) {
@@ -355,10 +408,7 @@ TEST_F(NvmeOffloadTest, ShortTransfersAreInvisible) {
   OffloadAdamW opt_a(a->parameters(), torch::optim::AdamWOptions(1e-2), options(3000).fault(f));
   OffloadAdamW opt_b(b->parameters(), torch::optim::AdamWOptions(1e-2),
                      options(3000).device("cpu"));
-  for (int s = 0; s < 5; ++s) {
-    train_step(*a, opt_a, s);
-    train_step(*b, opt_b, s);
-  }
+  train_both(*a, opt_a, *b, opt_b, 0, 5);
   expect_equal(*a, *b);
 }
 
