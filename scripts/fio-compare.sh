@@ -12,6 +12,7 @@ command -v fio >/dev/null || { echo "fio-compare: fio is not installed (apt-get 
 if [ -n "${1:-}" ]; then dir="$1"; else dir="$(mktemp -d "$(pwd)/fio-compare-XXXXXX")"; trap 'rm -rf "$dir"' EXIT; fi
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+range() { sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%.2f-%.2f", lo, hi}'; }
 
 # fio with what swapbench uses too: io_uring, O_DIRECT, registered files and
 # fixed buffers, batched submission, one job at a time. Like swapbench's
@@ -37,7 +38,10 @@ swapbench_gbps() {  # bs qd size checksum
     python3 -c "import json,sys; r={x['op']: x['gbps'] for x in json.load(sys.stdin)['results']}; print(r['write'], r['read'])"
 }
 
-printf "%-6s %-6s %-4s %-5s %-4s %10s %10s %7s\n" op bs qd size crc fio_GB/s zinf_GB/s ratio
+# Medians, then the range of each tool's rounds (the spread says how far a
+# ratio can be trusted on this disk).
+printf "%-6s %-6s %-4s %-5s %-4s %10s %10s %7s %11s %11s\n" op bs qd size crc fio_GB/s zinf_GB/s ratio \
+  fio_range zinf_range
 for cfg in "1M 32 2G" "128K 8 1G"; do
   read -r bs qd size <<<"$cfg"
   for crc in off on; do
@@ -49,8 +53,9 @@ for cfg in "1M 32 2G" "128K 8 1G"; do
     for op in write read; do
       if [ "$op" = write ]; then f=("${fw[@]}"); z=("${zw[@]}"); else f=("${fr[@]}"); z=("${zr[@]}"); fi
       fm=$(printf "%s\n" "${f[@]}" | median); zm=$(printf "%s\n" "${z[@]}" | median)
-      printf "%-6s %-6s %-4s %-5s %-4s %10.3f %10.3f %7.2f\n" "$op" "$bs" "$qd" "$size" "$crc" "$fm" "$zm" \
-        "$(echo "$zm / $fm" | bc -l)"
+      printf "%-6s %-6s %-4s %-5s %-4s %10.3f %10.3f %7.2f %11s %11s\n" "$op" "$bs" "$qd" "$size" "$crc" \
+        "$fm" "$zm" "$(awk -v z="$zm" -v f="$fm" 'BEGIN {print z / f}')" "$(printf "%s\n" "${f[@]}" | range)" \
+        "$(printf "%s\n" "${z[@]}" | range)"
     done
   done
 done
