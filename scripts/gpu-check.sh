@@ -4,10 +4,14 @@
 # access.
 #
 #   scripts/gpu-check.sh --fetch   here, with apt: download the Debian
-#                                  packages the build needs into .deps/
+#                                  packages the build needs into .deps/, and
+#                                  bundle this machine's fio with its
+#                                  libraries into .deps/fio.tar.xz
 #   scripts/gpu-check.sh           there (carry .deps): unpack them into
 #                                  .deps/root (never into /), build against
 #                                  PyTorch's CUDA LibTorch, run ctest
+#   scripts/gpu-check.sh --bench   the same, then the example with each
+#                                  optimizer on the GPU and fio-compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deps="$PWD/.deps"
@@ -15,13 +19,23 @@ packages=(liburing2 liburing-dev libaio1 libaio-dev libtbb12 libtbbmalloc2 libtb
           nlohmann-json3-dev libgtest-dev libgmock-dev)
 
 if [ "${1:-}" = "--fetch" ]; then
-  mkdir -p "$deps"
+  rm -rf "$deps/fio" && mkdir -p "$deps/fio/lib"
   (cd "$deps" && apt-get download "${packages[@]}")
-  echo "gpu-check: ${#packages[@]} packages in $deps; carry .deps to the GPU machine"
+  # fio pulls in ~60 libraries (ceph, gluster, rdma): carry the binary with
+  # every one of them except glibc's, which the GPU machine has, compressed
+  # to fit the carry limit.
+  fio="$(command -v fio)" || { echo "gpu-check: install fio first (scripts/install-deps.sh)" >&2; exit 2; }
+  cp "$fio" "$deps/fio/fio.bin"
+  ldd "$fio" | awk '$3 ~ /^\// {print $3}' | grep -vE '/(libc|libm|libpthread|libdl|librt)\.so' |
+    xargs cp -L -t "$deps/fio/lib"
+  printf '#!/bin/sh\nd="$(dirname "$0")"\nLD_LIBRARY_PATH="$d/lib" exec "$d/fio.bin" "$@"\n' >"$deps/fio/fio"
+  chmod +x "$deps/fio/fio"
+  tar cJf "$deps/fio.tar.xz" -C "$deps" fio && rm -rf "$deps/fio"
+  echo "gpu-check: ${#packages[@]} packages and fio in $deps; carry .deps to the GPU machine"
   exit 0
 fi
 
-ls "$deps"/*.deb >/dev/null 2>&1 || { echo "gpu-check: no .deb files in $deps (run --fetch here first)" >&2; exit 2; }
+ls "$deps"/*.deb "$deps/fio.tar.xz" >/dev/null 2>&1 || { echo "gpu-check: no packages or fio bundle in $deps (run --fetch here first)" >&2; exit 2; }
 root="$deps/root"
 mkdir -p "$root"
 for deb in "$deps"/*.deb; do dpkg -x "$deb" "$root"; done
@@ -33,3 +47,10 @@ cmake -S . -B build/gpu -DCMAKE_BUILD_TYPE=Release -DZINF_BUILD_BENCH=OFF \
   -DCMAKE_LIBRARY_PATH="$root/usr/lib/x86_64-linux-gnu"
 cmake --build build/gpu -j "$(nproc)"
 ctest --test-dir build/gpu --output-on-failure -j "$(nproc)"
+[ "${1:-}" = "--bench" ] || exit 0
+
+for optimizer in torch zinf-cpu zinf-nvme; do
+  build/gpu/examples/finetune_drop_in --optimizer "$optimizer" --device cuda
+done
+tar xJf "$deps/fio.tar.xz" -C "$deps"
+PATH="$deps/fio:$PATH" SWAPBENCH="$PWD/build/gpu/tools/swapbench/swapbench" scripts/fio-compare.sh
