@@ -1,14 +1,20 @@
-// SwapStore: keyed extents in one swap file per path, moved by a pool of
-// workers that each own an IoQueue (see include/zinf/swap/swap_store.hpp).
+// SwapStore: keyed extents in one swap file per path, moved through lanes
+// (see include/zinf/swap/swap_store.hpp).
 //
-// Data path. write()/read() cut an operation into chunks of at most
-// aio.block_size bytes (the stripe unit) and push them onto one shared work
-// queue; each worker keeps its own IoQueue full from it. The worker that
-// finishes an operation's last chunk completes it: a write then switches its
-// key to the new extents (freeing the old ones) or, on error, frees the new
-// extents and keeps the old value. CRC32C is computed by the caller's thread
-// in write() and verified by the caller's thread in wait(), so checksums scale
-// with the number of callers and never stall a worker.
+// Data path. A lane is one IoQueue (one ring) with a backlog of chunks (at
+// most aio.block_size bytes each: the stripe unit) and a worker thread. Any
+// thread may drive a lane (fill its free slots from the backlog, submit, reap)
+// while it holds the lane's `driven` flag, so the common case costs no thread
+// hand-off at all, as with fio: write()/read() submit their chunks from the
+// caller's thread, and wait() reaps on the caller's thread until its operation
+// is done, finishing whatever else completes on the way. The worker drives a
+// lane only while its backlog is not empty and nobody else does, which keeps
+// operations larger than the queue depth moving while their callers compute.
+// Whoever finishes an operation's last chunk completes it: a write then
+// switches its key to the new extents (freeing the old ones) or, on error,
+// frees the new extents and keeps the old value. CRC32C is computed by the
+// caller's thread in write() and verified by the caller's thread in wait(), so
+// checksums scale with the number of callers.
 #include "zinf/swap/swap_store.hpp"
 
 #include <fcntl.h>
@@ -50,6 +56,8 @@ struct Value {
   std::uint32_t crc = 0;
 };
 
+// One read or write. The fields below `layout` are guarded by the store's
+// state_mutex_.
 struct Op {
   IoOp kind = IoOp::kRead;
   std::string key;
@@ -57,9 +65,8 @@ struct Op {
   std::uint64_t size = 0;
   std::uint32_t crc = 0;  // write: of the data; read: expected
   Layout layout;          // write: the new extents; read: where the value is
-  std::atomic<std::size_t> chunks_left{0};
-  std::mutex mutex;
-  std::condition_variable cv;
+  std::vector<std::uint32_t> left_in_lane;  // chunks not yet finished, per lane
+  std::size_t chunks_left = 0;
   bool done = false;
   Status status;
 };
@@ -67,6 +74,22 @@ struct Op {
 struct Chunk {
   std::shared_ptr<Op> op;
   IoRequest request;
+};
+
+// One IoQueue and the chunks waiting for its slots. `backlog` and `driven`
+// are guarded by the store's state_mutex_; the rest belongs to whoever has
+// set `driven`.
+struct Lane {
+  std::size_t index = 0;  // in the store's lanes_, and in Op::left_in_lane
+  std::unique_ptr<IoQueue> queue;
+  std::deque<Chunk> backlog;
+  bool driven = false;
+  std::vector<Chunk> slots;  // in flight, by IoRequest::user_data
+  std::vector<std::size_t> free_slots;
+  std::vector<IoRequest> batch;
+  std::vector<IoResult> results;
+  std::condition_variable worker_cv;  // the backlog has work and nobody drives
+  std::thread worker;
 };
 
 struct PathState {
@@ -95,13 +118,18 @@ class SwapStoreImpl final : public SwapStore {
  public:
   explicit SwapStoreImpl(SwapStoreOptions options) : options_(std::move(options)) {}
 
+  // Chunks still in a backlog are dropped; requests in flight are waited for
+  // (IoQueue's destructor) before the files close.
   ~SwapStoreImpl() override {
     {
-      std::unique_lock lock(queue_mutex_);
+      std::lock_guard lock(state_mutex_);
       stopping_ = true;
     }
-    queue_cv_.notify_all();
-    for (auto& t : workers_) t.join();
+    for (auto& lane : lanes_) {
+      lane->worker_cv.notify_all();
+      if (lane->worker.joinable()) lane->worker.join();
+    }
+    lanes_.clear();
     for (auto& p : paths_) {
       p.fd.fd.reset();
       std::error_code ec;
@@ -119,9 +147,8 @@ class SwapStoreImpl final : public SwapStore {
           std::to_string(options_.aio.block_size));
     }
     for (const auto& root : options_.paths) ZINF_RETURN_IF_ERROR(add_path(root));
-    const std::uint32_t workers = std::max<std::uint32_t>(1, options_.aio.intra_op_parallelism);
-    std::vector<std::unique_ptr<IoQueue>> queues;
-    for (std::uint32_t w = 0; w < workers; ++w) {
+    const std::uint32_t lanes = std::max<std::uint32_t>(1, options_.aio.intra_op_parallelism);
+    for (std::uint32_t l = 0; l < lanes; ++l) {
       IoEngineOptions eo;
       eo.queue_depth = options_.aio.queue_depth;
       eo.sqpoll = options_.sqpoll;
@@ -131,15 +158,17 @@ class SwapStoreImpl final : public SwapStore {
       for (const auto& p : paths_)
         ZINF_RETURN_IF_ERROR(engine->add_file(p.fd.fd.get(), p.file.string()).status());
       backend_ = std::string(engine->name());
-      queues.push_back(std::make_unique<IoQueue>(std::move(engine),
-                                                 IoQueueOptions{options_.completion_timeout}));
+      auto lane = std::make_unique<Lane>();
+      lane->index = l;
+      lane->queue = std::make_unique<IoQueue>(std::move(engine),
+                                              IoQueueOptions{options_.completion_timeout});
+      const std::size_t depth = lane->queue->free_slots();
+      lane->slots.resize(depth);
+      for (std::size_t i = depth; i > 0; --i) lane->free_slots.push_back(i - 1);
+      lane->results.resize(depth);
+      lanes_.push_back(std::move(lane));
     }
-    queues_ = std::move(queues);
-    for (std::size_t w = 0; w < queues_.size(); ++w)
-      waiting_.push_back(std::make_unique<std::atomic<bool>>(false));
-    for (std::size_t w = 0; w < queues_.size(); ++w) {
-      workers_.emplace_back([this, w] { run_worker(*queues_[w], *waiting_[w]); });
-    }
+    for (auto& lane : lanes_) lane->worker = std::thread([this, l = lane.get()] { run_worker(*l); });
     return Status::ok();
   }
 
@@ -185,28 +214,53 @@ class SwapStoreImpl final : public SwapStore {
   }
 
   Status wait(SwapTicket ticket) override {
-    std::shared_ptr<Op> op;
-    {
-      std::lock_guard lock(ops_mutex_);
-      auto it = ops_.find(ticket.id);
+    auto done = wait_any({&ticket, 1});
+    return done.is_ok() ? done->status : done.status();
+  }
+
+  // Drives a lane that holds chunks of the operations and that nobody else
+  // drives until one operation is done; while every such lane is driven by
+  // another thread, waits for that thread to finish an operation or let go.
+  Result<SwapDone> wait_any(std::span<const SwapTicket> tickets) override {
+    std::vector<std::shared_ptr<Op>> ops;
+    std::unique_lock lock(state_mutex_);
+    for (const SwapTicket& t : tickets) {
+      auto it = ops_.find(t.id);
       if (it == ops_.end()) {
-        return Status::invalid_argument("swap store: unknown ticket " + std::to_string(ticket.id) +
+        return Status::invalid_argument("swap store: unknown ticket " + std::to_string(t.id) +
                                         " (never issued, or already waited for)");
       }
-      op = std::move(it->second);
-      ops_.erase(it);
+      ops.push_back(it->second);
     }
-    {
-      std::unique_lock lock(op->mutex);
-      op->cv.wait(lock, [&] { return op->done; });
+    if (ops.empty()) return Status::invalid_argument("swap store: wait_any on no tickets");
+    for (;;) {
+      for (std::size_t i = 0; i < ops.size(); ++i) {
+        if (!ops[i]->done) continue;
+        if (ops_.erase(tickets[i].id) == 0) {
+          return Status::invalid_argument("swap store: ticket " + std::to_string(tickets[i].id) +
+                                          " was waited for by another thread");
+        }
+        lock.unlock();
+        return SwapDone{i, finish_wait(*ops[i])};
+      }
+      Lane* free_lane = nullptr;
+      for (const auto& lane : lanes_) {
+        if (lane->driven) continue;
+        for (const auto& op : ops) {
+          if (op->left_in_lane[lane->index] > 0) free_lane = lane.get();
+        }
+        if (free_lane != nullptr) break;
+      }
+      if (free_lane == nullptr) {
+        progress_cv_.wait(lock);
+        continue;
+      }
+      free_lane->driven = true;
+      lock.unlock();
+      drive(*free_lane, /*block=*/true);
+      lock.lock();
+      let_go(*free_lane);
     }
-    if (op->kind == IoOp::kRead) release_read(*op);
-    if (!op->status.is_ok()) return op->status;
-    if (op->kind == IoOp::kRead && options_.checksum) {
-      const std::uint32_t actual = crc32c({op->buffer, op->size});
-      if (actual != op->crc) return checksum_error(*op, actual);
-    }
-    return Status::ok();
   }
 
   Status remove(std::string_view key) override {
@@ -257,7 +311,7 @@ class SwapStoreImpl final : public SwapStore {
   }
 
   Status register_buffers(std::span<const std::span<std::byte>> regions) override {
-    for (auto& q : queues_) ZINF_RETURN_IF_ERROR(q->engine().register_buffers(regions));
+    for (auto& lane : lanes_) ZINF_RETURN_IF_ERROR(lane->queue->engine().register_buffers(regions));
     return Status::ok();
   }
 
@@ -390,6 +444,17 @@ class SwapStoreImpl final : public SwapStore {
     collect_deferred();
   }
 
+  // What wait() returns for a finished operation: for a read, the checksum.
+  Status finish_wait(const Op& op) {
+    if (op.kind == IoOp::kRead) release_read(op);
+    if (!op.status.is_ok()) return op.status;
+    if (op.kind == IoOp::kRead && options_.checksum) {
+      const std::uint32_t actual = crc32c({op.buffer, op.size});
+      if (actual != op.crc) return checksum_error(op, actual);
+    }
+    return Status::ok();
+  }
+
   Status check_buffer(std::string_view key, const void* data, std::uint64_t size) const {
     if (key.empty()) return Status::invalid_argument("swap store: empty key");
     if (data == nullptr || size == 0) {
@@ -403,105 +468,144 @@ class SwapStoreImpl final : public SwapStore {
     return Status::ok();
   }
 
+  // Puts the operation's chunks on the lanes (round robin, starting at a
+  // rotating lane so that single-chunk operations spread), then submits them
+  // from this thread on every lane nobody drives. A driven lane takes them at
+  // its driver's next turn: woken now, where the engine allows.
   Result<SwapTicket> start(std::shared_ptr<Op> op) {
-    std::vector<Chunk> chunks;
-    for_each_unit(op->layout, op->size,
-                  [&](std::size_t p, std::uint64_t offset, std::uint64_t pos, std::uint64_t len) {
-                    IoRequest r;
-                    r.op = op->kind;
-                    r.file = static_cast<int>(op->layout.paths[p]);
-                    r.offset = offset;
-                    r.buffer = op->buffer + pos;
-                    r.length = static_cast<std::uint32_t>(len);
-                    chunks.push_back({op, r});
-                  });
-    op->chunks_left = chunks.size();
-    SwapTicket ticket{next_ticket_.fetch_add(1) + 1};
+    op->left_in_lane.assign(lanes_.size(), 0);
+    std::vector<Lane*> to_submit, to_wake;
+    SwapTicket ticket;
     {
-      std::lock_guard lock(ops_mutex_);
-      ops_.emplace(ticket.id, op);
+      std::lock_guard lock(state_mutex_);
+      std::size_t l = next_lane_++ % lanes_.size();
+      for_each_unit(op->layout, op->size,
+                    [&](std::size_t p, std::uint64_t offset, std::uint64_t pos, std::uint64_t len) {
+                      IoRequest r;
+                      r.op = op->kind;
+                      r.file = static_cast<int>(op->layout.paths[p]);
+                      r.offset = offset;
+                      r.buffer = op->buffer + pos;
+                      r.length = static_cast<std::uint32_t>(len);
+                      lanes_[l]->backlog.push_back({op, r});
+                      ++op->left_in_lane[l];
+                      ++op->chunks_left;
+                      l = (l + 1) % lanes_.size();
+                    });
+      for (std::size_t k = 0; k < lanes_.size(); ++k) {
+        if (op->left_in_lane[k] == 0) continue;
+        Lane& lane = *lanes_[k];
+        if (lane.driven) {
+          to_wake.push_back(&lane);
+        } else {
+          lane.driven = true;
+          to_submit.push_back(&lane);
+        }
+      }
+      ticket.id = ++next_ticket_;
+      ops_.emplace(ticket.id, std::move(op));
     }
-    {
-      std::lock_guard lock(queue_mutex_);
-      for (auto& c : chunks) queue_.push_back(std::move(c));
-    }
-    queue_cv_.notify_all();
-    // A worker blocked on its completions would pick the new chunks up only
-    // at its next completion: wake it so they go to the device now.
-    for (std::size_t w = 0; w < queues_.size(); ++w) {
-      if (waiting_[w]->load(std::memory_order_acquire)) queues_[w]->wake();
+    for (Lane* lane : to_wake) lane->queue->wake();
+    for (Lane* lane : to_submit) {
+      drive(*lane, /*block=*/false);
+      std::lock_guard lock(state_mutex_);
+      let_go(*lane);
     }
     return ticket;
   }
 
-  // One worker: keeps its queue full from the shared work queue and finishes
-  // chunks as their completions arrive.
-  void run_worker(IoQueue& queue, std::atomic<bool>& waiting) {
-    std::vector<Chunk> slots(queue.free_slots() + queue.pending());
-    std::vector<std::size_t> free_slots;
-    for (std::size_t i = slots.size(); i > 0; --i) free_slots.push_back(i - 1);
-    std::vector<IoRequest> batch;
-    std::vector<IoResult> results(slots.size());
+  // Called with state_mutex_ held by the thread that set lane.driven. Chunks
+  // left in the backlog go to the lane's worker.
+  void let_go(Lane& lane) {
+    lane.driven = false;
+    if (!lane.backlog.empty()) lane.worker_cv.notify_one();
+    progress_cv_.notify_all();
+  }
+
+  // The worker: drives its lane while the backlog has chunks and nobody else
+  // drives it.
+  void run_worker(Lane& lane) {
+    std::unique_lock lock(state_mutex_);
     for (;;) {
-      batch.clear();
-      {
-        std::unique_lock lock(queue_mutex_);
-        if (free_slots.size() == slots.size()) {
-          queue_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-          if (queue_.empty()) return;  // stopping with nothing left
-        }
-        while (!queue_.empty() && !free_slots.empty()) {
-          const std::size_t s = free_slots.back();
-          free_slots.pop_back();
-          slots[s] = std::move(queue_.front());
-          queue_.pop_front();
-          slots[s].request.user_data = s;
-          batch.push_back(slots[s].request);
-        }
+      lane.worker_cv.wait(lock, [&] { return stopping_ || (!lane.driven && !lane.backlog.empty()); });
+      if (stopping_) return;
+      lane.driven = true;
+      while (!lane.backlog.empty() && !stopping_) {
+        lock.unlock();
+        drive(lane, /*block=*/true);
+        lock.lock();
       }
-      std::size_t accepted = 0;
-      while (accepted < batch.size()) {
-        auto n = queue.submit(std::span(batch).subspan(accepted));
-        if (!n.is_ok()) {
-          for (std::size_t k = accepted; k < batch.size(); ++k) {
-            finish_chunk(slots[batch[k].user_data], n.status());
-            free_slots.push_back(batch[k].user_data);
-          }
-          break;
-        }
-        accepted += *n;
-        if (*n == 0) break;
-      }
-      if (queue.pending() == 0) continue;
-      waiting.store(true, std::memory_order_release);
-      auto got = queue.wait(results, 1);
-      waiting.store(false, std::memory_order_release);
-      if (!got.is_ok()) {
-        // Fatal for this queue (a dropped completion): fail what it holds.
-        for (std::size_t s = 0; s < slots.size(); ++s) {
-          if (std::find(free_slots.begin(), free_slots.end(), s) == free_slots.end()) {
-            finish_chunk(slots[s], got.status());
-            free_slots.push_back(s);
-          }
-        }
-        continue;
-      }
-      for (std::size_t k = 0; k < *got; ++k) {
-        const std::size_t s = results[k].user_data;
-        finish_chunk(slots[s], results[k].status);
-        free_slots.push_back(s);
-      }
+      let_go(lane);
     }
   }
 
-  void finish_chunk(Chunk& chunk, const Status& status) {
-    std::shared_ptr<Op> op = std::move(chunk.op);
-    if (!status.is_ok()) {
-      std::lock_guard lock(op->mutex);
-      if (op->status.is_ok()) op->status = status.with_context("key '" + op->key + "'");
+  // One turn of the thread that has set lane.driven: fills the free slots
+  // from the backlog and submits them; with `block`, then waits for at least
+  // one completion (if anything is in flight) and finishes what completed.
+  void drive(Lane& lane, bool block) {
+    IoQueue& queue = *lane.queue;
+    lane.batch.clear();
+    {
+      std::lock_guard lock(state_mutex_);
+      while (!lane.backlog.empty() && !lane.free_slots.empty()) {
+        const std::size_t s = lane.free_slots.back();
+        lane.free_slots.pop_back();
+        lane.slots[s] = std::move(lane.backlog.front());
+        lane.backlog.pop_front();
+        lane.slots[s].request.user_data = s;
+        lane.batch.push_back(lane.slots[s].request);
+      }
     }
-    if (op->chunks_left.fetch_sub(1) != 1) return;
-    complete(*op);
+    std::vector<std::pair<std::size_t, Status>> finished;
+    bool submitted = true;
+    if (!lane.batch.empty()) {
+      // The lane's free slots mirror the queue's, so all of the batch fits.
+      auto n = queue.submit(lane.batch);
+      const std::size_t accepted = n.is_ok() ? *n : 0;
+      submitted = accepted == lane.batch.size();
+      for (std::size_t k = accepted; k < lane.batch.size(); ++k) {
+        finished.emplace_back(lane.batch[k].user_data,
+                              n.is_ok() ? Status::internal("io queue refused a request with a free slot")
+                                        : n.status());
+      }
+    }
+    if (block && submitted && queue.pending() > 0) {
+      auto got = queue.wait(lane.results, 1);
+      if (!got.is_ok()) {
+        // Fatal for this queue (a dropped completion): fail what it holds.
+        for (std::size_t s = 0; s < lane.slots.size(); ++s) {
+          if (lane.slots[s].op != nullptr) finished.emplace_back(s, got.status());
+        }
+      } else {
+        for (std::size_t k = 0; k < *got; ++k)
+          finished.emplace_back(lane.results[k].user_data, std::move(lane.results[k].status));
+      }
+    }
+    if (!finished.empty()) finish_chunks(lane, finished);
+  }
+
+  // Frees the chunks' slots and completes the operations whose last chunk
+  // this was.
+  void finish_chunks(Lane& lane, std::vector<std::pair<std::size_t, Status>>& finished) {
+    std::vector<std::shared_ptr<Op>> completed;
+    {
+      std::lock_guard lock(state_mutex_);
+      for (auto& [s, status] : finished) {
+        std::shared_ptr<Op> op = std::move(lane.slots[s].op);
+        lane.free_slots.push_back(s);
+        if (!status.is_ok() && op->status.is_ok())
+          op->status = status.with_context("key '" + op->key + "'");
+        --op->left_in_lane[lane.index];
+        if (--op->chunks_left == 0) completed.push_back(std::move(op));
+      }
+    }
+    if (completed.empty()) return;
+    for (auto& op : completed) complete(*op);
+    {
+      std::lock_guard lock(state_mutex_);
+      for (auto& op : completed) op->done = true;
+    }
+    progress_cv_.notify_all();
   }
 
   void complete(Op& op) {
@@ -526,9 +630,6 @@ class SwapStoreImpl final : public SwapStore {
         ++stats_.read_ops;
       }
     }
-    std::lock_guard lock(op.mutex);
-    op.done = true;
-    op.cv.notify_all();
   }
 
   Status checksum_error(const Op& op, std::uint32_t actual) const {
@@ -547,9 +648,6 @@ class SwapStoreImpl final : public SwapStore {
 
   const SwapStoreOptions options_;
   std::vector<PathState> paths_;
-  std::vector<std::unique_ptr<IoQueue>> queues_;
-  std::vector<std::unique_ptr<std::atomic<bool>>> waiting_;  // worker w is blocked in wait()
-  std::vector<std::thread> workers_;
   std::string backend_;
 
   mutable std::mutex meta_mutex_;
@@ -560,13 +658,12 @@ class SwapStoreImpl final : public SwapStore {
   std::uint64_t live_bytes_ = 0;
   SwapStats stats_;
 
-  std::mutex ops_mutex_;
+  std::mutex state_mutex_;  // the lanes' backlogs and flags, the operations' progress
+  std::condition_variable progress_cv_;  // an operation finished or a lane was let go
+  std::vector<std::unique_ptr<Lane>> lanes_;
   std::unordered_map<std::uint64_t, std::shared_ptr<Op>> ops_;
-  std::atomic<std::uint64_t> next_ticket_{0};
-
-  std::mutex queue_mutex_;
-  std::condition_variable queue_cv_;
-  std::deque<Chunk> queue_;
+  std::uint64_t next_ticket_ = 0;
+  std::size_t next_lane_ = 0;
   bool stopping_ = false;
 };
 

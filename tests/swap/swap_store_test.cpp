@@ -42,6 +42,18 @@ class SwapStoreTest : public ::testing::TestWithParam<IoBackend> {
     return o;
   }
 
+  // One path, one lane, and a fault on the nth write request.
+  SwapStoreOptions with_write_fault(FaultKind kind, std::uint64_t nth) {
+    SwapStoreOptions o = options(1);
+    o.aio.intra_op_parallelism = 1;
+    FaultSpec fault;
+    fault.kind = kind;
+    fault.only = IoOp::kWrite;
+    fault.nth = nth;
+    o.fault = fault;
+    return o;
+  }
+
   std::unique_ptr<SwapStore> open(SwapStoreOptions o) {
     auto store = SwapStore::open(std::move(o));
     EXPECT_TRUE(store.is_ok()) << store.status().to_string();
@@ -185,14 +197,8 @@ TEST_P(SwapStoreTest, FlippedByteOnDiskIsDataLossNamingKeyAndFile) {
 }
 
 TEST_P(SwapStoreTest, FailedWriteKeepsThePreviousValue) {
-  auto o = options(1);
-  o.aio.intra_op_parallelism = 1;
-  FaultSpec fault;
-  fault.kind = FaultKind::kEio;
-  fault.only = IoOp::kWrite;
-  fault.nth = 3;  // the first value is 2 chunks; the third write request fails
-  o.fault = fault;
-  auto store = open(o);
+  // The first value is 2 chunks; the third write request fails.
+  auto store = open(with_write_fault(FaultKind::kEio, 3));
   ASSERT_NE(store, nullptr);
   const std::size_t size = 256 << 10;
   AlignedBuffer old_value = pattern(size, 1), new_value = pattern(size, 2);
@@ -209,13 +215,7 @@ TEST_P(SwapStoreTest, FailedWriteKeepsThePreviousValue) {
 }
 
 TEST_P(SwapStoreTest, NoSpaceOnTheDeviceIsNoSpaceNamingTheKey) {
-  auto o = options(1);
-  FaultSpec fault;
-  fault.kind = FaultKind::kEnospc;
-  fault.only = IoOp::kWrite;
-  fault.nth = 1;
-  o.fault = fault;
-  auto store = open(o);
+  auto store = open(with_write_fault(FaultKind::kEnospc, 1));
   ASSERT_NE(store, nullptr);
   AlignedBuffer v = pattern(8192, 4);
   Status s = put(*store, "full", v, 8192);
@@ -265,6 +265,81 @@ TEST_P(SwapStoreTest, ATicketIsWaitedForOnce) {
   ASSERT_TRUE(store->wait(*t).is_ok());
   Status again = store->wait(*t);
   EXPECT_EQ(again.code(), StatusCode::kInvalidArgument) << again.to_string();
+}
+
+// Values from 1 to 40 chunks, more of them in flight than the queue depth:
+// whichever finishes first is retired, each exactly once.
+TEST_P(SwapStoreTest, WaitAnyRetiresEachOperationOnceInAnyOrder) {
+  auto store = open(options(2));
+  ASSERT_NE(store, nullptr);
+  constexpr std::size_t kValues = 24;
+  auto size_of = [](std::size_t i) { return (i % 5 == 0 ? 40 : 1 + i % 3) * (128 << 10) - 512 * i; };
+  std::vector<AlignedBuffer> values, reads;
+  std::vector<SwapTicket> tickets;
+  std::vector<std::size_t> owner;  // tickets[k] is value owner[k]
+  for (std::size_t i = 0; i < kValues; ++i) {
+    values.push_back(pattern(size_of(i), i));
+    auto t = store->write("v" + std::to_string(i), {values.back().data(), size_of(i)});
+    ASSERT_TRUE(t.is_ok()) << t.status().to_string();
+    tickets.push_back(*t);
+    owner.push_back(i);
+  }
+  auto retire_all = [&] {
+    std::vector<int> seen(kValues, 0);
+    while (!tickets.empty()) {
+      auto done = store->wait_any(tickets);
+      ASSERT_TRUE(done.is_ok()) << done.status().to_string();
+      ASSERT_LT(done->index, tickets.size());
+      EXPECT_TRUE(done->status.is_ok()) << done->status.to_string();
+      ++seen[owner[done->index]];
+      tickets.erase(tickets.begin() + static_cast<std::ptrdiff_t>(done->index));
+      owner.erase(owner.begin() + static_cast<std::ptrdiff_t>(done->index));
+    }
+    EXPECT_EQ(std::count(seen.begin(), seen.end(), 1), static_cast<std::ptrdiff_t>(kValues));
+  };
+  retire_all();
+  for (std::size_t i = 0; i < kValues; ++i) {
+    auto buffer = AlignedBuffer::allocate(align_up(size_of(i), kIoAlignment));
+    reads.push_back(std::move(*buffer));
+    auto t = store->read("v" + std::to_string(i), {reads.back().data(), size_of(i)});
+    ASSERT_TRUE(t.is_ok()) << t.status().to_string();
+    tickets.push_back(*t);
+    owner.push_back(i);
+  }
+  retire_all();
+  for (std::size_t i = 0; i < kValues; ++i)
+    EXPECT_EQ(std::memcmp(reads[i].data(), values[i].data(), size_of(i)), 0) << "value " << i;
+}
+
+TEST_P(SwapStoreTest, WaitAnyGivesEachOperationItsOwnStatus) {
+  auto store = open(with_write_fault(FaultKind::kEio, 2));
+  ASSERT_NE(store, nullptr);
+  AlignedBuffer v = pattern(3 * 4096, 5);
+  std::vector<SwapTicket> tickets;
+  for (int i = 0; i < 3; ++i) {
+    auto t = store->write("w" + std::to_string(i), {v.data() + i * 4096, 4096});
+    ASSERT_TRUE(t.is_ok());
+    tickets.push_back(*t);
+  }
+  const SwapTicket first = tickets.front();
+  int failed = 0;
+  while (!tickets.empty()) {
+    auto done = store->wait_any(tickets);
+    ASSERT_TRUE(done.is_ok()) << done.status().to_string();
+    if (!done->status.is_ok()) {
+      ++failed;
+      EXPECT_EQ(done->status.code(), StatusCode::kIoError);
+      EXPECT_NE(done->status.message().find("key 'w1'"), std::string::npos)
+          << done->status.message();
+    }
+    tickets.erase(tickets.begin() + static_cast<std::ptrdiff_t>(done->index));
+  }
+  EXPECT_EQ(failed, 1);
+  EXPECT_FALSE(store->contains("w1"));
+  EXPECT_TRUE(store->contains("w0") && store->contains("w2"));
+  auto used = store->wait_any({&first, 1});
+  EXPECT_EQ(used.status().code(), StatusCode::kInvalidArgument) << used.status().to_string();
+  EXPECT_EQ(store->wait_any({}).status().code(), StatusCode::kInvalidArgument);
 }
 
 TEST_P(SwapStoreTest, UnwritablePathIsAnErrorNamingIt) {

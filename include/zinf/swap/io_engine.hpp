@@ -14,7 +14,8 @@
 //              Every error names the path, offset, length and errno.
 //
 // Threading: an IoEngine and an IoQueue are each used by one thread at a time
-// (a ring is not thread safe); SwapStore runs one per worker thread.
+// (a ring is not thread safe); SwapStore passes each of its lanes between the
+// threads that drive it under its own lock.
 // Buffers: address, file offset and length are multiples of kIoAlignment for
 // files opened with O_DIRECT; the buffer must stay valid until its completion
 // has been reaped.

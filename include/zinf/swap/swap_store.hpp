@@ -16,6 +16,12 @@
 // leaves the previous value readable. (Whole-step atomicity across several
 // keys is the caller's: see OffloadAdamW's A/B slots.)
 //
+// Progress: write() and read() submit from the calling thread and wait()
+// reaps on it, so a request costs no thread hand-off; the part of an operation
+// that does not fit the queue depth is submitted by a background worker as
+// slots free up. A write's key switches to the new value when the write is
+// reaped (at the latest in wait()): wait for it before reading the key.
+//
 // Thread safety: every method may be called from any thread.
 // Buffers: data.data() is kIoAlignment-aligned, and the memory from data.data()
 // up to align_up(data.size(), kIoAlignment) is readable (write) or writable
@@ -59,6 +65,11 @@ struct SwapTicket {
   std::uint64_t id = 0;
 };
 
+struct SwapDone {
+  std::size_t index = 0;  // into the tickets given to wait_any()
+  Status status;
+};
+
 struct ExtentLocation {
   std::filesystem::path file;
   std::uint64_t offset = 0;
@@ -85,6 +96,10 @@ class SwapStore {
   virtual Result<SwapTicket> read(std::string_view key, std::span<std::byte> out) = 0;
   // Waits for one operation; for a read, verifies the checksum.
   virtual Status wait(SwapTicket ticket) = 0;
+  // Waits until any one of `tickets` is done and returns its index with what
+  // wait() would have returned for it. That ticket is used up; the others
+  // stay valid. An unknown ticket is an error before anything is waited for.
+  virtual Result<SwapDone> wait_any(std::span<const SwapTicket> tickets) = 0;
 
   virtual Status remove(std::string_view key) = 0;
   virtual bool contains(std::string_view key) const = 0;
