@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-#include <deque>
 #include <random>
 
 #include "zinf/common/aligned.hpp"
@@ -56,37 +55,50 @@ Result<std::vector<RunResult>> run(const RunConfig& c) {
   so.aio.queue_depth = c.queue_depth;
   so.aio.intra_op_parallelism = c.threads;
   so.checksum = c.checksum;
+  // Each path's share of the data, preallocated before the clock starts (fio
+  // lays its file out first too); a write pass then fills it exactly.
+  const std::uint64_t extents = c.size / c.block_size;
+  so.initial_file_size = (extents + c.paths.size() - 1) / c.paths.size() * c.block_size;
   ZINF_ASSIGN_OR_RETURN(auto store, swap::SwapStore::open(so));
 
-  const std::uint64_t extents = c.size / c.block_size;
   const std::uint64_t window =
       std::min<std::uint64_t>(extents, std::uint64_t{c.queue_depth} * c.threads);
   ZINF_ASSIGN_OR_RETURN(AlignedBuffer pool, AlignedBuffer::allocate(window * c.block_size));
   std::span<std::byte> regions[] = {pool.bytes()};
   ZINF_RETURN_IF_ERROR(store->register_buffers(regions));
-  auto buffer = [&](std::uint64_t e) { return pool.data() + (e % window) * c.block_size; };
+  auto buffer = [&](std::uint64_t slot) { return pool.data() + slot * c.block_size; };
   if (!c.verify) fill(pool.data(), pool.size(), 0, 0);
   AlignedBuffer expected;
   if (c.verify) {
     ZINF_ASSIGN_OR_RETURN(expected, AlignedBuffer::allocate(c.block_size));
   }
 
-  // One pass over every extent; latencies (submit to completion) go to `lat`.
+  // One pass over every extent, keeping `window` requests in flight and
+  // retiring whichever finishes first (as fio does, so a slow request does not
+  // hold up the queue); latencies (submit to completion) go to `lat`.
   auto pass = [&](Op op, std::uint32_t loop, std::vector<double>& lat) -> Status {
     struct InFlight {
       std::uint64_t extent;
-      swap::SwapTicket ticket;
+      std::uint64_t slot;  // of the buffer pool
       Clock::time_point start;
     };
-    std::deque<InFlight> in_flight;
+    std::vector<InFlight> in_flight;
+    std::vector<swap::SwapTicket> tickets;
+    std::vector<std::uint64_t> free_slots;
+    for (std::uint64_t s = window; s > 0; --s) free_slots.push_back(s - 1);
     auto retire = [&]() -> Status {
-      InFlight f = in_flight.front();
-      in_flight.pop_front();
-      ZINF_RETURN_IF_ERROR(store->wait(f.ticket));
+      ZINF_ASSIGN_OR_RETURN(swap::SwapDone done, store->wait_any(tickets));
+      ZINF_RETURN_IF_ERROR(done.status);
+      const InFlight f = in_flight[done.index];
+      in_flight[done.index] = in_flight.back();
+      in_flight.pop_back();
+      tickets[done.index] = tickets.back();
+      tickets.pop_back();
+      free_slots.push_back(f.slot);
       lat.push_back(std::chrono::duration<double, std::micro>(Clock::now() - f.start).count());
       if (c.verify && op == Op::kRead) {
         fill(expected.data(), c.block_size, f.extent, loop);
-        if (std::memcmp(expected.data(), buffer(f.extent), c.block_size) != 0) {
+        if (std::memcmp(expected.data(), buffer(f.slot), c.block_size) != 0) {
           return Status::data_loss("--verify: extent " + std::to_string(f.extent) +
                                    " read back differs");
         }
@@ -94,14 +106,17 @@ Result<std::vector<RunResult>> run(const RunConfig& c) {
       return Status::ok();
     };
     for (std::uint64_t e = 0; e < extents; ++e) {
-      if (in_flight.size() == window) ZINF_RETURN_IF_ERROR(retire());
-      std::byte* b = buffer(e);
+      if (free_slots.empty()) ZINF_RETURN_IF_ERROR(retire());
+      const std::uint64_t slot = free_slots.back();
+      free_slots.pop_back();
+      std::byte* b = buffer(slot);
       if (c.verify && op == Op::kWrite) fill(b, c.block_size, e, loop);
       const auto start = Clock::now();
       auto t = op == Op::kWrite ? store->write(key(e), {b, c.block_size})
                                 : store->read(key(e), {b, c.block_size});
       if (!t.is_ok()) return t.status();
-      in_flight.push_back({e, *t, start});
+      in_flight.push_back({e, slot, start});
+      tickets.push_back(*t);
     }
     while (!in_flight.empty()) ZINF_RETURN_IF_ERROR(retire());
     return Status::ok();
