@@ -23,7 +23,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -63,8 +62,8 @@ struct Op {
   std::string key;
   std::byte* buffer = nullptr;
   std::uint64_t size = 0;
-  std::uint32_t crc = 0;  // write: of the data; read: expected
-  Layout layout;          // write: the new extents; read: where the value is
+  std::uint32_t crc = 0;                    // write: of the data; read: expected
+  Layout layout;                            // write: the new extents; read: where the value is
   std::vector<std::uint32_t> left_in_lane;  // chunks not yet finished, per lane
   std::size_t chunks_left = 0;
   bool done = false;
@@ -88,7 +87,8 @@ struct Lane {
   std::vector<std::size_t> free_slots;
   std::vector<IoRequest> batch;
   std::vector<IoResult> results;
-  std::condition_variable worker_cv;  // the backlog has work and nobody drives
+  std::vector<std::pair<std::size_t, Status>> finished;  // slot, outcome
+  std::condition_variable worker_cv;                     // the backlog has work and nobody drives
   std::thread worker;
 };
 
@@ -160,15 +160,16 @@ class SwapStoreImpl final : public SwapStore {
       backend_ = std::string(engine->name());
       auto lane = std::make_unique<Lane>();
       lane->index = l;
-      lane->queue = std::make_unique<IoQueue>(std::move(engine),
-                                              IoQueueOptions{options_.completion_timeout});
+      lane->queue =
+          std::make_unique<IoQueue>(std::move(engine), IoQueueOptions{options_.completion_timeout});
       const std::size_t depth = lane->queue->free_slots();
       lane->slots.resize(depth);
       for (std::size_t i = depth; i > 0; --i) lane->free_slots.push_back(i - 1);
       lane->results.resize(depth);
       lanes_.push_back(std::move(lane));
     }
-    for (auto& lane : lanes_) lane->worker = std::thread([this, l = lane.get()] { run_worker(*l); });
+    for (auto& lane : lanes_)
+      lane->worker = std::thread([this, l = lane.get()] { run_worker(*l); });
     return Status::ok();
   }
 
@@ -243,14 +244,13 @@ class SwapStoreImpl final : public SwapStore {
         lock.unlock();
         return SwapDone{i, finish_wait(*ops[i])};
       }
-      Lane* free_lane = nullptr;
-      for (const auto& lane : lanes_) {
-        if (lane->driven) continue;
-        for (const auto& op : ops) {
-          if (op->left_in_lane[lane->index] > 0) free_lane = lane.get();
-        }
-        if (free_lane != nullptr) break;
-      }
+      auto holds_chunks = [&](const std::unique_ptr<Lane>& lane) {
+        return !lane->driven && std::any_of(ops.begin(), ops.end(), [&](const auto& op) {
+          return op->left_in_lane[lane->index] > 0;
+        });
+      };
+      auto it = std::find_if(lanes_.begin(), lanes_.end(), holds_chunks);
+      Lane* free_lane = it == lanes_.end() ? nullptr : it->get();
       if (free_lane == nullptr) {
         progress_cv_.wait(lock);
         continue;
@@ -527,7 +527,8 @@ class SwapStoreImpl final : public SwapStore {
   void run_worker(Lane& lane) {
     std::unique_lock lock(state_mutex_);
     for (;;) {
-      lane.worker_cv.wait(lock, [&] { return stopping_ || (!lane.driven && !lane.backlog.empty()); });
+      lane.worker_cv.wait(lock,
+                          [&] { return stopping_ || (!lane.driven && !lane.backlog.empty()); });
       if (stopping_) return;
       lane.driven = true;
       while (!lane.backlog.empty() && !stopping_) {
@@ -556,7 +557,8 @@ class SwapStoreImpl final : public SwapStore {
         lane.batch.push_back(lane.slots[s].request);
       }
     }
-    std::vector<std::pair<std::size_t, Status>> finished;
+    auto& finished = lane.finished;
+    finished.clear();
     bool submitted = true;
     if (!lane.batch.empty()) {
       // The lane's free slots mirror the queue's, so all of the batch fits.
@@ -565,8 +567,9 @@ class SwapStoreImpl final : public SwapStore {
       submitted = accepted == lane.batch.size();
       for (std::size_t k = accepted; k < lane.batch.size(); ++k) {
         finished.emplace_back(lane.batch[k].user_data,
-                              n.is_ok() ? Status::internal("io queue refused a request with a free slot")
-                                        : n.status());
+                              n.is_ok()
+                                  ? Status::internal("io queue refused a request with a free slot")
+                                  : n.status());
       }
     }
     if (block && submitted && queue.pending() > 0) {
@@ -581,16 +584,16 @@ class SwapStoreImpl final : public SwapStore {
           finished.emplace_back(lane.results[k].user_data, std::move(lane.results[k].status));
       }
     }
-    if (!finished.empty()) finish_chunks(lane, finished);
+    if (!finished.empty()) finish_chunks(lane);
   }
 
-  // Frees the chunks' slots and completes the operations whose last chunk
-  // this was.
-  void finish_chunks(Lane& lane, std::vector<std::pair<std::size_t, Status>>& finished) {
+  // Frees the slots of lane.finished and completes the operations whose last
+  // chunk this was.
+  void finish_chunks(Lane& lane) {
     std::vector<std::shared_ptr<Op>> completed;
     {
       std::lock_guard lock(state_mutex_);
-      for (auto& [s, status] : finished) {
+      for (auto& [s, status] : lane.finished) {
         std::shared_ptr<Op> op = std::move(lane.slots[s].op);
         lane.free_slots.push_back(s);
         if (!status.is_ok() && op->status.is_ok())
@@ -658,7 +661,7 @@ class SwapStoreImpl final : public SwapStore {
   std::uint64_t live_bytes_ = 0;
   SwapStats stats_;
 
-  std::mutex state_mutex_;  // the lanes' backlogs and flags, the operations' progress
+  std::mutex state_mutex_;               // the lanes' backlogs and flags, the operations' progress
   std::condition_variable progress_cv_;  // an operation finished or a lane was let go
   std::vector<std::unique_ptr<Lane>> lanes_;
   std::unordered_map<std::uint64_t, std::shared_ptr<Op>> ops_;

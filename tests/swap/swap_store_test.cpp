@@ -273,7 +273,9 @@ TEST_P(SwapStoreTest, WaitAnyRetiresEachOperationOnceInAnyOrder) {
   auto store = open(options(2));
   ASSERT_NE(store, nullptr);
   constexpr std::size_t kValues = 24;
-  auto size_of = [](std::size_t i) { return (i % 5 == 0 ? 40 : 1 + i % 3) * (128 << 10) - 512 * i; };
+  auto size_of = [](std::size_t i) {
+    return (i % 5 == 0 ? 40 : 1 + i % 3) * (128 << 10) - 512 * i;
+  };
   std::vector<AlignedBuffer> values, reads;
   std::vector<SwapTicket> tickets;
   std::vector<std::size_t> owner;  // tickets[k] is value owner[k]
