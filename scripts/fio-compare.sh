@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
 # swapbench against fio on the same directory, same block size, queue depth,
 # size and O_DIRECT, alternating runs in one session; prints the median GB/s
-# of each and the ratio. Usage: scripts/fio-compare.sh [DIR] [ROUNDS]
-# (default: a temporary directory under the current one, 3 rounds).
+# of each, the ratio of the medians, and the median and quartiles of the
+# per-round ratios. Usage: scripts/fio-compare.sh [DIR] [ROUNDS] (default: a
+# temporary directory under the current one, 3 rounds). CONFIGS="BS QD
+# SIZE;..." picks the configurations (default: the two of bench/RESULTS.md);
+# SETTLE=S the pause before each run (default 2 seconds). CALIBRATE=1
+# runs fio in swapbench's place (the crc column then means nothing): the
+# spread of its ratios is what this disk alone does to a ratio of 1.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 swapbench="${SWAPBENCH:-$root/build/release/tools/swapbench/swapbench}"
 rounds="${2:-3}"
+IFS=';' read -r -a configs <<<"${CONFIGS:-1M 32 2G;128K 8 1G}"
 command -v fio >/dev/null || { echo "fio-compare: fio is not installed (apt-get install fio)" >&2; exit 2; }
-[ -x "$swapbench" ] || { echo "fio-compare: no swapbench at $swapbench (build it, or set SWAPBENCH)" >&2; exit 2; }
+[ "${CALIBRATE:-0}" = 1 ] || [ -x "$swapbench" ] || { echo "fio-compare: no swapbench at $swapbench (build it, or set SWAPBENCH)" >&2; exit 2; }
 if [ -n "${1:-}" ]; then dir="$1"; else dir="$(mktemp -d "$(pwd)/fio-compare-XXXXXX")"; trap 'rm -rf "$dir"' EXIT; fi
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 range() { sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%.2f-%.2f", lo, hi}'; }
+quartiles() { sort -g | awk '{a[NR]=$1} END {printf "%.2f-%.2f", a[int((NR+3)/4)], a[int((3*NR+3)/4)]}'; }
 
 # fio with what swapbench uses too: io_uring, O_DIRECT, registered files and
 # fixed buffers, batched submission, one job at a time. Like swapbench's
@@ -30,6 +37,7 @@ fio_gbps() {  # bs qd size
 }
 
 swapbench_gbps() {  # bs qd size checksum
+  if [ "${CALIBRATE:-0}" = 1 ]; then fio_gbps "$1" "$2" "$3"; return; fi
   local cmd=("$swapbench" --path "$dir" --backend io_uring --op both --block-size "$1"
              --queue-depth "$2" --size "$3" --json)
   [ "$4" = on ] && cmd+=(--checksum)
@@ -38,24 +46,40 @@ swapbench_gbps() {  # bs qd size checksum
     python3 -c "import json,sys; r={x['op']: x['gbps'] for x in json.load(sys.stdin)['results']}; print(r['write'], r['read'])"
 }
 
-# Medians, then the range of each tool's rounds (the spread says how far a
-# ratio can be trusted on this disk).
-printf "%-6s %-6s %-4s %-5s %-4s %10s %10s %7s %11s %11s\n" op bs qd size crc fio_GB/s zinf_GB/s ratio \
-  fio_range zinf_range
-for cfg in "1M 32 2G" "128K 8 1G"; do
+# A disk's speed drifts over minutes, so each round runs the two tools back
+# to back, taking turns at going first, and its ratio compares neighbours.
+# Before each run the disk settles (sync, then SETTLE seconds, default 2):
+# the file the previous run deleted is still being discarded and written
+# back, and whichever tool starts first would pay for it.
+# Printed: the medians, their ratio, the median and quartiles of the
+# per-round ratios, and the range of each tool's rounds (the spread says how
+# far a ratio can be trusted on this disk).
+ratio() { awk -v z="$1" -v f="$2" 'BEGIN {print z / f}'; }
+printf "%-6s %-6s %-4s %-5s %-4s %10s %10s %7s %7s %11s %11s %11s\n" op bs qd size crc fio_GB/s zinf_GB/s ratio \
+  paired paired_iqr fio_range zinf_range
+for cfg in "${configs[@]}"; do
   read -r bs qd size <<<"$cfg"
   for crc in off on; do
     fw=(); fr=(); zw=(); zr=()
-    for _ in $(seq "$rounds"); do
-      read -r w r < <(fio_gbps "$bs" "$qd" "$size"); fw+=("$w"); fr+=("$r")
-      read -r w r < <(swapbench_gbps "$bs" "$qd" "$size" "$crc"); zw+=("$w"); zr+=("$r")
+    for round in $(seq "$rounds"); do
+      for tool in $([ $((round % 2)) = 1 ] && echo "fio zinf" || echo "zinf fio"); do
+        sync; sleep "${SETTLE:-2}"
+        if [ "$tool" = fio ]; then
+          read -r w r < <(fio_gbps "$bs" "$qd" "$size"); fw+=("$w"); fr+=("$r")
+          echo "    fio write $w read $r GB/s" >&2
+        else
+          read -r w r < <(swapbench_gbps "$bs" "$qd" "$size" "$crc"); zw+=("$w"); zr+=("$r")
+          echo "    swapbench write $w read $r GB/s" >&2
+        fi
+      done
     done
     for op in write read; do
       if [ "$op" = write ]; then f=("${fw[@]}"); z=("${zw[@]}"); else f=("${fr[@]}"); z=("${zr[@]}"); fi
       fm=$(printf "%s\n" "${f[@]}" | median); zm=$(printf "%s\n" "${z[@]}" | median)
-      printf "%-6s %-6s %-4s %-5s %-4s %10.3f %10.3f %7.2f %11s %11s\n" "$op" "$bs" "$qd" "$size" "$crc" \
-        "$fm" "$zm" "$(awk -v z="$zm" -v f="$fm" 'BEGIN {print z / f}')" "$(printf "%s\n" "${f[@]}" | range)" \
-        "$(printf "%s\n" "${z[@]}" | range)"
+      paired=$(for i in "${!f[@]}"; do ratio "${z[$i]}" "${f[$i]}"; done)
+      printf "%-6s %-6s %-4s %-5s %-4s %10.3f %10.3f %7.2f %7.2f %11s %11s %11s\n" "$op" "$bs" "$qd" "$size" \
+        "$crc" "$fm" "$zm" "$(ratio "$zm" "$fm")" "$(median <<<"$paired")" "$(quartiles <<<"$paired")" \
+        "$(printf "%s\n" "${f[@]}" | range)" "$(printf "%s\n" "${z[@]}" | range)"
     done
   done
 done
