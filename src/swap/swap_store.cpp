@@ -224,6 +224,7 @@ class SwapStoreImpl final : public SwapStore {
   // another thread, waits for that thread to finish an operation or let go.
   Result<SwapDone> wait_any(std::span<const SwapTicket> tickets) override {
     std::vector<std::shared_ptr<Op>> ops;
+    ops.reserve(tickets.size());
     std::unique_lock lock(state_mutex_);
     for (const SwapTicket& t : tickets) {
       auto it = ops_.find(t.id);
