@@ -88,6 +88,7 @@ struct Lane {
   std::vector<IoRequest> batch;
   std::vector<IoResult> results;
   std::vector<std::pair<std::size_t, Status>> finished;  // slot, outcome
+  std::vector<std::shared_ptr<Op>> completed;            // by the last finish_chunks()
   std::condition_variable worker_cv;                     // the backlog has work and nobody drives
   std::thread worker;
 };
@@ -591,7 +592,8 @@ class SwapStoreImpl final : public SwapStore {
   // Frees the slots of lane.finished and completes the operations whose last
   // chunk this was.
   void finish_chunks(Lane& lane) {
-    std::vector<std::shared_ptr<Op>> completed;
+    auto& completed = lane.completed;
+    completed.clear();
     {
       std::lock_guard lock(state_mutex_);
       for (auto& [s, status] : lane.finished) {
@@ -609,6 +611,7 @@ class SwapStoreImpl final : public SwapStore {
       std::lock_guard lock(state_mutex_);
       for (auto& op : completed) op->done = true;
     }
+    completed.clear();  // the waiters hold their own references
     progress_cv_.notify_all();
   }
 
