@@ -2,8 +2,10 @@
 # swapbench against fio on the same directory, same block size, queue depth,
 # size and O_DIRECT, alternating runs in one session; prints the median GB/s
 # of each, the ratio of the medians, and the median and quartiles of the
-# per-round ratios. Usage: scripts/fio-compare.sh [DIR] [ROUNDS] (default: a
-# temporary directory under the current one, 3 rounds). CONFIGS="BS QD
+# per-round ratios. With checksums on, fio also runs checking its own
+# crc32c (`fio_crc`): what checksumming every block costs fio on this disk.
+# Usage: scripts/fio-compare.sh [DIR] [ROUNDS] (default: a temporary
+# directory under the current one, 3 rounds). CONFIGS="BS QD
 # SIZE;..." picks the configurations (default: the two of bench/RESULTS.md);
 # SETTLE=S the pause before each run (default 2 seconds). CALIBRATE=1
 # runs fio in swapbench's place (the crc column then means nothing): the
@@ -24,13 +26,16 @@ quartiles() { sort -g | awk '{a[NR]=$1} END {printf "%.2f-%.2f", a[int((NR+3)/4)
 # fio with what swapbench uses too: io_uring, O_DIRECT, registered files and
 # fixed buffers, batched submission, one job at a time. Like swapbench's
 # --op both, it writes the file and then reads it back (two jobs, the second
-# waiting for the first), so both tools read right after writing.
+# waiting for the first), so both tools read right after writing. With
+# `crc`, the write puts a crc32c header in every block and the read checks it.
 # Prints "write_GBps read_GBps".
-fio_gbps() {  # bs qd size
+fio_gbps() {  # bs qd size [crc]
+  local verify=() write_only=()
+  [ "${4:-}" = crc ] && verify=(--verify=crc32c --verify_state_save=0) && write_only=(--do_verify=0)
   local cmd=(fio --output-format=json --directory="$dir" --filename=cmp.dat --ioengine=io_uring
              --direct=1 --bs="$1" --iodepth="$2" --size="$3" --numjobs=1 --fixedbufs=1
              --registerfiles=1 --hipri=0 --iodepth_batch_submit="$2" --iodepth_batch_complete_min=1
-             --name=write --rw=write --name=read --stonewall --rw=read)
+             "${verify[@]}" --name=write --rw=write "${write_only[@]}" --name=read --stonewall --rw=read)
   echo "  ${cmd[*]}" >&2
   "${cmd[@]}" | python3 -c "import json,sys; j=json.load(sys.stdin)['jobs']; print(j[0]['write']['bw_bytes']/1e9, j[1]['read']['bw_bytes']/1e9)"
   rm -f "$dir/cmp.dat"
@@ -46,40 +51,53 @@ swapbench_gbps() {  # bs qd size checksum
     python3 -c "import json,sys; r={x['op']: x['gbps'] for x in json.load(sys.stdin)['results']}; print(r['write'], r['read'])"
 }
 
-# A disk's speed drifts over minutes, so each round runs the two tools back
-# to back, taking turns at going first, and its ratio compares neighbours.
+# A disk's speed drifts over minutes, so each round runs the tools back to
+# back, taking turns at going first, and its ratio compares neighbours.
 # Before each run the disk settles (sync, then SETTLE seconds, default 2):
 # the file the previous run deleted is still being discarded and written
 # back, and whichever tool starts first would pay for it.
 # Printed: the medians, their ratio, the median and quartiles of the
 # per-round ratios, and the range of each tool's rounds (the spread says how
-# far a ratio can be trusted on this disk).
+# far a ratio can be trusted on this disk); with checksums, fio_crc's median
+# and the median per-round ratio of swapbench to it.
 ratio() { awk -v z="$1" -v f="$2" 'BEGIN {print z / f}'; }
-printf "%-6s %-6s %-4s %-5s %-4s %10s %10s %7s %7s %11s %11s %11s\n" op bs qd size crc fio_GB/s zinf_GB/s ratio \
-  paired paired_iqr fio_range zinf_range
+printf "%-6s %-6s %-4s %-5s %-4s %10s %10s %7s %7s %11s %11s %11s %10s %10s\n" op bs qd size crc fio_GB/s \
+  zinf_GB/s ratio paired paired_iqr fio_range zinf_range fio_crc vs_fio_crc
 for cfg in "${configs[@]}"; do
   read -r bs qd size <<<"$cfg"
   for crc in off on; do
-    fw=(); fr=(); zw=(); zr=()
+    tools=(fio zinf)
+    [ "$crc" = on ] && tools+=(fiocrc)
+    declare -A w=() r=()
     for round in $(seq "$rounds"); do
-      for tool in $([ $((round % 2)) = 1 ] && echo "fio zinf" || echo "zinf fio"); do
+      first=$((round % ${#tools[@]}))
+      for tool in "${tools[@]:first}" "${tools[@]:0:first}"; do
         sync; sleep "${SETTLE:-2}"
-        if [ "$tool" = fio ]; then
-          read -r w r < <(fio_gbps "$bs" "$qd" "$size"); fw+=("$w"); fr+=("$r")
-          echo "    fio write $w read $r GB/s" >&2
-        else
-          read -r w r < <(swapbench_gbps "$bs" "$qd" "$size" "$crc"); zw+=("$w"); zr+=("$r")
-          echo "    swapbench write $w read $r GB/s" >&2
-        fi
+        case "$tool" in
+          fio) read -r gw gr < <(fio_gbps "$bs" "$qd" "$size") ;;
+          fiocrc) read -r gw gr < <(fio_gbps "$bs" "$qd" "$size" crc) ;;
+          zinf) read -r gw gr < <(swapbench_gbps "$bs" "$qd" "$size" "$crc") ;;
+        esac
+        w[$tool]+=" $gw"; r[$tool]+=" $gr"
+        echo "    $tool write $gw read $gr GB/s" >&2
       done
     done
     for op in write read; do
-      if [ "$op" = write ]; then f=("${fw[@]}"); z=("${zw[@]}"); else f=("${fr[@]}"); z=("${zr[@]}"); fi
+      if [ "$op" = write ]; then
+        read -r -a f <<<"${w[fio]}"; read -r -a z <<<"${w[zinf]}"; read -r -a c <<<"${w[fiocrc]:-}"
+      else
+        read -r -a f <<<"${r[fio]}"; read -r -a z <<<"${r[zinf]}"; read -r -a c <<<"${r[fiocrc]:-}"
+      fi
       fm=$(printf "%s\n" "${f[@]}" | median); zm=$(printf "%s\n" "${z[@]}" | median)
       paired=$(for i in "${!f[@]}"; do ratio "${z[$i]}" "${f[$i]}"; done)
-      printf "%-6s %-6s %-4s %-5s %-4s %10.3f %10.3f %7.2f %7.2f %11s %11s %11s\n" "$op" "$bs" "$qd" "$size" \
-        "$crc" "$fm" "$zm" "$(ratio "$zm" "$fm")" "$(median <<<"$paired")" "$(quartiles <<<"$paired")" \
-        "$(printf "%s\n" "${f[@]}" | range)" "$(printf "%s\n" "${z[@]}" | range)"
+      cm=- vs=-
+      if [ "${#c[@]}" -gt 0 ]; then
+        cm=$(printf "%s\n" "${c[@]}" | median)
+        vs=$(for i in "${!c[@]}"; do ratio "${z[$i]}" "${c[$i]}"; done | median)
+      fi
+      printf "%-6s %-6s %-4s %-5s %-4s %10.3f %10.3f %7.2f %7.2f %11s %11s %11s %10.5s %10.4s\n" "$op" "$bs" "$qd" \
+        "$size" "$crc" "$fm" "$zm" "$(ratio "$zm" "$fm")" "$(median <<<"$paired")" "$(quartiles <<<"$paired")" \
+        "$(printf "%s\n" "${f[@]}" | range)" "$(printf "%s\n" "${z[@]}" | range)" "$cm" "$vs"
     done
   done
 done
