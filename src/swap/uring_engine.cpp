@@ -101,13 +101,7 @@ class UringEngine final : public IoEngine {
     }
     for (const IoRequest& r : requests) {
       if (!files_.valid(r.file)) return Status::invalid_argument("io_uring: unknown file index");
-      io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-      if (sqe == nullptr) {
-        int ret = io_uring_submit(&ring_);
-        if (ret < 0) return ring_error(ret, "io_uring_submit");
-        sqe = io_uring_get_sqe(&ring_);
-        if (sqe == nullptr) return Status::internal("io_uring: no submission entry free");
-      }
+      ZINF_ASSIGN_OR_RETURN(io_uring_sqe * sqe, next_sqe());
       prepare(sqe, r);
       ++in_flight_;
       if (single_submit_) {
@@ -157,6 +151,21 @@ class UringEngine final : public IoEngine {
  private:
   explicit UringEngine(const IoEngineOptions& options)
       : queue_depth_(options.queue_depth), single_submit_(options.single_submit) {}
+
+  // A free submission entry. The queue's slots count requests, not entries:
+  // the wake poll takes an entry too, and under SQPOLL the kernel thread
+  // releases entries on its own schedule (a request can even complete before
+  // the entry it came from is released), so a full submission queue is
+  // flushed and, under SQPOLL, waited on until the kernel thread frees one.
+  Result<io_uring_sqe*> next_sqe() {
+    if (io_uring_sqe* sqe = io_uring_get_sqe(&ring_)) return sqe;
+    int ret = io_uring_submit(&ring_);
+    if (ret < 0) return ring_error(ret, "io_uring_submit");
+    ret = io_uring_sqring_wait(&ring_);
+    if (ret < 0) return ring_error(ret, "io_uring_sqring_wait");
+    if (io_uring_sqe* sqe = io_uring_get_sqe(&ring_)) return sqe;
+    return Status::internal("io_uring: no submission entry free after flushing the queue");
+  }
 
   void prepare(io_uring_sqe* sqe, const IoRequest& r) {
     const int fd = files_registered_ ? r.file : files_.fd(r.file);
@@ -217,14 +226,10 @@ class UringEngine final : public IoEngine {
       wake_fd_ = FileDescriptor(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
       if (!wake_fd_.valid()) return;
     }
-    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-    if (sqe == nullptr) {
-      (void)io_uring_submit(&ring_);
-      sqe = io_uring_get_sqe(&ring_);
-      if (sqe == nullptr) return;
-    }
-    io_uring_prep_poll_add(sqe, wake_fd_.get(), POLLIN);
-    io_uring_sqe_set_data64(sqe, kWakeTag);
+    auto sqe = next_sqe();
+    if (!sqe.is_ok()) return;
+    io_uring_prep_poll_add(*sqe, wake_fd_.get(), POLLIN);
+    io_uring_sqe_set_data64(*sqe, kWakeTag);
     (void)io_uring_submit(&ring_);
   }
 

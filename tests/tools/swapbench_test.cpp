@@ -45,8 +45,9 @@ TEST(SwapbenchOptionsTest, ParsesEveryFlag) {
                   "8",         "--threads",
                   "2",         "--backend",
                   "libaio",    "--op",
-                  "write",     "--loops",
+                  "both",      "--loops",
                   "3",         "--checksum",
+                  "--sqpoll",  "--verify",
                   "--json",    "--sweep-block-sizes",
                   "128K,1M",   "--sweep-queue-depths",
                   "1,8"});
@@ -57,11 +58,16 @@ TEST(SwapbenchOptionsTest, ParsesEveryFlag) {
   EXPECT_EQ(o->queue_depth, 8u);
   EXPECT_EQ(o->threads, 2u);
   EXPECT_EQ(o->backends, std::vector<IoBackend>{IoBackend::kLibAio});
-  EXPECT_EQ(o->ops, std::vector<Op>{Op::kWrite});
+  EXPECT_EQ(o->ops, (std::vector<Op>{Op::kWrite, Op::kRead}));
   EXPECT_EQ(o->loops, 3u);
-  EXPECT_TRUE(o->checksum && o->json);
+  EXPECT_TRUE(o->checksum && o->sqpoll && o->verify && o->json);
   EXPECT_EQ(o->sweep_block_sizes, (std::vector<std::uint64_t>{128u << 10, 1u << 20}));
   EXPECT_EQ(o->sweep_queue_depths, (std::vector<std::uint32_t>{1, 8}));
+}
+
+TEST(SwapbenchOptionsTest, OpPicksOneDirectionOrBoth) {
+  EXPECT_EQ(parse({"--op", "write"})->ops, std::vector<Op>{Op::kWrite});
+  EXPECT_EQ(parse({"--op", "read"})->ops, std::vector<Op>{Op::kRead});
 }
 
 TEST(SwapbenchOptionsTest, BadFlagsNameTheFlag) {
@@ -154,7 +160,7 @@ TEST_F(SwapbenchBinaryTest, JsonHasOneObjectWithEveryField) {
   for (const auto& r : j["results"]) {
     for (const char* key :
          {"op", "backend", "block_size", "queue_depth", "threads", "bytes", "seconds", "gbps",
-          "p50_us", "p99_us", "checksum", "iops", "cpu_s_per_gb"}) {
+          "p50_us", "p99_us", "checksum", "sqpoll", "iops", "cpu_s_per_gb"}) {
       EXPECT_TRUE(r.contains(key)) << key;
     }
     EXPECT_EQ(r["bytes"], 8u << 20);

@@ -73,6 +73,7 @@ RunConfig base_config(const Options& o, const std::vector<std::filesystem::path>
   c.ops = o.ops;
   c.loops = o.loops;
   c.checksum = o.checksum;
+  c.sqpoll = o.sqpoll;
   c.verify = o.verify;
   return c;
 }

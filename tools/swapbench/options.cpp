@@ -169,6 +169,7 @@ Result<Options> parse_options(int argc, const char* const* argv) {
   const std::map<std::string_view, bool*> switches = {
       {"--checksum", &o.checksum}, {"--verify", &o.verify}, {"--json", &o.json},
       {"--sweep", &o.sweep},       {"--tune", &o.tune},     {"--help", &o.help},
+      {"--sqpoll", &o.sqpoll},
   };
   for (int i = 1; i < argc; ++i) {
     std::string_view arg = argv[i];
@@ -247,6 +248,7 @@ With no flags: a short run in a temporary directory under the current one.
   --op O                read, write or both (default both)
   --loops N             repetitions (default 1)
   --checksum            CRC32C on every extent, as in training
+  --sqpoll              io_uring kernel submission polling (zinf.sqpoll)
   --verify              check the data read back
   --json                one JSON object on stdout
   --sweep               block sizes x queue depths x backends; writes --csv and --svg

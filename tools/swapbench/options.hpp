@@ -25,6 +25,7 @@ struct Options {
   std::vector<Op> ops = {Op::kWrite, Op::kRead};
   std::uint32_t loops = 1;
   bool checksum = false;
+  bool sqpoll = false;
   bool verify = false;
   bool json = false;
   bool sweep = false;

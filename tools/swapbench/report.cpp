@@ -80,7 +80,8 @@ std::string to_json(const std::vector<RunResult>& results, const std::vector<std
                     {"p50_us", r.p50_us},
                     {"p99_us", r.p99_us},
                     {"cpu_s_per_gb", r.cpu_s_per_gb},
-                    {"checksum", r.checksum}});
+                    {"checksum", r.checksum},
+                    {"sqpoll", r.sqpoll}});
   }
   return nlohmann::json{
       {"tool", "swapbench"}, {"version", "0.1.0"}, {"paths", paths}, {"results", rows}}
@@ -90,12 +91,13 @@ std::string to_json(const std::vector<RunResult>& results, const std::vector<std
 std::string to_csv(const std::vector<RunResult>& results) {
   std::ostringstream out;
   out << "op,backend,block_size,queue_depth,threads,bytes,seconds,gbps,iops,p50_us,p99_us,cpu_s_"
-         "per_gb,checksum\n";
+         "per_gb,checksum,sqpoll\n";
   for (const RunResult& r : results) {
     out << to_string(r.op) << ',' << r.backend << ',' << r.block_size << ',' << r.queue_depth << ','
         << r.threads << ',' << r.bytes << ',' << fixed(r.seconds, 6) << ',' << fixed(r.gbps, 4)
         << ',' << fixed(r.iops, 1) << ',' << fixed(r.p50_us, 1) << ',' << fixed(r.p99_us, 1) << ','
-        << fixed(r.cpu_s_per_gb, 4) << ',' << (r.checksum ? 1 : 0) << '\n';
+        << fixed(r.cpu_s_per_gb, 4) << ',' << (r.checksum ? 1 : 0) << ',' << (r.sqpoll ? 1 : 0)
+        << '\n';
   }
   return out.str();
 }

@@ -55,6 +55,7 @@ Result<std::vector<RunResult>> run(const RunConfig& c) {
   so.aio.queue_depth = c.queue_depth;
   so.aio.intra_op_parallelism = c.threads;
   so.checksum = c.checksum;
+  so.sqpoll = c.sqpoll;
   // Each path's share of the data, preallocated before the clock starts (fio
   // lays its file out first too); a write pass then fills it exactly.
   const std::uint64_t extents = c.size / c.block_size;
@@ -136,6 +137,7 @@ Result<std::vector<RunResult>> run(const RunConfig& c) {
     r.queue_depth = c.queue_depth;
     r.threads = c.threads;
     r.checksum = c.checksum;
+    r.sqpoll = c.sqpoll;
     std::vector<double> latencies;
     latencies.reserve(extents * c.loops);
     const double cpu0 = cpu_seconds();

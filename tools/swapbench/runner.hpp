@@ -23,6 +23,7 @@ struct RunConfig {
   std::vector<Op> ops;
   std::uint32_t loops = 1;
   bool checksum = false;
+  bool sqpoll = false;
   bool verify = false;
 };
 
@@ -40,6 +41,7 @@ struct RunResult {
   double p99_us = 0;
   double cpu_s_per_gb = 0;  // user + system CPU time of the process per 1e9 bytes
   bool checksum = false;
+  bool sqpoll = false;  // requested; a kernel that refuses it gets a plain ring, with a warning
 };
 
 // Runs the configuration (each op `loops` times, results summed per op).
