@@ -88,8 +88,8 @@ struct Lane {
   std::vector<IoRequest> batch;
   std::vector<IoResult> results;
   std::vector<std::pair<std::size_t, Status>> finished;  // slot, outcome
-  std::vector<std::shared_ptr<Op>> completed;            // by the last finish_chunks()
-  std::condition_variable worker_cv;                     // the backlog has work and nobody drives
+  std::vector<std::shared_ptr<Op>> completed;  // finish_chunks()' scratch, empty between calls
+  std::condition_variable worker_cv;           // the backlog has work and nobody drives
   std::thread worker;
 };
 
@@ -593,7 +593,6 @@ class SwapStoreImpl final : public SwapStore {
   // chunk this was.
   void finish_chunks(Lane& lane) {
     auto& completed = lane.completed;
-    completed.clear();
     {
       std::lock_guard lock(state_mutex_);
       for (auto& [s, status] : lane.finished) {
