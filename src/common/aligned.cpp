@@ -1,11 +1,14 @@
 #include "zinf/common/aligned.hpp"
 
+#include <immintrin.h>
 #include <sys/mman.h>
 
 #include <cerrno>
 #include <cstdlib>
 #include <string>
 #include <utility>
+
+#include "zinf/common/cpu_features.hpp"
 
 namespace zinf {
 
@@ -55,6 +58,24 @@ void AlignedBuffer::release() {
   data_ = nullptr;
   size_ = 0;
   locked_ = false;
+}
+
+namespace {
+
+__attribute__((target("clflushopt"))) void flush_lines(const std::byte* begin,
+                                                       const std::byte* end) {
+  constexpr std::uintptr_t kLine = 64;
+  auto line = reinterpret_cast<std::uintptr_t>(begin) & ~(kLine - 1);
+  for (; line < reinterpret_cast<std::uintptr_t>(end); line += kLine)
+    _mm_clflushopt(reinterpret_cast<void*>(line));
+  _mm_sfence();  // clflushopt is ordered only by fences
+}
+
+}  // namespace
+
+void evict_from_caches(std::span<const std::byte> bytes) {
+  static const bool supported = cpu_features().clflushopt;
+  if (supported && !bytes.empty()) flush_lines(bytes.data(), bytes.data() + bytes.size());
 }
 
 }  // namespace zinf

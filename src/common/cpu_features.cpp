@@ -37,6 +37,7 @@ CpuFeatures detect() {
     f.avx512dq = os_avx512 && (ebx & bit_AVX512DQ) != 0;
     f.avx512vl = os_avx512 && (ebx & bit_AVX512VL) != 0;
     f.avx512_fp16 = os_avx512 && (edx & (1u << 23)) != 0;
+    f.clflushopt = (ebx & (1u << 23)) != 0;
     __cpuid_count(7, 1, eax, ebx, ecx, edx);
     f.avx512_bf16 = os_avx512 && (eax & (1u << 5)) != 0;
   }
@@ -76,6 +77,7 @@ std::string CpuFeatures::to_string() const {
   add(avx512vl, "avx512vl");
   add(avx512_bf16, "avx512_bf16");
   add(avx512_fp16, "avx512_fp16");
+  add(clflushopt, "clflushopt");
   if (!brand.empty()) out += " (" + brand + ")";
   return out;
 }

@@ -452,6 +452,7 @@ class SwapStoreImpl final : public SwapStore {
     if (!op.status.is_ok()) return op.status;
     if (op.kind == IoOp::kRead && options_.checksum) {
       const std::uint32_t actual = crc32c({op.buffer, op.size});
+      if (options_.evict_verified_reads) evict_from_caches({op.buffer, op.size});
       if (actual != op.crc) return checksum_error(op, actual);
     }
     return Status::ok();

@@ -28,6 +28,22 @@ TEST(AlignedBufferTest, RejectsBadAlignment) {
   EXPECT_EQ(AlignedBuffer::allocate(100, 3000).status().code(), StatusCode::kInvalidArgument);
 }
 
+TEST(AlignedTest, EvictFromCachesKeepsTheContents) {
+  auto buf = AlignedBuffer::allocate(64 << 10);
+  ASSERT_TRUE(buf.is_ok());
+  auto* p = buf->as<unsigned char>();
+  for (std::size_t i = 0; i < buf->size(); ++i) p[i] = static_cast<unsigned char>(i * 7 + 1);
+  // Dirty lines, a span that starts and ends inside lines, and nothing.
+  evict_from_caches(buf->bytes());
+  evict_from_caches({buf->data() + 3, 1000});
+  evict_from_caches({});
+  for (std::size_t i = 0; i < buf->size(); ++i)
+    ASSERT_EQ(p[i], static_cast<unsigned char>(i * 7 + 1)) << "byte " << i;
+  p[5] = 0xAB;
+  evict_from_caches({buf->data(), 64});
+  EXPECT_EQ(p[5], 0xAB);
+}
+
 TEST(AlignedTest, AlignUp) {
   EXPECT_EQ(align_up(0, 4096), 0u);
   EXPECT_EQ(align_up(1, 4096), 4096u);

@@ -108,6 +108,22 @@ TEST_P(SwapStoreTest, RoundTripsOfManySizesStripedAndNot) {
   }
 }
 
+TEST_P(SwapStoreTest, EvictingVerifiedReadsKeepsTheirData) {
+  auto o = options(2);
+  o.evict_verified_reads = true;
+  auto store = open(o);
+  ASSERT_NE(store, nullptr);
+  for (std::size_t size :
+       {std::size_t{1}, std::size_t{4095}, std::size_t{100000}, std::size_t{(1 << 20) + 7}}) {
+    const std::string key = "k" + std::to_string(size);
+    AlignedBuffer out = pattern(size, size);
+    auto in = AlignedBuffer::allocate(size);
+    ASSERT_TRUE(put(*store, key, out, size).is_ok());
+    ASSERT_TRUE(get(*store, key, *in, size).is_ok());
+    ASSERT_EQ(std::memcmp(out.data(), in->data(), size), 0) << size << " bytes";
+  }
+}
+
 TEST_P(SwapStoreTest, OverwriteKeepsTheLastValueAndReusesSpace) {
   auto store = open(options(1));
   ASSERT_NE(store, nullptr);

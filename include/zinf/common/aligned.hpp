@@ -22,6 +22,12 @@ inline bool is_aligned(const void* ptr, std::uint64_t alignment) {
   return reinterpret_cast<std::uintptr_t>(ptr) % alignment == 0;
 }
 
+// Writes back and drops every cache line of `bytes` from the CPU caches
+// (clflushopt), so that a device writing into this memory next need not take
+// the lines back from a core first. The contents do not change. A no-op on a
+// CPU without clflushopt.
+void evict_from_caches(std::span<const std::byte> bytes);
+
 // A move-only owner of one aligned allocation. The size is rounded up to the
 // alignment, so the whole buffer can be used for O_DIRECT transfers. With
 // `lock`, the pages are mlock'ed (pinned) and unlocked on release; failing to

@@ -19,6 +19,7 @@ struct CpuFeatures {
   bool avx512vl = false;
   bool avx512_bf16 = false;
   bool avx512_fp16 = false;
+  bool clflushopt = false;
   std::string brand;
 
   // "avx512f avx512bw ... (AMD Ryzen ...)"

@@ -51,6 +51,14 @@ struct SwapStoreOptions {
   IoBackend backend = IoBackend::kAuto;
   AioConfig aio;  // block_size = request and stripe unit
   bool checksum = true;
+  // After verifying a read's checksum, evict the value from the CPU caches
+  // (zinf::evict_from_caches). For callers whose reads go on to a device (a
+  // GPU copy) or nowhere (swapbench), not to the CPU: the check pulls every
+  // line into this core's caches, and the next read into the same buffer
+  // then has to take them back (on the developer VM, 3% of 128 KiB read
+  // throughput). A caller that reads the value on the CPU next wants it
+  // cached: leave this off.
+  bool evict_verified_reads = false;
   bool buffered_io_fallback = false;  // where O_DIRECT is refused: buffered I/O + warning
   bool sqpoll = false;
   std::uint64_t initial_file_size = 0;  // bytes preallocated per path at open
