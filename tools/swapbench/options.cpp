@@ -247,7 +247,7 @@ With no flags: a short run in a temporary directory under the current one.
   --backend B           io_uring, libaio, psync or all (default: all available)
   --op O                read, write or both (default both)
   --loops N             repetitions (default 1)
-  --checksum            CRC32C on every extent, as in training
+  --checksum            CRC32C on every extent; verified reads leave the CPU caches
   --sqpoll              io_uring kernel submission polling (zinf.sqpoll)
   --verify              check the data read back
   --json                one JSON object on stdout
