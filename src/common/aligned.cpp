@@ -74,8 +74,8 @@ __attribute__((target("clflushopt"))) void flush_lines(const std::byte* begin,
 }  // namespace
 
 void evict_from_caches(std::span<const std::byte> bytes) {
-  static const bool supported = cpu_features().clflushopt;
-  if (supported && !bytes.empty()) flush_lines(bytes.data(), bytes.data() + bytes.size());
+  if (cpu_features().clflushopt && !bytes.empty())
+    flush_lines(bytes.data(), bytes.data() + bytes.size());
 }
 
 }  // namespace zinf
