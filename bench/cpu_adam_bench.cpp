@@ -142,8 +142,12 @@ void BM_TorchAdamW(benchmark::State& state) {
 }
 #endif
 
+// Every benchmark here runs at 1M, 16M and 64M elements, timed by the wall clock.
+void vector_sizes(benchmark::internal::Benchmark* b) {
+  b->Arg(1 << 20)->Arg(16 << 20)->Arg(64 << 20)->UseRealTime()->Unit(benchmark::kMillisecond);
+}
+
 void register_all() {
-  constexpr std::int64_t k1M = 1 << 20, k16M = 16 << 20, k64M = 64 << 20;
   const std::pair<Dtype, Dtype> pairs[] = {{Dtype::kF32, Dtype::kF32},
                                            {Dtype::kF16, Dtype::kF32},
                                            {Dtype::kBF16, Dtype::kF32},
@@ -157,11 +161,7 @@ void register_all() {
                                "/g_" + std::string(to_string(grad));
       benchmark::RegisterBenchmark(name.c_str(), step_benchmark,
                                    Case{a, param, st, grad, false, 1.0f})
-          ->Arg(k1M)
-          ->Arg(k16M)
-          ->Arg(k64M)
-          ->UseRealTime()
-          ->Unit(benchmark::kMillisecond);
+          ->Apply(vector_sizes);
     }
   }
   // The bar: fp32 AdamW, and the same update fed bf16 gradients with the
@@ -169,33 +169,14 @@ void register_all() {
   benchmark::RegisterBenchmark(
       "BM_AdamW_fp32", step_benchmark,
       Case{Algorithm::kAdam, Dtype::kF32, Dtype::kF32, Dtype::kF32, false, 1.0f})
-      ->Arg(k1M)
-      ->Arg(k16M)
-      ->Arg(k64M)
-      ->UseRealTime()
-      ->Unit(benchmark::kMillisecond);
+      ->Apply(vector_sizes);
   benchmark::RegisterBenchmark(
       "BM_AdamW_bf16grad_unscale_copyout", step_benchmark,
       Case{Algorithm::kAdam, Dtype::kF32, Dtype::kF32, Dtype::kBF16, true, 1.0f / 1024})
-      ->Arg(k1M)
-      ->Arg(k16M)
-      ->Arg(k64M)
-      ->UseRealTime()
-      ->Unit(benchmark::kMillisecond);
-  benchmark::RegisterBenchmark("BM_BandwidthRoofline", BM_BandwidthRoofline)
-      ->Arg(k1M)
-      ->Arg(k16M)
-      ->Arg(k64M)
-      ->UseRealTime()
-      ->Unit(benchmark::kMillisecond);
+      ->Apply(vector_sizes);
+  benchmark::RegisterBenchmark("BM_BandwidthRoofline", BM_BandwidthRoofline)->Apply(vector_sizes);
 #ifdef ZINF_BENCH_WITH_TORCH
-  benchmark::RegisterBenchmark("BM_TorchAdamW", BM_TorchAdamW)
-      ->Arg(k1M)
-      ->Arg(k16M)
-      ->Arg(k64M)
-      ->Iterations(3)
-      ->UseRealTime()
-      ->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("BM_TorchAdamW", BM_TorchAdamW)->Apply(vector_sizes)->Iterations(3);
 #endif
 }
 
