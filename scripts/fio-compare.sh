@@ -7,7 +7,11 @@
 # Usage: scripts/fio-compare.sh [DIR] [ROUNDS] (default: a temporary
 # directory under the current one, 3 rounds). CONFIGS="BS QD
 # SIZE;..." picks the configurations (default: the two of bench/RESULTS.md);
-# SETTLE=S the pause before each run (default 2 seconds). CALIBRATE=1
+# SETTLE=S the pause before each run (default 2 seconds); LOOPS=N has
+# each tool write and read its file N times per run (default 1: longer runs
+# average over more of the disk's second-to-second swings); RAW=FILE
+# appends every run's figures to FILE ("bs qd size crc round tool
+# write_GBps read_GBps"), for pooling rounds across runs. CALIBRATE=1
 # runs fio in swapbench's place (the crc column then means nothing): the
 # spread of its ratios is what this disk alone does to a ratio of 1.
 set -euo pipefail
@@ -35,7 +39,7 @@ fio_gbps() {  # bs qd size [crc]
   local cmd=(fio --output-format=json --directory="$dir" --filename=cmp.dat --ioengine=io_uring
              --direct=1 --bs="$1" --iodepth="$2" --size="$3" --numjobs=1 --fixedbufs=1
              --registerfiles=1 --hipri=0 --iodepth_batch_submit="$2" --iodepth_batch_complete_min=1
-             "${verify[@]}" --name=write --rw=write "${write_only[@]}" --name=read --stonewall --rw=read)
+             --loops="${LOOPS:-1}" "${verify[@]}" --name=write --rw=write "${write_only[@]}" --name=read --stonewall --rw=read)
   echo "  ${cmd[*]}" >&2
   "${cmd[@]}" | python3 -c "import json,sys; j=json.load(sys.stdin)['jobs']; print(j[0]['write']['bw_bytes']/1e9, j[1]['read']['bw_bytes']/1e9)"
   rm -f "$dir/cmp.dat"
@@ -44,7 +48,7 @@ fio_gbps() {  # bs qd size [crc]
 swapbench_gbps() {  # bs qd size checksum
   if [ "${CALIBRATE:-0}" = 1 ]; then fio_gbps "$1" "$2" "$3"; return; fi
   local cmd=("$swapbench" --path "$dir" --backend io_uring --op both --block-size "$1"
-             --queue-depth "$2" --size "$3" --json)
+             --queue-depth "$2" --size "$3" --loops "${LOOPS:-1}" --json)
   [ "$4" = on ] && cmd+=(--checksum)
   echo "  ${cmd[*]}" >&2
   ZINF_LOG=warn "${cmd[@]}" |
@@ -80,6 +84,7 @@ for cfg in "${configs[@]}"; do
         esac
         w[$tool]+=" $gw"; r[$tool]+=" $gr"
         echo "    $tool write $gw read $gr GB/s" >&2
+        [ -z "${RAW:-}" ] || echo "$bs $qd $size $crc $round $tool $gw $gr" >>"$RAW"
       done
     done
     for op in write read; do
