@@ -21,11 +21,9 @@ rounds="${2:-3}"
 IFS=';' read -r -a configs <<<"${CONFIGS:-1M 32 2G;128K 8 1G}"
 command -v fio >/dev/null || { echo "fio-compare: fio is not installed (apt-get install fio)" >&2; exit 2; }
 [ "${CALIBRATE:-0}" = 1 ] || [ -x "$swapbench" ] || { echo "fio-compare: no swapbench at $swapbench (build it, or set SWAPBENCH)" >&2; exit 2; }
-if [ -n "${1:-}" ]; then dir="$1"; else dir="$(mktemp -d "$(pwd)/fio-compare-XXXXXX")"; trap 'rm -rf "$dir"' EXIT; fi
-
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-range() { sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%.2f-%.2f", lo, hi}'; }
-quartiles() { sort -g | awk '{a[NR]=$1} END {printf "%.2f-%.2f", a[int((NR+3)/4)], a[int((3*NR+3)/4)]}'; }
+runs="$(mktemp)"  # this run's figures, one line per tool and round, as RAW
+trap 'rm -rf "$runs" ${made_dir:+"$dir"}' EXIT
+if [ -n "${1:-}" ]; then dir="$1"; else dir="$(mktemp -d "$(pwd)/fio-compare-XXXXXX")"; made_dir=1; fi
 
 # fio with what swapbench uses too: io_uring, O_DIRECT, registered files and
 # fixed buffers, batched submission, one job at a time. Like swapbench's
@@ -60,19 +58,16 @@ swapbench_gbps() {  # bs qd size checksum
 # Before each run the disk settles (sync, then SETTLE seconds, default 2):
 # the file the previous run deleted is still being discarded and written
 # back, and whichever tool starts first would pay for it.
-# Printed: the medians, their ratio, the median and quartiles of the
-# per-round ratios, and the range of each tool's rounds (the spread says how
-# far a ratio can be trusted on this disk); with checksums, fio_crc's median
-# and the median per-round ratio of swapbench to it.
-ratio() { awk -v z="$1" -v f="$2" 'BEGIN {print z / f}'; }
-printf "%-6s %-6s %-4s %-5s %-4s %10s %10s %7s %7s %11s %11s %11s %10s %10s\n" op bs qd size crc fio_GB/s \
-  zinf_GB/s ratio paired paired_iqr fio_range zinf_range fio_crc vs_fio_crc
+# Printed at the end (scripts/fio-pool.py): the medians, their ratio, the
+# median, quartiles and bootstrap interval of the per-round ratios, and the
+# range of each tool's rounds (the spread says how far a ratio can be
+# trusted on this disk); with checksums, fio_crc's median, the median
+# per-round ratio of swapbench to it and what checksumming costs fio.
 for cfg in "${configs[@]}"; do
   read -r bs qd size <<<"$cfg"
   for crc in off on; do
     tools=(fio zinf)
     [ "$crc" = on ] && tools+=(fiocrc)
-    declare -A w=() r=()
     for round in $(seq "$rounds"); do
       first=$((round % ${#tools[@]}))
       for tool in "${tools[@]:first}" "${tools[@]:0:first}"; do
@@ -82,27 +77,10 @@ for cfg in "${configs[@]}"; do
           fiocrc) read -r gw gr < <(fio_gbps "$bs" "$qd" "$size" crc) ;;
           zinf) read -r gw gr < <(swapbench_gbps "$bs" "$qd" "$size" "$crc") ;;
         esac
-        w[$tool]+=" $gw"; r[$tool]+=" $gr"
         echo "    $tool write $gw read $gr GB/s" >&2
-        [ -z "${RAW:-}" ] || echo "$bs $qd $size $crc $round $tool $gw $gr" >>"$RAW"
+        echo "$bs $qd $size $crc $round $tool $gw $gr" | tee -a "$runs" ${RAW:+"$RAW"} >/dev/null
       done
-    done
-    for op in write read; do
-      if [ "$op" = write ]; then
-        read -r -a f <<<"${w[fio]}"; read -r -a z <<<"${w[zinf]}"; read -r -a c <<<"${w[fiocrc]:-}"
-      else
-        read -r -a f <<<"${r[fio]}"; read -r -a z <<<"${r[zinf]}"; read -r -a c <<<"${r[fiocrc]:-}"
-      fi
-      fm=$(printf "%s\n" "${f[@]}" | median); zm=$(printf "%s\n" "${z[@]}" | median)
-      paired=$(for i in "${!f[@]}"; do ratio "${z[$i]}" "${f[$i]}"; done)
-      cm=- vs=-
-      if [ "${#c[@]}" -gt 0 ]; then
-        cm=$(printf "%s\n" "${c[@]}" | median)
-        vs=$(for i in "${!c[@]}"; do ratio "${z[$i]}" "${c[$i]}"; done | median)
-      fi
-      printf "%-6s %-6s %-4s %-5s %-4s %10.3f %10.3f %7.2f %7.2f %11s %11s %11s %10.5s %10.4s\n" "$op" "$bs" "$qd" \
-        "$size" "$crc" "$fm" "$zm" "$(ratio "$zm" "$fm")" "$(median <<<"$paired")" "$(quartiles <<<"$paired")" \
-        "$(printf "%s\n" "${f[@]}" | range)" "$(printf "%s\n" "${z[@]}" | range)" "$cm" "$vs"
     done
   done
 done
+"$root/scripts/fio-pool.py" "$runs"

@@ -1,24 +1,27 @@
 #!/usr/bin/env python3
-"""Pools the rounds of one or more fio-compare runs (their RAW=FILE output).
+"""Summarizes the rounds of one or more fio-compare runs (their RAW=FILE output).
 
 Usage: scripts/fio-pool.py FILE...
 
-Per configuration, checksum setting and operation, prints the number of
-rounds, the median of the per-round ratios swapbench/fio ("paired"), its
-quartiles and a bootstrap 95% interval of that median; with checksums on,
-also the median ratio of swapbench to fio verifying its own crc32c, and of
-fio verifying to fio plain (what checksumming costs fio). A round counts
-where every tool of it has a figure; rounds of different files never pair.
+Per configuration, checksum setting and operation: the number of rounds,
+each tool's median GB/s and their ratio, the median of the per-round
+ratios swapbench/fio ("paired") with its quartiles and a bootstrap 95%
+interval, and the range of each tool's rounds; with checksums on, also fio
+verifying its own crc32c: its median, the median per-round ratio of
+swapbench to it, and of it to plain fio (what checksumming costs fio).
+A round counts where every tool of it has a figure; rounds of different
+files never pair, so several files pool their rounds.
 """
 import random
 import statistics
 import sys
-from collections import defaultdict
+
+median = statistics.median
 
 
 def bootstrap_median(values, draws=4000, seed=1):
     rng = random.Random(seed)
-    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
+    meds = sorted(median(rng.choices(values, k=len(values))) for _ in range(draws))
     return meds[int(0.025 * draws)], meds[int(0.975 * draws) - 1]
 
 
@@ -27,11 +30,18 @@ def quartiles(values):
     return q[(len(q) + 3) // 4 - 1], q[(3 * len(q) + 3) // 4 - 1]
 
 
-def main(paths):
-    if not paths:
-        sys.exit(__doc__)
-    # (bs, qd, size, crc) -> (file, round) -> tool -> (write, read)
-    rounds = defaultdict(lambda: defaultdict(dict))
+def span(lo_hi):
+    return f"{lo_hi[0]:.2f}-{lo_hi[1]:.2f}"
+
+
+def line(cells):
+    """The first five cells name the row, the rest are figures."""
+    return " ".join(f"{c:>10}" if k > 4 else f"{c:<5}" for k, c in enumerate(cells))
+
+
+def read_rounds(paths):
+    """(bs, qd, size, crc) -> (file, round) -> tool -> (write, read), in file order."""
+    rounds = {}
     for path in paths:
         with open(path) as f:
             for n, line in enumerate(f, 1):
@@ -39,25 +49,35 @@ def main(paths):
                 if len(fields) != 8:
                     sys.exit(f"{path}:{n}: expected 8 fields (bs qd size crc round tool write read)")
                 bs, qd, size, crc, rnd, tool, write, read = fields
-                rounds[(bs, qd, size, crc)][(path, rnd)][tool] = (float(write), float(read))
-    print(f"{'bs':<5} {'qd':>3} {'size':>5} {'crc':<4} {'op':<6} {'rounds':>6} {'paired':>7}"
-          f" {'quartiles':>10} {'boot95':>10} {'vs_fio_crc':>10} {'fio_crc_cost':>12}")
-    for (bs, qd, size, crc), by_round in sorted(rounds.items()):
+                by_round = rounds.setdefault((bs, qd, size, crc), {})
+                by_round.setdefault((path, rnd), {})[tool] = (float(write), float(read))
+    return rounds
+
+
+def main(paths):
+    if not paths:
+        sys.exit(__doc__)
+    columns = ("op", "bs", "qd", "size", "crc", "rounds", "fio_GB/s", "zinf_GB/s", "ratio", "paired",
+               "quartiles", "boot95", "fio_range", "zinf_range", "fio_crc", "vs_fio_crc", "crc_cost")
+    print(line(columns))
+    for (bs, qd, size, crc), by_round in read_rounds(paths).items():
         tools = ("fio", "zinf", "fiocrc") if crc == "on" else ("fio", "zinf")
         complete = [r for r in by_round.values() if all(t in r for t in tools)]
+        if not complete:
+            continue
         for i, op in enumerate(("write", "read")):
-            paired = [r["zinf"][i] / r["fio"][i] for r in complete]
-            if not paired:
-                continue
-            lo, hi = bootstrap_median(paired)
-            q1, q3 = quartiles(paired)
-            extra = ""
+            fio = [r["fio"][i] for r in complete]
+            zinf = [r["zinf"][i] for r in complete]
+            paired = [z / f for z, f in zip(zinf, fio)]
+            row = [op, bs, qd, size, crc, f"{len(complete)}", f"{median(fio):.3f}",
+                   f"{median(zinf):.3f}", f"{median(zinf) / median(fio):.2f}",
+                   f"{median(paired):.3f}", span(quartiles(paired)), span(bootstrap_median(paired)),
+                   span((min(fio), max(fio))), span((min(zinf), max(zinf)))]
             if crc == "on":
-                vs = statistics.median(r["zinf"][i] / r["fiocrc"][i] for r in complete)
-                cost = statistics.median(r["fiocrc"][i] / r["fio"][i] for r in complete)
-                extra = f" {vs:>10.3f} {cost:>12.3f}"
-            print(f"{bs:<5} {qd:>3} {size:>5} {crc:<4} {op:<6} {len(paired):>6}"
-                  f" {statistics.median(paired):>7.3f} {q1:>4.2f}-{q3:<4.2f} {lo:>4.2f}-{hi:<4.2f}{extra}")
+                fiocrc = [r["fiocrc"][i] for r in complete]
+                row += [f"{median(fiocrc):.3f}", f"{median(z / c for z, c in zip(zinf, fiocrc)):.3f}",
+                        f"{median(c / f for c, f in zip(fiocrc, fio)):.3f}"]
+            print(line(row))
 
 
 if __name__ == "__main__":
