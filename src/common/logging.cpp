@@ -69,4 +69,18 @@ LogLine::~LogLine() {
   (void)!::write(STDERR_FILENO, text.data(), text.size());
 }
 
+std::string format_bytes(std::uint64_t bytes) {
+  static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  if (bytes < 1024) return std::to_string(bytes) + " B";
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), v < 10 && u >= 3 ? "%.2f %s" : "%.1f %s", v, kUnits[u]);
+  return buf;
+}
+
 }  // namespace zinf

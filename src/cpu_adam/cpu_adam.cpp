@@ -364,6 +364,31 @@ Status Executor::convert(const float* in, void* out, Dtype out_dtype, std::size_
   return Status::ok();
 }
 
+Status Executor::accumulate(const void* src, Dtype src_dtype, float* acc, std::size_t count,
+                            bool overwrite) {
+  if (count == 0) return Status::ok();
+  if (src == nullptr || acc == nullptr)
+    return Status::invalid_argument("cpu_adam: accumulate: null buffer");
+  impl_->for_tiles(count, [&](std::size_t begin, std::size_t end) {
+    alignas(64) float scratch[kTile];
+    for (std::size_t t = begin; t < end; t += kTile) {
+      const std::size_t len = std::min(kTile, end - t);
+      const float* x = reinterpret_cast<const float*>(at(src, src_dtype, t));
+      if (src_dtype != Dtype::kF32) {
+        impl_->kernels.to_f32(src_dtype, at(src, src_dtype, t), scratch, len);
+        x = scratch;
+      }
+      float* out = acc + t;
+      if (overwrite) {
+        std::copy_n(x, len, out);
+      } else {
+        for (std::size_t i = 0; i < len; ++i) out[i] += x[i];
+      }
+    }
+  });
+  return Status::ok();
+}
+
 Isa Executor::isa() const { return impl_->isa; }
 int Executor::threads() const { return impl_->threads; }
 

@@ -29,6 +29,7 @@ class FaultEngine final : public IoEngine {
   Status register_buffers(std::span<const std::span<std::byte>> regions) override {
     return inner_->register_buffers(regions);
   }
+  bool fixed_buffers() const override { return inner_->fixed_buffers(); }
 
   Status submit(std::span<const IoRequest> requests) override {
     if (requests.size() > free_slots()) {

@@ -313,8 +313,12 @@ class SwapStoreImpl final : public SwapStore {
   }
 
   Status register_buffers(std::span<const std::span<std::byte>> regions) override {
-    for (auto& lane : lanes_) ZINF_RETURN_IF_ERROR(lane->queue->engine().register_buffers(regions));
-    return Status::ok();
+    Status first;
+    for (auto& lane : lanes_) {
+      Status s = lane->queue->engine().register_buffers(regions);
+      if (first.is_ok() && !s.is_ok()) first = std::move(s);
+    }
+    return first;
   }
 
   SwapStats stats() const override {
@@ -322,8 +326,13 @@ class SwapStoreImpl final : public SwapStore {
     SwapStats s = stats_;
     for (const auto& p : paths_) s.file_bytes += p.allocator.file_size();
     s.live_bytes = live_bytes_;
+    s.fixed_buffers = std::all_of(lanes_.begin(), lanes_.end(), [](const auto& lane) {
+      return lane->queue->engine().fixed_buffers();
+    });
     return s;
   }
+
+  SwapBusy take_busy() override { return {busy_[0].take(), busy_[1].take()}; }
 
   std::string_view backend_name() const override { return backend_; }
   const SwapStoreOptions& options() const override { return options_; }
@@ -506,6 +515,7 @@ class SwapStoreImpl final : public SwapStore {
         }
       }
       ticket.id = ++next_ticket_;
+      busy_log(op->kind).begin();
       ops_.emplace(ticket.id, std::move(op));
     }
     for (Lane* lane : to_wake) lane->queue->wake();
@@ -606,7 +616,10 @@ class SwapStoreImpl final : public SwapStore {
       }
     }
     if (completed.empty()) return;
-    for (auto& op : completed) complete(*op);
+    for (auto& op : completed) {
+      complete(*op);
+      busy_log(op->kind).end();
+    }
     {
       std::lock_guard lock(state_mutex_);
       for (auto& op : completed) op->done = true;
@@ -653,8 +666,11 @@ class SwapStoreImpl final : public SwapStore {
                              std::to_string(op.size) + " bytes from " + where + buf);
   }
 
+  BusyLog& busy_log(IoOp kind) { return busy_[kind == IoOp::kRead ? 0 : 1]; }
+
   const SwapStoreOptions options_;
   std::vector<PathState> paths_;
+  BusyLog busy_[2];  // reads, writes
   std::string backend_;
 
   mutable std::mutex meta_mutex_;

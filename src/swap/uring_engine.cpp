@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <vector>
 
@@ -81,18 +82,27 @@ class UringEngine final : public IoEngine {
       return Status::failed_precondition("io_uring: buffers already registered");
     std::vector<iovec> iov;
     iov.reserve(regions.size());
-    for (auto r : regions) iov.push_back({r.data(), r.size()});
+    std::uint64_t total = 0;
+    for (auto r : regions) {
+      if (r.size() > kMaxFixedBuffer) {
+        return Status::invalid_argument(
+            "io_uring: a fixed buffer holds at most 1 GiB, got one of " + std::to_string(r.size()) +
+            " bytes");
+      }
+      iov.push_back({r.data(), r.size()});
+      total += r.size();
+    }
     const int ret =
         io_uring_register_buffers(&ring_, iov.data(), static_cast<unsigned>(iov.size()));
     if (ret < 0) {
-      // Fixed buffers are an optimisation: RLIMIT_MEMLOCK may forbid them.
-      ZINF_LOG(kWarn) << "io_uring: registering " << regions.size() << " fixed buffers failed ("
-                      << std::strerror(-ret) << "); using plain buffers";
-      return Status::ok();
+      return Status::from_errno(-ret, "io_uring: registering " + std::to_string(regions.size()) +
+                                          " fixed buffers of " + std::to_string(total) +
+                                          " bytes (they count against RLIMIT_MEMLOCK)");
     }
     regions_.assign(regions.begin(), regions.end());
     return Status::ok();
   }
+  bool fixed_buffers() const override { return !regions_.empty(); }
 
   Status submit(std::span<const IoRequest> requests) override {
     if (requests.size() > free_slots()) {
@@ -157,14 +167,21 @@ class UringEngine final : public IoEngine {
   // releases entries on its own schedule (a request can even complete before
   // the entry it came from is released), so a full submission queue is
   // flushed and, under SQPOLL, waited on until the kernel thread frees one.
+  // The kernel's SQ wait can return before the thread has released an entry
+  // (seen on 6.18: a wait that returns 0 with the ring still full), so it is
+  // retried for up to a second.
   Result<io_uring_sqe*> next_sqe() {
     if (io_uring_sqe* sqe = io_uring_get_sqe(&ring_)) return sqe;
-    int ret = io_uring_submit(&ring_);
-    if (ret < 0) return ring_error(ret, "io_uring_submit");
-    ret = io_uring_sqring_wait(&ring_);
-    if (ret < 0) return ring_error(ret, "io_uring_sqring_wait");
-    if (io_uring_sqe* sqe = io_uring_get_sqe(&ring_)) return sqe;
-    return Status::internal("io_uring: no submission entry free after flushing the queue");
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+    do {
+      int ret = io_uring_submit(&ring_);
+      if (ret < 0) return ring_error(ret, "io_uring_submit");
+      ret = io_uring_sqring_wait(&ring_);
+      if (ret < 0) return ring_error(ret, "io_uring_sqring_wait");
+      if (io_uring_sqe* sqe = io_uring_get_sqe(&ring_)) return sqe;
+    } while (std::chrono::steady_clock::now() < deadline);
+    return Status::internal(
+        "io_uring: no submission entry free for a second after flushing the queue");
   }
 
   void prepare(io_uring_sqe* sqe, const IoRequest& r) {
@@ -251,6 +268,7 @@ class UringEngine final : public IoEngine {
   bool ready_ = false;
   FileTable files_;
   bool files_registered_ = false;
+  static constexpr std::size_t kMaxFixedBuffer = std::size_t{1} << 30;  // the kernel's limit
   std::vector<std::span<std::byte>> regions_;
   std::size_t in_flight_ = 0;
   FileDescriptor wake_fd_;

@@ -3,6 +3,7 @@
 // against the scalar path on a million random bit patterns.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <random>
@@ -141,6 +142,65 @@ TEST(ConversionTest, EveryIsaMatchesScalarOnRandomBitPatterns) {
       }
     }
   }
+}
+
+}  // namespace
+}  // namespace zinf::cpu_adam
+
+namespace zinf::cpu_adam {
+namespace {
+
+// The exact fp32 value of an fp16 or bf16 bit pattern (both are subsets of fp32).
+float widen(std::uint16_t h, Dtype d) {
+  if (d == Dtype::kBF16) return from_bits(std::uint32_t{h} << 16);
+  const std::uint32_t sign = std::uint32_t{h & 0x8000u} << 16;
+  const int exponent = (h >> 10) & 0x1f;
+  const std::uint32_t mantissa = h & 0x3ffu;
+  if (exponent == 0x1f) return from_bits(sign | 0x7f800000u | (mantissa << 13));
+  const float magnitude = exponent == 0
+                              ? std::ldexp(static_cast<float>(mantissa), -24)
+                              : std::ldexp(static_cast<float>(mantissa | 0x400u), exponent - 25);
+  return sign != 0 ? -magnitude : magnitude;
+}
+
+// Accumulation widens each dtype exactly and adds in fp32: the same values as
+// a scalar loop, on every ISA, across the parallel threshold.
+TEST(AccumulateTest, OverwriteThenAddEqualsAScalarLoop) {
+  const std::size_t n = 100003;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> dist(0.0f, 3.0f);
+  std::vector<float> a(n), b(n);
+  for (auto& x : a) x = dist(rng);
+  for (auto& x : b) x = dist(rng);
+  for (Isa isa : isas()) {
+    auto e = Executor::create(2, isa);
+    ASSERT_TRUE(e.is_ok());
+    for (Dtype d : {Dtype::kF32, Dtype::kF16, Dtype::kBF16}) {
+      // The sources in dtype d, and their exact fp32 values.
+      std::vector<std::uint16_t> a16(n), b16(n);
+      std::vector<float> wa = a, wb = b;
+      const void* pa = a.data();
+      const void* pb = b.data();
+      if (d != Dtype::kF32) {
+        ASSERT_TRUE((*e)->convert(a.data(), a16.data(), d, n).is_ok());
+        ASSERT_TRUE((*e)->convert(b.data(), b16.data(), d, n).is_ok());
+        for (std::size_t i = 0; i < n; ++i) {
+          wa[i] = widen(a16[i], d);
+          wb[i] = widen(b16[i], d);
+        }
+        pa = a16.data();
+        pb = b16.data();
+      }
+      std::vector<float> acc(n, 123.0f);
+      ASSERT_TRUE((*e)->accumulate(pa, d, acc.data(), n, true).is_ok());
+      ASSERT_EQ(std::memcmp(acc.data(), wa.data(), n * 4), 0) << to_string(isa) << to_string(d);
+      ASSERT_TRUE((*e)->accumulate(pb, d, acc.data(), n, false).is_ok());
+      for (std::size_t i = 0; i < n; ++i)
+        ASSERT_EQ(acc[i], wa[i] + wb[i]) << to_string(isa) << " " << to_string(d) << " at " << i;
+    }
+  }
+  auto e = Executor::create(1);
+  EXPECT_FALSE((*e)->accumulate(nullptr, Dtype::kF32, nullptr, 4, true).is_ok());
 }
 
 }  // namespace

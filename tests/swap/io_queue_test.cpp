@@ -154,7 +154,10 @@ TEST_P(IoQueueConformance, FixedBuffersRoundTrip) {
   auto region = AlignedBuffer::allocate(8 << 20);
   ASSERT_TRUE(region.is_ok());
   std::span<std::byte> regions[] = {region->bytes()};
-  ASSERT_TRUE(q->engine().register_buffers(regions).is_ok());
+  const Status registered = q->engine().register_buffers(regions);
+  ASSERT_TRUE(registered.is_ok()) << registered.to_string();
+  // io_uring must really take the fixed-buffer path; the others have none.
+  EXPECT_EQ(q->engine().fixed_buffers(), GetParam() == IoBackend::kIoUring);
   testing::fill_pattern(region->data(), 4 << 20, 3);
   std::vector<IoRequest> writes, reads;
   for (int i = 0; i < 4; ++i) {

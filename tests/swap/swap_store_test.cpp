@@ -124,6 +124,39 @@ TEST_P(SwapStoreTest, EvictingVerifiedReadsKeepsTheirData) {
   }
 }
 
+TEST_P(SwapStoreTest, BusyIntervalsCoverEachOperationAndNothingElse) {
+  auto store = open(options(1));
+  ASSERT_NE(store, nullptr);
+  const std::size_t size = 1 << 20;
+  AlignedBuffer out = pattern(size, 1);
+  auto in = AlignedBuffer::allocate(size);
+  const auto before = SteadyClock::now();
+  ASSERT_TRUE(put(*store, "a", out, size).is_ok());
+  const auto between = SteadyClock::now();
+  ASSERT_TRUE(get(*store, "a", *in, size).is_ok());
+  const auto after = SteadyClock::now();
+  SwapBusy busy = store->take_busy();
+  ASSERT_EQ(busy.writes.size(), 1u);
+  ASSERT_EQ(busy.reads.size(), 1u);
+  EXPECT_GE(busy.writes[0].begin, before);
+  EXPECT_LE(busy.writes[0].end, between);
+  EXPECT_GE(busy.reads[0].begin, between);
+  EXPECT_LE(busy.reads[0].end, after);
+  busy = store->take_busy();
+  EXPECT_TRUE(busy.reads.empty() && busy.writes.empty());
+}
+
+TEST_P(SwapStoreTest, RegisteredBuffersAreReportedAsTheyAre) {
+  auto store = open(options(1));
+  ASSERT_NE(store, nullptr);
+  EXPECT_FALSE(store->stats().fixed_buffers);
+  auto region = AlignedBuffer::allocate(1 << 20);
+  std::span<std::byte> regions[] = {region->bytes()};
+  const Status s = store->register_buffers(regions);
+  ASSERT_TRUE(s.is_ok()) << s.to_string();  // root, or a memlock limit above 1 MiB
+  EXPECT_EQ(store->stats().fixed_buffers, GetParam() == IoBackend::kIoUring);
+}
+
 TEST_P(SwapStoreTest, OverwriteKeepsTheLastValueAndReusesSpace) {
   auto store = open(options(1));
   ASSERT_NE(store, nullptr);

@@ -6,8 +6,10 @@
 //   ZINF_LOG(kInfo) << "io engine: io_uring (queue depth " << qd << ")";
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <sstream>
+#include <string>
 #include <string_view>
 
 namespace zinf {
@@ -17,6 +19,9 @@ enum class LogLevel : int { kError = 0, kWarn = 1, kInfo = 2, kDebug = 3 };
 LogLevel log_level();
 void set_log_level(LogLevel level);
 std::optional<LogLevel> parse_log_level(std::string_view name);
+
+// Byte counts for messages: "512 B", "4.0 KiB", "12.3 MiB", "1.50 GiB".
+std::string format_bytes(std::uint64_t bytes);
 inline bool log_enabled(LogLevel level) {
   return static_cast<int>(level) <= static_cast<int>(log_level());
 }

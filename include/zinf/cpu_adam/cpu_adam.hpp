@@ -96,6 +96,12 @@ class Executor {
   // rounding as the fused copy-out.
   Status convert(const float* in, void* out, Dtype out_dtype, std::size_t count);
 
+  // Gradient accumulation in fp32: acc = src (overwrite) or acc + src, with
+  // src read in its dtype. Addition in fp32, in element order, as LibTorch's
+  // `grad += g` on fp32 gradients.
+  Status accumulate(const void* src, Dtype src_dtype, float* acc, std::size_t count,
+                    bool overwrite);
+
   Isa isa() const;
   int threads() const;
 

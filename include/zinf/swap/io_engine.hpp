@@ -68,13 +68,18 @@ class IoEngine {
   virtual Result<int> add_file(int fd, const std::string& path) = 0;
   virtual const std::string& file_path(int file) const = 0;
 
-  // Memory regions the engine may register as fixed buffers (io_uring). A
-  // request whose buffer lies inside one uses the fixed-buffer path; others
-  // work as usual. Call before the first submit; regions outlive the engine.
+  // Memory regions the engine may register as fixed buffers (io_uring, at
+  // most 1 GiB each). A request whose buffer lies inside one uses the
+  // fixed-buffer path; others work as usual. Call before the first submit;
+  // regions outlive the engine. An engine without fixed buffers accepts and
+  // ignores them; a registration the kernel refuses (RLIMIT_MEMLOCK) is an
+  // error, after which the engine still works with plain buffers.
   virtual Status register_buffers(std::span<const std::span<std::byte>> regions) {
     (void)regions;
     return Status::ok();
   }
+  // Whether requests in registered regions take the fixed-buffer path.
+  virtual bool fixed_buffers() const { return false; }
 
   // Queues the requests and submits them. At most queue_depth() requests are
   // in flight; submit() never blocks for completions: callers check

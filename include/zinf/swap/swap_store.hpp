@@ -40,6 +40,7 @@
 #include <string_view>
 #include <vector>
 
+#include "zinf/common/busy_time.hpp"
 #include "zinf/common/config.hpp"
 #include "zinf/common/status.hpp"
 #include "zinf/swap/io_engine.hpp"
@@ -91,6 +92,15 @@ struct SwapStats {
   std::uint64_t write_ops = 0;
   std::uint64_t file_bytes = 0;  // allocated in the swap files, all paths
   std::uint64_t live_bytes = 0;  // held by current extents
+  bool fixed_buffers = false;    // every lane takes registered buffers' fixed-buffer path
+};
+
+// When the store was busy since the last take_busy(): the union of the
+// intervals from each operation's start (read()/write()) to its completion
+// (its last chunk reaped), reads and writes apart.
+struct SwapBusy {
+  std::vector<Interval> reads;
+  std::vector<Interval> writes;
 };
 
 class SwapStore {
@@ -116,11 +126,14 @@ class SwapStore {
   virtual std::vector<std::string> keys() const = 0;
 
   // Memory the caller will pass to read/write (a pinned pool): the engines
-  // register it for fixed-buffer I/O where they can. Call before the first
-  // read or write; the regions must outlive the store.
+  // register it for fixed-buffer I/O where they can (regions of at most
+  // 1 GiB). Call before the first read or write; the regions must outlive the
+  // store. An error (the kernel refused: RLIMIT_MEMLOCK) leaves the store
+  // working with plain buffers; stats().fixed_buffers says which.
   virtual Status register_buffers(std::span<const std::span<std::byte>> regions) = 0;
 
   virtual SwapStats stats() const = 0;
+  virtual SwapBusy take_busy() = 0;
   virtual std::string_view backend_name() const = 0;
   virtual const SwapStoreOptions& options() const = 0;
 };

@@ -1,0 +1,51 @@
+// Busy time as the union of intervals. A stage of the pipeline (a copy
+// stream, an NVMe store's reads, the CPU optimizer) is busy while at least one
+// of its activities runs; activities that overlap count once. Overlap between
+// stages is then measured, not assumed: a phase whose wall time is close to
+// its busiest stage's busy time hides the other stages.
+//
+// Thread safety: BusyLog may be used from any number of threads.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <mutex>
+#include <vector>
+
+namespace zinf {
+
+using SteadyClock = std::chrono::steady_clock;
+
+struct Interval {
+  SteadyClock::time_point begin;
+  SteadyClock::time_point end;
+  double seconds() const { return std::chrono::duration<double>(end - begin).count(); }
+};
+
+// The length of the union of `intervals` (in any order, overlapping or not).
+double union_seconds(std::vector<Interval> intervals);
+
+// Intervals clipped to [from, to); those outside are dropped.
+std::vector<Interval> clip(const std::vector<Interval>& intervals, SteadyClock::time_point from,
+                           SteadyClock::time_point to);
+
+class BusyLog {
+ public:
+  // An activity starts / ends. The log is busy while any activity is open;
+  // each busy period becomes one interval.
+  void begin();
+  void end();
+  // One activity that ran from `begin` to `end` (measured elsewhere).
+  void add(Interval interval);
+  // The busy periods since the last take(); a period still open is cut at
+  // now (and continues from now).
+  std::vector<Interval> take();
+
+ private:
+  std::mutex mutex_;
+  std::size_t open_ = 0;
+  SteadyClock::time_point open_since_;
+  std::vector<Interval> done_;
+};
+
+}  // namespace zinf

@@ -1,0 +1,65 @@
+#include "zinf/common/busy_time.hpp"
+
+#include <algorithm>
+
+namespace zinf {
+
+double union_seconds(std::vector<Interval> intervals) {
+  std::sort(intervals.begin(), intervals.end(),
+            [](const Interval& a, const Interval& b) { return a.begin < b.begin; });
+  double total = 0;
+  bool have = false;
+  Interval run{};
+  for (const Interval& i : intervals) {
+    if (i.end <= i.begin) continue;
+    if (have && i.begin <= run.end) {
+      run.end = std::max(run.end, i.end);
+      continue;
+    }
+    if (have) total += run.seconds();
+    run = i;
+    have = true;
+  }
+  if (have) total += run.seconds();
+  return total;
+}
+
+std::vector<Interval> clip(const std::vector<Interval>& intervals, SteadyClock::time_point from,
+                           SteadyClock::time_point to) {
+  std::vector<Interval> out;
+  for (const Interval& i : intervals) {
+    const Interval c{std::max(i.begin, from), std::min(i.end, to)};
+    if (c.begin < c.end) out.push_back(c);
+  }
+  return out;
+}
+
+void BusyLog::begin() {
+  std::lock_guard lock(mutex_);
+  if (open_++ == 0) open_since_ = SteadyClock::now();
+}
+
+void BusyLog::end() {
+  std::lock_guard lock(mutex_);
+  if (open_ == 0) return;
+  if (--open_ == 0) done_.push_back({open_since_, SteadyClock::now()});
+}
+
+void BusyLog::add(Interval interval) {
+  std::lock_guard lock(mutex_);
+  done_.push_back(interval);
+}
+
+std::vector<Interval> BusyLog::take() {
+  std::lock_guard lock(mutex_);
+  std::vector<Interval> out = std::move(done_);
+  done_.clear();
+  if (open_ > 0) {
+    const auto now = SteadyClock::now();
+    out.push_back({open_since_, now});
+    open_since_ = now;
+  }
+  return out;
+}
+
+}  // namespace zinf

@@ -1,0 +1,70 @@
+#include "zinf/gpu/pinned_pool.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <thread>
+
+#include "zinf/gpu/device.hpp"
+
+namespace zinf::gpu {
+namespace {
+
+TEST(PinnedPool, LendsEachBufferToOneHolderAtATime) {
+  auto pool = PinnedPool::create(nullptr, {"test pool", 10000, 2, true});
+  ASSERT_TRUE(pool.is_ok()) << pool.status().to_string();
+  EXPECT_EQ((*pool)->buffer_bytes(), 12288u);  // rounded up to kIoAlignment
+  auto a = (*pool)->acquire();
+  auto b = (*pool)->try_acquire();
+  ASSERT_TRUE(b.has_value());
+  EXPECT_NE(a.data(), b->data());
+  EXPECT_TRUE(is_aligned(a.data(), kIoAlignment));
+  EXPECT_FALSE((*pool)->try_acquire().has_value());
+  EXPECT_EQ((*pool)->in_use(), 2u);
+  std::byte* first = a.data();
+  std::thread giver([&] { a = PinnedPool::Lease(); });
+  auto c = (*pool)->acquire();  // waits for the giver
+  giver.join();
+  EXPECT_EQ(c.data(), first);
+  c = {};
+  b.reset();
+  EXPECT_EQ((*pool)->in_use(), 0u);
+}
+
+TEST(PinnedPool, PinsThroughTheDevice) {
+  auto device = Device::create({"cpu", 0, 0});
+  ASSERT_TRUE(device.is_ok());
+  auto pool = PinnedPool::create(device->get(), {"test pool", 1 << 20, 2, true});
+  ASSERT_TRUE(pool.is_ok());
+  // Root (or a large enough memlock limit) pins; otherwise the pool says why and works.
+  auto lease = (*pool)->acquire();
+  std::memset(lease.data(), 1, lease.size());
+  auto unpinned = PinnedPool::create(device->get(), {"test pool", 1 << 20, 1, false});
+  ASSERT_TRUE(unpinned.is_ok());
+  EXPECT_FALSE((*unpinned)->pinned());
+}
+
+TEST(PinnedPool, IoRegionsAreWholeBuffersOfAtMostOneGiB) {
+  // Virtual memory only: nothing is touched or pinned.
+  auto pool = PinnedPool::create(nullptr, {"test pool", 400u << 20, 3, false});
+  ASSERT_TRUE(pool.is_ok());
+  auto regions = (*pool)->io_regions();
+  ASSERT_EQ(regions.size(), 2u);
+  EXPECT_EQ(regions[0].size(), 800u << 20);
+  EXPECT_EQ(regions[1].size(), 400u << 20);
+  EXPECT_EQ(regions[1].data(), regions[0].data() + regions[0].size());
+  auto big = PinnedPool::create(nullptr, {"test pool", 1536u << 20, 1, false});
+  ASSERT_TRUE(big.is_ok());
+  regions = (*big)->io_regions();
+  ASSERT_EQ(regions.size(), 2u);
+  EXPECT_EQ(regions[0].size(), 1u << 30);
+  EXPECT_EQ(regions[1].size(), 512u << 20);
+}
+
+TEST(PinnedPool, EmptyPoolsAreErrors) {
+  EXPECT_FALSE(PinnedPool::create(nullptr, {"x", 0, 1, false}).is_ok());
+  EXPECT_FALSE(PinnedPool::create(nullptr, {"x", 4096, 0, false}).is_ok());
+}
+
+}  // namespace
+}  // namespace zinf::gpu
