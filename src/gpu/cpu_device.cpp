@@ -11,14 +11,12 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
 #include <fstream>
-#include <functional>
-#include <thread>
 
 #include "gpu/devices.hpp"
 #include "zinf/common/aligned.hpp"
 #include "zinf/common/logging.hpp"
+#include "zinf/common/worker.hpp"
 
 namespace zinf::gpu {
 namespace {
@@ -87,17 +85,7 @@ class InlineStream final : public Stream {
 // A copy engine: one thread running its queue in order.
 class ThreadStream final : public Stream {
  public:
-  explicit ThreadStream(std::string name) : name_(std::move(name)) {
-    worker_ = std::thread([this] { run(); });
-  }
-  ~ThreadStream() override {
-    {
-      std::lock_guard lock(mutex_);
-      stopping_ = true;
-    }
-    cv_.notify_all();
-    worker_.join();
-  }
+  explicit ThreadStream(std::string name) : name_(std::move(name)) {}
 
   const std::string& name() const override { return name_; }
   Status copy_to_device(void* dst, const void* src, std::size_t bytes) override {
@@ -134,34 +122,17 @@ class ThreadStream final : public Stream {
     return Status::ok();
   }
 
-  void enqueue(std::function<void()> task) {
-    {
-      std::lock_guard lock(mutex_);
-      queue_.push_back(std::move(task));
-    }
-    cv_.notify_one();
-  }
-
-  void run() {
-    std::unique_lock lock(mutex_);
-    for (;;) {
-      cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-      if (queue_.empty()) return;  // stopping, and everything enqueued has run
-      auto task = std::move(queue_.front());
-      queue_.pop_front();
-      lock.unlock();
+  template <typename Fn>
+  void enqueue(Fn&& task) {
+    (void)worker_.submit([task = std::forward<Fn>(task)] {
       task();
-      lock.lock();
-    }
+      return Status::ok();
+    });
   }
 
   const std::string name_;
   BusyLog busy_;
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> queue_;
-  bool stopping_ = false;
-  std::thread worker_;
+  Worker worker_;  // last: joined first, while the rest is alive
 };
 
 // Bytes this process has locked already (VmLck), 0 if unknown.

@@ -1,4 +1,6 @@
-// The host tier: one fp32 array per state over all parameters.
+// The host tier: one fp32 array per state over all elements, updated in
+// place (the optimizer validates everything before the first write, and the
+// engine restores from its own copy, so there is nothing to roll back here).
 #include <vector>
 
 #include "offload/state_tier.hpp"
@@ -10,16 +12,17 @@ namespace {
 
 class HostTier final : public StateTier {
  public:
-  explicit HostTier(const TierShape& shape) : shape_(shape) {}
+  explicit HostTier(const TierShape& shape) : shape_(shape), pieces_(shape.pieces()) {}
 
   Status allocate(bool pin) {
+    pinned_ = pin;
     for (int i = 0; i < shape_.num_states; ++i) {
-      auto buf = AlignedBuffer::allocate(shape_.elements * sizeof(float), kIoAlignment, pin);
-      if (!buf.is_ok() && pin) {
-        ZINF_LOG(kWarn) << "pin_memory: " << buf.status().message()
+      auto buf = AlignedBuffer::allocate(shape_.elements() * sizeof(float), kIoAlignment, pinned_);
+      if (!buf.is_ok() && pinned_) {
+        ZINF_LOG(kWarn) << "offload_optimizer.pin_memory: " << buf.status().message()
                         << "; using unpinned host memory";
-        pin = false;
-        buf = AlignedBuffer::allocate(shape_.elements * sizeof(float));
+        pinned_ = false;
+        buf = AlignedBuffer::allocate(shape_.elements() * sizeof(float));
       }
       if (!buf.is_ok()) return buf.status();
       arrays_.push_back(std::move(*buf));
@@ -27,22 +30,18 @@ class HostTier final : public StateTier {
     return Status::ok();
   }
 
-  // Host memory is updated in place: the optimizer validates everything
-  // before the first write, so there is nothing to roll back.
-  Status update(const SubGroupFn& fn, StepStats& stats) override {
+  Status update(const PieceFn& fn, StepStats& stats) override {
+    const auto t0 = SteadyClock::now();
     Status s = read(fn);
-    stats.sub_groups = shape_.sub_groups();
+    stats.compute_s += std::chrono::duration<double>(SteadyClock::now() - t0).count();
+    stats.sub_groups = shape_.groups.size();
     return s;
   }
 
-  Status read(const SubGroupFn& fn) override {
-    for (std::uint64_t i = 0; i < shape_.sub_groups(); ++i) {
-      SubGroup sg;
-      sg.index = i;
-      sg.begin = i * shape_.sub_group_size;
-      sg.count = std::min(shape_.sub_group_size, shape_.elements - sg.begin);
-      for (int k = 0; k < shape_.num_states; ++k) sg.state[k] = arrays_[k].as<float>() + sg.begin;
-      ZINF_RETURN_IF_ERROR(fn(sg));
+  Status read(const PieceFn& fn) override {
+    for (Piece p : pieces_) {
+      for (int k = 0; k < shape_.num_states; ++k) p.state[k] = arrays_[k].as<float>() + p.begin;
+      ZINF_RETURN_IF_ERROR(fn(p));
     }
     return Status::ok();
   }
@@ -50,18 +49,23 @@ class HostTier final : public StateTier {
   TierBytes bytes() const override {
     TierBytes b;
     for (const auto& a : arrays_) b.host += a.size();
+    b.host_pinned = pinned_;
     return b;
   }
 
+  std::vector<Interval> take_io_busy() override { return {}; }
+
  private:
   TierShape shape_;
+  std::vector<Piece> pieces_;
   std::vector<AlignedBuffer> arrays_;
+  bool pinned_ = false;
 };
 
 }  // namespace
 
 Result<std::unique_ptr<StateTier>> make_host_tier(const TierShape& shape, bool pin,
-                                                  const SubGroupFn& init) {
+                                                  const PieceFn& init) {
   auto tier = std::make_unique<HostTier>(shape);
   ZINF_RETURN_IF_ERROR(tier->allocate(pin));
   ZINF_RETURN_IF_ERROR(tier->read(init));

@@ -1,14 +1,14 @@
-// The NVMe tier: each sub-group's state arrays are SwapStore values, in two
-// slots per sub-group ("sg12/exp_avg@1").
+// The NVMe tier: each piece's state arrays are SwapStore values, in two slots
+// per piece ("p12/state1@1"), streamed through a pinned pool of K buffer
+// sets (one piece's states each), so host memory is the pool's size
+// whatever the sub-group size.
 //
-// The pipeline (update). The pool holds K buffer sets, one sub-group's
-// states each (K = buffer_count / num_states >= 2). While the CPU computes
-// sub-group i in set i % K, a helper thread waits for the write of i-1 (set
-// (i-1) % K) and then reads sub-group i+K-1 into that set; reads of the next
-// K-2 sub-groups are already in flight. Computed sub-groups are written to
-// the slot that is not current. The current slots switch only after every
-// write of the step succeeded, so a failure at any point leaves the previous
-// state complete on disk.
+// The pipeline (update). While the CPU computes piece i in set i % K, the
+// helper thread waits for the write of piece i-1 (set (i-1) % K) and then
+// reads piece i+K-1 into that set; reads of the next K-2 pieces are already
+// in flight. Computed pieces are written to the slot that is not current.
+// The current slots switch only after every write of the step succeeded, so
+// a failure at any point leaves the previous state complete on disk.
 #include <algorithm>
 #include <chrono>
 #include <future>
@@ -18,21 +18,23 @@
 #include "offload/state_tier.hpp"
 #include "zinf/common/aligned.hpp"
 #include "zinf/common/logging.hpp"
+#include "zinf/common/worker.hpp"
+#include "zinf/gpu/pinned_pool.hpp"
 #include "zinf/swap/swap_store.hpp"
 
 namespace zinf::offload {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
+double since(SteadyClock::time_point t) {
+  return std::chrono::duration<double>(SteadyClock::now() - t).count();
 }
+
+constexpr int kMaxSets = 16;
 
 class NvmeTier final : public StateTier {
  public:
   NvmeTier(const TierShape& shape, int sets)
-      : shape_(shape), sets_(sets), slot_(shape.sub_groups(), 0) {}
+      : shape_(shape), pieces_(shape.pieces()), sets_(sets), slot_(pieces_.size(), 0) {}
 
   Status open(const OffloadOptions& o) {
     swap::SwapStoreOptions so;
@@ -47,122 +49,127 @@ class NvmeTier final : public StateTier {
     so.buffered_io_fallback = o.buffered_io_fallback();
     so.fault = o.fault();
     ZINF_ASSIGN_OR_RETURN(store_, swap::SwapStore::open(so));
-    set_bytes_ = align_up(shape_.sub_group_size * sizeof(float), kIoAlignment) * shape_.num_states;
-    const std::uint64_t total = set_bytes_ * static_cast<std::uint64_t>(sets_);
-    auto pool = AlignedBuffer::allocate(total, kIoAlignment, o.pin_memory());
-    if (!pool.is_ok() && o.pin_memory()) {
-      ZINF_LOG(kWarn) << "offload_optimizer.pin_memory: " << pool.status().message()
-                      << "; using unpinned buffers";
-      pool = AlignedBuffer::allocate(total);
-    }
-    if (!pool.is_ok()) return pool.status();
-    pool_ = std::move(*pool);
-    std::span<std::byte> regions[] = {pool_.bytes()};
-    return store_->register_buffers(regions);
+    array_bytes_ = align_up(shape_.chunk * sizeof(float), kIoAlignment);
+    ZINF_ASSIGN_OR_RETURN(
+        pool_, gpu::PinnedPool::create(
+                   nullptr, {"offload_optimizer buffers", array_bytes_,
+                             static_cast<std::size_t>(sets_ * shape_.num_states), o.pin_memory()}));
+    for (std::size_t i = 0; i < pool_->count(); ++i) buffers_.push_back(pool_->acquire());
+    if (Status s = store_->register_buffers(pool_->io_regions()); !s.is_ok())
+      ZINF_LOG(kWarn) << "offload_optimizer: " << s.message() << "; using plain buffers";
+    const TierBytes b = bytes();
+    ZINF_LOG(kInfo) << "offload_optimizer: nvme, " << pieces_.size() << " pieces of up to "
+                    << shape_.chunk << " elements through " << pool_->count() << " buffers of "
+                    << format_bytes(array_bytes_) << " (" << format_bytes(b.host)
+                    << ", pinned: " << (b.host_pinned ? "yes" : "no")
+                    << ", fixed buffers: " << (b.fixed_buffers ? "yes" : "no") << ")";
+    return Status::ok();
   }
 
-  Status initialize(const SubGroupFn& init) {
-    for (std::uint64_t i = 0; i < shape_.sub_groups(); ++i) {
-      SubGroup sg = view(i, 0);
-      ZINF_RETURN_IF_ERROR(init(sg));
-      ZINF_RETURN_IF_ERROR(write(i, 0, 0));
+  Status initialize(const PieceFn& init) {
+    for (const Piece& p : pieces_) {
+      Piece piece = view(p, 0);
+      ZINF_RETURN_IF_ERROR(init(piece));
+      ZINF_RETURN_IF_ERROR(write(p.index, 0, 0));
       ZINF_RETURN_IF_ERROR(wait(0));
     }
     return Status::ok();
   }
 
-  Status update(const SubGroupFn& fn, StepStats& stats) override {
-    const std::uint64_t n = shape_.sub_groups();
-    const auto k = static_cast<std::uint64_t>(sets_);
+  Status update(const PieceFn& fn, StepStats& stats) override {
+    const std::size_t n = pieces_.size();
+    const auto k = static_cast<std::size_t>(sets_);
     const swap::SwapStats before = store_->stats();
     Status error;
     auto note = [&](Status s) {
       if (error.is_ok() && !s.is_ok()) error = std::move(s);
     };
-    for (std::uint64_t i = 0; i < std::min(n, k - 1); ++i) note(read(i, i % k, slot_[i]));
-    for (std::uint64_t i = 0; i < n && error.is_ok(); ++i) {
-      const int set = static_cast<int>(i % k);
-      const auto t_read = Clock::now();
-      note(wait(set));
+    for (std::size_t i = 0; i < std::min(n, k - 1); ++i) note(read(i, set_of(i), slot_[i]));
+    for (std::size_t i = 0; i < n && error.is_ok(); ++i) {
+      const auto t_read = SteadyClock::now();
+      note(wait(set_of(i)));
       stats.read_s += since(t_read);
       if (!error.is_ok()) break;
-      // The helper recycles the set of sub-group i-1 for sub-group i+k-1.
-      auto helper = std::async(std::launch::async, [&, i]() -> Status {
-        const int recycled = static_cast<int>((i + k - 1) % k);
+      // The helper recycles the set of piece i-1 for piece i+k-1.
+      auto helper = helper_.submit([this, i, n, k]() -> Status {
+        const int recycled = set_of(i + k - 1);
         if (i >= 1) ZINF_RETURN_IF_ERROR(wait(recycled));
         if (i + k - 1 < n) ZINF_RETURN_IF_ERROR(read(i + k - 1, recycled, slot_[i + k - 1]));
         return Status::ok();
       });
-      SubGroup sg = view(i, set);
-      const auto t_compute = Clock::now();
-      note(fn(sg));
+      Piece piece = view(pieces_[i], set_of(i));
+      const auto t_compute = SteadyClock::now();
+      note(fn(piece));
       stats.compute_s += since(t_compute);
       note(helper.get());
-      if (error.is_ok()) note(write(i, set, 1 - slot_[i]));
+      if (error.is_ok()) note(write(i, set_of(i), 1 - slot_[i]));
     }
-    const auto t_drain = Clock::now();
+    const auto t_drain = SteadyClock::now();
     for (int set = 0; set < sets_; ++set) note(wait(set));
     stats.write_s += since(t_drain);
     const swap::SwapStats after = store_->stats();
     stats.bytes_read += after.bytes_read - before.bytes_read;
     stats.bytes_written += after.bytes_written - before.bytes_written;
-    stats.sub_groups = n;
+    stats.sub_groups = shape_.groups.size();
     if (!error.is_ok()) return error;
     for (auto& s : slot_) s = 1 - s;
     return Status::ok();
   }
 
-  Status read(const SubGroupFn& fn) override {
-    for (std::uint64_t i = 0; i < shape_.sub_groups(); ++i) {
-      ZINF_RETURN_IF_ERROR(read(i, 0, slot_[i]));
+  Status read(const PieceFn& fn) override {
+    for (const Piece& p : pieces_) {
+      ZINF_RETURN_IF_ERROR(read(p.index, 0, slot_[p.index]));
       ZINF_RETURN_IF_ERROR(wait(0));
-      SubGroup sg = view(i, 0);
-      ZINF_RETURN_IF_ERROR(fn(sg));
+      Piece piece = view(p, 0);
+      ZINF_RETURN_IF_ERROR(fn(piece));
     }
     return Status::ok();
   }
 
-  TierBytes bytes() const override { return {pool_.size(), store_->stats().live_bytes}; }
+  TierBytes bytes() const override {
+    const swap::SwapStats s = store_->stats();
+    return {pool_->bytes(), s.live_bytes, pool_->pinned(), s.fixed_buffers};
+  }
+
+  std::vector<Interval> take_io_busy() override {
+    swap::SwapBusy busy = store_->take_busy();
+    busy.reads.insert(busy.reads.end(), busy.writes.begin(), busy.writes.end());
+    return busy.reads;
+  }
 
  private:
   static constexpr const char* kStateNames[] = {"master", "state1", "state2"};
 
-  std::uint64_t count(std::uint64_t i) const {
-    return std::min(shape_.sub_group_size, shape_.elements - i * shape_.sub_group_size);
-  }
+  int set_of(std::size_t piece) const { return static_cast<int>(piece % sets_); }
 
   float* buffer(int set, int state) const {
-    return reinterpret_cast<float*>(pool_.data() + static_cast<std::uint64_t>(set) * set_bytes_ +
-                                    static_cast<std::uint64_t>(state) *
-                                        (set_bytes_ / shape_.num_states));
+    return reinterpret_cast<float*>(
+        buffers_[static_cast<std::size_t>(set * shape_.num_states + state)].data());
   }
 
-  SubGroup view(std::uint64_t i, int set) const {
-    SubGroup sg;
-    sg.index = i;
-    sg.begin = i * shape_.sub_group_size;
-    sg.count = count(i);
-    for (int s = 0; s < shape_.num_states; ++s) sg.state[s] = buffer(set, s);
-    return sg;
+  Piece view(const Piece& p, int set) const {
+    Piece piece = p;
+    for (int s = 0; s < shape_.num_states; ++s) piece.state[s] = buffer(set, s);
+    return piece;
   }
 
-  static std::string key(std::uint64_t i, int state, int slot) {
-    return "sg" + std::to_string(i) + "/" + kStateNames[state] + "@" + std::to_string(slot);
+  static std::string key(std::size_t piece, int state, int slot) {
+    return "p" + std::to_string(piece) + "/" + kStateNames[state] + "@" + std::to_string(slot);
   }
 
-  // Starts the transfers of sub-group i's states into/out of `set`.
-  Status start(std::uint64_t i, int set, int slot, bool is_read) {
+  // Starts the transfers of a piece's states into/out of `set`.
+  Status start(std::size_t i, int set, int slot, bool is_read) {
     for (int s = 0; s < shape_.num_states; ++s) {
       auto* b = reinterpret_cast<std::byte*>(buffer(set, s));
-      const std::span<std::byte> data{b, count(i) * sizeof(float)};
+      const std::span<std::byte> data{b, pieces_[i].count * sizeof(float)};
       auto t = is_read ? store_->read(key(i, s, slot), data) : store_->write(key(i, s, slot), data);
       if (!t.is_ok()) return t.status();
       pending_[set].push_back(*t);
     }
     return Status::ok();
   }
-  Status read(std::uint64_t i, int set, int slot) { return start(i, set, slot, true); }
-  Status write(std::uint64_t i, int set, int slot) { return start(i, set, slot, false); }
+  Status read(std::size_t i, int set, int slot) { return start(i, set, slot, true); }
+  Status write(std::size_t i, int set, int slot) { return start(i, set, slot, false); }
 
   // Waits for everything in flight on `set`; the first error wins.
   Status wait(int set) {
@@ -176,38 +183,50 @@ class NvmeTier final : public StateTier {
   }
 
   TierShape shape_;
+  std::vector<Piece> pieces_;
   int sets_;
-  std::vector<int> slot_;  // the current slot of each sub-group
+  std::vector<int> slot_;  // the current slot of each piece
   std::unique_ptr<swap::SwapStore> store_;
-  AlignedBuffer pool_;
-  std::uint64_t set_bytes_ = 0;
-  std::vector<swap::SwapTicket> pending_[16];
+  std::unique_ptr<gpu::PinnedPool> pool_;
+  std::vector<gpu::PinnedPool::Lease> buffers_;  // all of the pool, for the tier's lifetime
+  std::size_t array_bytes_ = 0;
+  std::vector<swap::SwapTicket> pending_[kMaxSets];
+  Worker helper_;  // last: joined before the store and buffers go
 };
 
 }  // namespace
 
-Result<std::unique_ptr<StateTier>> make_nvme_tier(const TierShape& shape, const OffloadOptions& o,
-                                                  const char* algorithm, const SubGroupFn& init) {
+Result<std::unique_ptr<StateTier>> make_nvme_tier(TierShape shape, const OffloadOptions& o,
+                                                  const char* algorithm, const PieceFn& init) {
   if (o.nvme_path().empty()) {
     return Status::invalid_argument(
         "offload_optimizer.nvme_path (OffloadOptions::nvme_path) is required for device nvme");
   }
   // Two sets overlap I/O with compute; three also overlap the read of i+1
   // with the write of i-1, so that is what an unset buffer_count gets.
-  const std::uint32_t needed = 2 * static_cast<std::uint32_t>(shape.num_states);
-  const std::uint32_t buffers =
-      o.buffer_count() == 0 ? 3 * static_cast<std::uint32_t>(shape.num_states) : o.buffer_count();
+  const auto states = static_cast<std::uint32_t>(shape.num_states);
+  const std::uint32_t needed = 2 * states;
+  const std::uint32_t buffers = o.buffer_count() == 0 ? 3 * states : o.buffer_count();
   if (buffers < needed) {
     return Status::invalid_argument(
         "offload_optimizer.buffer_count (OffloadOptions::buffer_count) = " +
         std::to_string(buffers) + " is too few for the pipelined " + algorithm +
-        " step on NVMe: it needs " + std::to_string(needed) + " (" +
-        std::to_string(shape.num_states) +
-        " fp32 state arrays for 2 sub-groups in flight); raise buffer_count to " +
+        " step on NVMe: it needs " + std::to_string(needed) + " (" + std::to_string(states) +
+        " fp32 state arrays for 2 pieces in flight); raise buffer_count to " +
         std::to_string(needed) + " or more");
   }
-  const int sets = static_cast<int>(
-      std::min<std::uint32_t>(buffers / static_cast<std::uint32_t>(shape.num_states), 16));
+  const int sets = static_cast<int>(std::min<std::uint32_t>(buffers / states, kMaxSets));
+  // A piece fills every lane's queue with requests of one aio block and is
+  // at most a sub-group; the pool (sets pieces) stays under half of the
+  // state; pieces are whole pages (at least one).
+  constexpr std::uint64_t kPage = kIoAlignment / sizeof(float);
+  const std::uint64_t io = o.block_size() * o.queue_depth() *
+                           std::max<std::uint32_t>(1, o.intra_op_parallelism()) / sizeof(float);
+  const std::uint64_t half = shape.elements() / (2 * static_cast<std::uint64_t>(sets));
+  const std::uint64_t largest =
+      shape.groups.empty() ? 1 : *std::max_element(shape.groups.begin(), shape.groups.end());
+  const std::uint64_t chunk = std::min({io, half / kPage * kPage, largest});
+  shape.chunk = std::max(kPage, chunk);
   auto tier = std::make_unique<NvmeTier>(shape, sets);
   ZINF_RETURN_IF_ERROR(tier->open(o));
   ZINF_RETURN_IF_ERROR(tier->initialize(init));

@@ -2,8 +2,9 @@
 // StateTier (where the fp32 state lives). See the header for the contract.
 //
 // Layout. Parameters are flattened in param-group order into one element
-// space; sub-groups are consecutive ranges of it, so a parameter may span
-// sub-groups. Each sub-group knows its segments (parameter, offset, length).
+// space; sub-groups are consecutive ranges of it, visited in pieces, so a
+// parameter may span pieces. A piece finds its segments (parameter, offset,
+// length) by binary search over the parameters' offsets.
 //
 // Masters and parameters. A parameter always equals its master rounded to the
 // parameter's dtype: that is what makes a failed NVMe step restorable exactly
@@ -14,6 +15,7 @@
 
 #include <torch/serialize/archive.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -23,7 +25,7 @@
 
 namespace zinf {
 
-using offload::SubGroup;
+using offload::Piece;
 namespace ca = cpu_adam;
 
 namespace {
@@ -68,7 +70,7 @@ ca::Hyper adam_hyper(const Options& o, bool adamw) {
 struct Segment {
   std::size_t param;
   std::uint64_t param_offset;  // elements into the parameter
-  std::uint64_t sg_offset;     // elements into the sub-group
+  std::uint64_t piece_offset;  // elements into the piece
   std::uint64_t length;
 };
 
@@ -89,7 +91,6 @@ struct OffloadOptimizer::Impl {
   Kind kind;
   OffloadOptions options;
   std::vector<Param> params;
-  std::vector<std::vector<Segment>> segments;  // per sub-group
   offload::TierShape shape;
   std::unique_ptr<ca::Executor> executor;
   std::unique_ptr<offload::StateTier> tier;
@@ -148,16 +149,33 @@ struct OffloadOptimizer::Impl {
         static_cast<const torch::optim::AdagradOptions&>(opts).initial_accumulator_value());
   }
 
-  // The moment arrays of a sub-group, as cpu_adam names them.
-  std::pair<float*, float*> moments(const SubGroup& sg) const {
+  // The moment arrays of a piece, as cpu_adam names them.
+  std::pair<float*, float*> moments(const Piece& piece) const {
     switch (kind) {
       case Kind::kAdagrad:
-        return {nullptr, sg.state[1]};
+        return {nullptr, piece.state[1]};
       case Kind::kLion:
-        return {sg.state[1], nullptr};
+        return {piece.state[1], nullptr};
       default:
-        return {sg.state[1], sg.state[2]};
+        return {piece.state[1], piece.state[2]};
     }
+  }
+
+  // The parameters' parts inside `piece`, in order.
+  std::vector<Segment> segments(const Piece& piece) const {
+    std::vector<Segment> out;
+    auto it = std::upper_bound(params.begin(), params.end(), piece.begin,
+                               [](std::uint64_t flat, const Param& p) { return flat < p.offset; });
+    if (it != params.begin()) --it;
+    const std::uint64_t end = piece.begin + piece.count;
+    for (; it != params.end() && it->offset < end; ++it) {
+      const std::uint64_t from = std::max(piece.begin, it->offset);
+      const std::uint64_t to = std::min(end, it->offset + it->numel);
+      if (from >= to) continue;
+      out.push_back({static_cast<std::size_t>(it - params.begin()), from - it->offset,
+                     from - piece.begin, to - from});
+    }
+    return out;
   }
 };
 
@@ -206,37 +224,25 @@ OffloadOptimizer::OffloadOptimizer(std::vector<torch::optim::OptimizerParamGroup
       m.params.push_back(std::move(p));
     }
   }
-  m.shape.elements = total;
-  m.shape.sub_group_size = std::max<std::uint64_t>(1, std::min(m.options.sub_group_size(), total));
+  m.shape.groups = offload::TierShape::even_groups(total, m.options.sub_group_size());
   m.shape.num_states = m.num_states();
-  m.segments.resize(total == 0 ? 0 : m.shape.sub_groups());
-  for (std::size_t i = 0; i < m.params.size(); ++i) {
-    const auto& p = m.params[i];
-    for (std::uint64_t done = 0; done < p.numel;) {
-      const std::uint64_t flat = p.offset + done;
-      const std::uint64_t sg = flat / m.shape.sub_group_size;
-      const std::uint64_t in_sg = flat - sg * m.shape.sub_group_size;
-      const std::uint64_t len = std::min(p.numel - done, m.shape.sub_group_size - in_sg);
-      m.segments[sg].push_back({i, done, in_sg, len});
-      done += len;
-    }
-  }
   auto executor = ca::Executor::create(m.options.threads());
   throw_if_error(executor.status());
   m.executor = std::move(*executor);
 
   // The initial state: masters from the parameters, moments from the options.
-  auto init = [&](SubGroup& sg) -> Status {
-    for (int s = 1; s < m.shape.num_states; ++s) std::fill_n(sg.state[s], sg.count, 0.0f);
-    for (const Segment& seg : m.segments[sg.index]) {
+  auto init = [&](Piece& piece) -> Status {
+    for (int s = 1; s < m.shape.num_states; ++s) std::fill_n(piece.state[s], piece.count, 0.0f);
+    for (const Segment& seg : m.segments(piece)) {
       const auto& p = m.params[seg.param];
       const torch::Tensor flat = p.tensor.detach().reshape({-1}).narrow(
           0, static_cast<std::int64_t>(seg.param_offset), static_cast<std::int64_t>(seg.length));
-      torch::Tensor master = torch::from_blob(
-          sg.state[0] + seg.sg_offset, {static_cast<std::int64_t>(seg.length)}, torch::kFloat);
+      torch::Tensor master =
+          torch::from_blob(piece.state[0] + seg.piece_offset,
+                           {static_cast<std::int64_t>(seg.length)}, torch::kFloat);
       master.copy_(flat);
       const float moment = m.initial_moment(param_groups()[p.group].options());
-      if (moment != 0.0f) std::fill_n(sg.state[1] + seg.sg_offset, seg.length, moment);
+      if (moment != 0.0f) std::fill_n(piece.state[1] + seg.piece_offset, seg.length, moment);
     }
     return Status::ok();
   };
@@ -330,10 +336,10 @@ torch::Tensor OffloadOptimizer::step(LossClosure closure) {
     p.tensor.detach().view({-1}).narrow(0, begin, len).copy_(staging);
     return Status::ok();
   };
-  auto update = [&](SubGroup& sg) -> Status {
-    for (const Segment& seg : m.segments[sg.index]) {
+  auto update = [&](Piece& piece) -> Status {
+    for (const Segment& seg : m.segments(piece)) {
       Impl::Param& p = m.params[seg.param];
-      float* master = sg.state[0] + seg.sg_offset;
+      float* master = piece.state[0] + seg.piece_offset;
       if (p.tensor._version() !=
           p.version) {  // changed outside the optimizer: take it as the master
         torch::from_blob(master, {static_cast<std::int64_t>(seg.length)}, torch::kFloat)
@@ -342,15 +348,15 @@ torch::Tensor OffloadOptimizer::step(LossClosure closure) {
                 static_cast<std::int64_t>(seg.length)));
       }
       if (!grads[seg.param].defined()) continue;
-      auto [exp_avg, exp_avg_sq] = m.moments(sg);
+      auto [exp_avg, exp_avg_sq] = m.moments(piece);
       ca::Buffers b;
       b.params = master;
       b.param_dtype = ca::Dtype::kF32;
       b.grads = static_cast<const std::byte*>(grads[seg.param].data_ptr()) +
                 seg.param_offset * ca::size_of(grad_dtypes[seg.param]);
       b.grad_dtype = grad_dtypes[seg.param];
-      b.exp_avg = exp_avg == nullptr ? nullptr : exp_avg + seg.sg_offset;
-      b.exp_avg_sq = exp_avg_sq == nullptr ? nullptr : exp_avg_sq + seg.sg_offset;
+      b.exp_avg = exp_avg == nullptr ? nullptr : exp_avg + seg.piece_offset;
+      b.exp_avg_sq = exp_avg_sq == nullptr ? nullptr : exp_avg_sq + seg.piece_offset;
       b.state_dtype = ca::Dtype::kF32;
       b.copy_dtype = p.dtype;
       b.count = seg.length;
@@ -365,11 +371,11 @@ torch::Tensor OffloadOptimizer::step(LossClosure closure) {
   Status s = m.tier->update(update, m.stats);
   if (!s.is_ok()) {
     // The stored state is the previous one: put every parameter back to it.
-    Status restored = m.tier->read([&](SubGroup& sg) -> Status {
-      for (const Segment& seg : m.segments[sg.index]) {
+    Status restored = m.tier->read([&](Piece& piece) -> Status {
+      for (const Segment& seg : m.segments(piece)) {
         ZINF_RETURN_IF_ERROR(write_param(seg.param, seg, [&](void* out) {
-          return m.executor->convert(sg.state[0] + seg.sg_offset, out, m.params[seg.param].dtype,
-                                     seg.length);
+          return m.executor->convert(piece.state[0] + seg.piece_offset, out,
+                                     m.params[seg.param].dtype, seg.length);
         }));
       }
       return Status::ok();
@@ -408,10 +414,10 @@ void OffloadOptimizer::save(torch::serialize::OutputArchive& archive) const {
           torch::empty({static_cast<std::int64_t>(m.params[i].numel)}, torch::kFloat));
     }
   }
-  throw_if_error(m.tier->read([&](SubGroup& sg) -> Status {
-    for (const Segment& seg : m.segments[sg.index]) {
+  throw_if_error(m.tier->read([&](Piece& piece) -> Status {
+    for (const Segment& seg : m.segments(piece)) {
       for (int s = 0; s < m.shape.num_states; ++s) {
-        std::copy_n(sg.state[s] + seg.sg_offset, seg.length,
+        std::copy_n(piece.state[s] + seg.piece_offset, seg.length,
                     states[seg.param][s].data_ptr<float>() + seg.param_offset);
       }
     }
@@ -475,11 +481,11 @@ void OffloadOptimizer::load(torch::serialize::InputArchive& archive) {
   }
   StepStats ignored;
   throw_if_error(m.tier->update(
-      [&](SubGroup& sg) -> Status {
-        for (const Segment& seg : m.segments[sg.index]) {
+      [&](Piece& piece) -> Status {
+        for (const Segment& seg : m.segments(piece)) {
           for (int s = 0; s < m.shape.num_states; ++s) {
             std::copy_n(states[seg.param][s].data_ptr<float>() + seg.param_offset, seg.length,
-                        sg.state[s] + seg.sg_offset);
+                        piece.state[s] + seg.piece_offset);
           }
         }
         return Status::ok();

@@ -1,50 +1,69 @@
-// Where OffloadOptimizer's fp32 state lives: host memory or NVMe. The
-// optimizer sees sub-groups of sub_group_size elements, one at a time, each
-// with `num_states` fp32 arrays (master weights first, then the moments).
+// Where the optimizer's fp32 state lives: host memory or NVMe. Both the
+// drop-in optimizers and the engine see the flattened state as a sequence of
+// pieces, in order: each piece is `count` consecutive elements of one group
+// (a sub-group), with `num_states` fp32 arrays (master weights first, then
+// the algorithm's moments). On NVMe a piece is what fits the pinned pool's
+// buffers, so host memory is the pool's size whatever the sub-group size.
 #pragma once
 
 #include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <vector>
 
+#include "zinf/common/busy_time.hpp"
 #include "zinf/offload/offload_optimizer.hpp"
 
 namespace zinf::offload {
 
-struct SubGroup {
-  std::size_t index = 0;
-  std::uint64_t begin = 0;  // first element, in the flattened parameters
+struct Piece {
+  std::size_t index = 0;  // in visit order
+  std::size_t group = 0;
+  std::uint64_t begin = 0;  // first element, in the flattened state
   std::uint64_t count = 0;
-  std::array<float*, 3> state{};  // [0] master, then the algorithm's moments
+  bool ends_group = false;  // the last piece of its group
+  std::array<float*, 3> state{};
 };
 
-using SubGroupFn = std::function<Status(SubGroup&)>;
+using PieceFn = std::function<Status(Piece&)>;
+
+struct TierShape {
+  std::vector<std::uint64_t> groups;  // sizes of consecutive groups, in elements
+  std::uint64_t chunk = 0;            // most elements per piece (0: whole groups)
+  int num_states = 0;
+
+  // Groups of `group_size` over `elements` (the drop-in's sub-groups).
+  static std::vector<std::uint64_t> even_groups(std::uint64_t elements, std::uint64_t group_size);
+  std::uint64_t elements() const;
+  // Every piece's group, begin and count (state pointers unset).
+  std::vector<Piece> pieces() const;
+};
 
 class StateTier {
  public:
   virtual ~StateTier() = default;
-  // Visits every sub-group in order with its state loaded; what `fn` changes
-  // is kept. All or nothing: if `fn` or any I/O fails, the stored state stays
+  // Visits every piece in order with its state loaded; what `fn` changes is
+  // kept. All or nothing: if `fn` or any I/O fails, the stored state stays
   // exactly as before and the first error is returned.
-  virtual Status update(const SubGroupFn& fn, StepStats& stats) = 0;
-  // Visits every sub-group in order, read only.
-  virtual Status read(const SubGroupFn& fn) = 0;
+  virtual Status update(const PieceFn& fn, StepStats& stats) = 0;
+  // Visits every piece in order, read only.
+  virtual Status read(const PieceFn& fn) = 0;
   virtual TierBytes bytes() const = 0;
+  // When the tier's storage was busy (NVMe reads and writes) since the last call.
+  virtual std::vector<Interval> take_io_busy() = 0;
 };
 
-struct TierShape {
-  std::uint64_t elements = 0;
-  std::uint64_t sub_group_size = 0;
-  int num_states = 0;
-  std::uint64_t sub_groups() const { return (elements + sub_group_size - 1) / sub_group_size; }
-};
-
-// `init` fills each sub-group's initial state (called once per sub-group).
+// `init` fills each piece's initial state (called once per piece, in order).
 Result<std::unique_ptr<StateTier>> make_host_tier(const TierShape& shape, bool pin,
-                                                  const SubGroupFn& init);
-Result<std::unique_ptr<StateTier>> make_nvme_tier(const TierShape& shape,
-                                                  const OffloadOptions& options,
-                                                  const char* algorithm, const SubGroupFn& init);
+                                                  const PieceFn& init);
+// The pool holds options.buffer_count buffers of one piece's state array
+// (0: three pieces of states, so reads, compute and writes all overlap;
+// fewer than two is an error naming the key). The piece size
+// (TierShape::chunk, which must be 0 on entry) is derived: large enough to
+// keep every lane's queue full, at most a sub-group, and never so large that
+// the pool holds more than half of the state.
+Result<std::unique_ptr<StateTier>> make_nvme_tier(TierShape shape, const OffloadOptions& options,
+                                                  const char* algorithm, const PieceFn& init);
 
 }  // namespace zinf::offload

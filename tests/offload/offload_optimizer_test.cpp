@@ -345,6 +345,32 @@ TEST_F(NvmeOffloadTest, BitIdenticalToCpuModeAcrossSubGroups) {
   EXPECT_GT(nvme_opt.tier_bytes().nvme, 0u);
 }
 
+// NVMe mode streams the state through its pool: whatever the sub-group
+// size, it holds less host memory than cpu mode (which holds all of it),
+// and still trains to the same values.
+TEST_F(NvmeOffloadTest, HoldsLessHostMemoryThanCpuModeAtAnySubGroupSize) {
+  torch::manual_seed(3);
+  const std::int64_t n = 4 << 20;
+  auto make = [&] { return torch::randn({n}).requires_grad_(true); };
+  auto cpu_param = make();
+  OffloadAdamW cpu_opt({cpu_param}, torch::optim::AdamWOptions(1e-3), options().device("cpu"));
+  const std::uint64_t cpu_host = cpu_opt.tier_bytes().host;
+  EXPECT_EQ(cpu_host, 3u * n * 4);
+  for (std::uint64_t sub_group :
+       {std::uint64_t{1000000000}, std::uint64_t{1000000}, std::uint64_t{300000}}) {
+    torch::manual_seed(3);
+    auto nvme_param = make();
+    OffloadAdamW nvme_opt({nvme_param}, torch::optim::AdamWOptions(1e-3),
+                          options(sub_group).block_size(1 << 20));
+    const TierBytes b = nvme_opt.tier_bytes();
+    EXPECT_LE(b.host, cpu_host / 2) << "sub_group_size " << sub_group;
+    EXPECT_GE(b.nvme, 3u * n * 4) << "sub_group_size " << sub_group;  // + page padding
+    nvme_param.mutable_grad() = torch::ones({n});
+    nvme_opt.step();
+    EXPECT_EQ(nvme_opt.last_step_stats().bytes_read, 3u * n * 4);
+  }
+}
+
 // A run with an I/O fault in its 3rd step must end exactly like a run
 // without it: the failed step changes nothing, and the retry succeeds.
 void expect_fault_is_atomic(const OffloadOptions& faulty, const OffloadOptions& clean,

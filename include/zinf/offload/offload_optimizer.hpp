@@ -12,12 +12,15 @@
 // changes); the CPU kernel updates the fp32 master and moments with the
 // unscale/clip factor fused in and writes the parameter in its own dtype.
 //
-// NVMe mode: states are cut into sub-groups of sub_group_size elements; a
-// step is a pipeline (read sub-group i+1 and write i-1 while computing i).
-// Each sub-group has two slots on NVMe; a step reads the current one and
-// writes the other, and the optimizer switches to the new slots only once
-// every write succeeded. An I/O error therefore leaves the previous state
-// intact: step() restores the parameters from it and throws zinf::Error.
+// NVMe mode: states are cut into sub-groups of sub_group_size elements and
+// streamed in pieces through a pinned pool (buffer_count buffers of one
+// piece's state array; host memory is the pool's size, at most half of what
+// cpu mode holds, whatever sub_group_size is); a step is a pipeline (read
+// piece i+1 and write i-1 while computing i). Each piece has two slots on
+// NVMe; a step reads the current one and writes the other, and the
+// optimizer switches to the new slots only once every write succeeded. An
+// I/O error therefore leaves the previous state intact: step() restores the
+// parameters from it and throws zinf::Error.
 //
 // Thread safety: as LibTorch's optimizers, one thread at a time.
 // Param groups: all groups are known at construction; add_param_group()
@@ -63,10 +66,12 @@ struct StepStats {
   std::uint64_t sub_groups = 0;
 };
 
-// Bytes each tier holds for the optimizer.
+// Bytes each tier holds for the optimizer, and how the host bytes are held.
 struct TierBytes {
-  std::uint64_t host = 0;  // master/moments in host memory, or the swap buffers
-  std::uint64_t nvme = 0;  // live bytes in the swap files
+  std::uint64_t host = 0;      // master/moments in host memory, or the swap buffers
+  std::uint64_t nvme = 0;      // live bytes in the swap files
+  bool host_pinned = false;    // the host bytes are page-locked
+  bool fixed_buffers = false;  // nvme: io_uring moves them as registered buffers
 };
 
 class OffloadOptimizer : public torch::optim::Optimizer {

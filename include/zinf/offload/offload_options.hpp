@@ -20,10 +20,11 @@ struct OffloadOptions {
   // "cpu": states in host memory; "nvme": states on NVMe through SwapStore.
   TORCH_ARG(std::string, device) = "cpu";
   TORCH_ARG(std::string, nvme_path) = "";
-  // fp32 buffers of sub_group_size elements in the NVMe swap pool
-  // (offload_optimizer.buffer_count). The pipeline needs at least 2 sub-groups
-  // of states (6 for Adam/AdamW, 4 for Adagrad/Lion; fewer is an error); 3
-  // also overlap reads with writes. 0: 3 sub-groups of states.
+  // fp32 buffers of one piece's state array in the NVMe swap pool
+  // (offload_optimizer.buffer_count; a piece is at most a sub-group, sized to
+  // the aio queue). The pipeline needs at least 2 pieces of states (6 for
+  // Adam/AdamW, 4 for Adagrad/Lion; fewer is an error); 3 also overlap reads
+  // with writes. 0: 3 pieces of states.
   TORCH_ARG(std::uint32_t, buffer_count) = 0;
   // Elements per optimizer sub-group (zero_optimization.sub_group_size).
   TORCH_ARG(std::uint64_t, sub_group_size) = 1000000000;
