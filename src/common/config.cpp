@@ -231,6 +231,12 @@ void parse_engine(ObjectReader& r, EngineConfig& e) {
   r.read("sqpoll", e.sqpoll);
   r.read("checksum", e.checksum);
   r.read_int("threads", e.threads, 0, 4096);
+  r.read("device", e.device);
+  if (r.ok() && e.device != "auto" && e.device != "cpu" && e.device != "cuda") {
+    r.fail_at("device",
+              "expected \"auto\", \"cpu\" (host-emulated) or \"cuda\", got \"" + e.device + "\"");
+  }
+  r.read_int("device_budget", e.device_budget);
 }
 
 void parse_offload_optimizer(ObjectReader& r, OffloadOptimizerConfig& o) {

@@ -53,6 +53,8 @@ class HostTier final : public StateTier {
     return b;
   }
 
+  std::size_t pieces() const override { return pieces_.size(); }
+
   std::vector<Interval> take_io_busy() override { return {}; }
 
  private:

@@ -131,6 +131,8 @@ class NvmeTier final : public StateTier {
     return {pool_->bytes(), s.live_bytes, pool_->pinned(), s.fixed_buffers};
   }
 
+  std::size_t pieces() const override { return pieces_.size(); }
+
   std::vector<Interval> take_io_busy() override {
     swap::SwapBusy busy = store_->take_busy();
     busy.reads.insert(busy.reads.end(), busy.writes.begin(), busy.writes.end());

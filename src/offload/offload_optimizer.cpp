@@ -26,6 +26,7 @@
 namespace zinf {
 
 using offload::Piece;
+using offload::Segment;
 namespace ca = cpu_adam;
 
 namespace {
@@ -66,13 +67,6 @@ ca::Hyper adam_hyper(const Options& o, bool adamw) {
   h.adamw_mode = adamw;
   return h;
 }
-
-struct Segment {
-  std::size_t param;
-  std::uint64_t param_offset;  // elements into the parameter
-  std::uint64_t piece_offset;  // elements into the piece
-  std::uint64_t length;
-};
 
 }  // namespace
 
@@ -162,20 +156,10 @@ struct OffloadOptimizer::Impl {
   }
 
   // The parameters' parts inside `piece`, in order.
-  std::vector<Segment> segments(const Piece& piece) const {
-    std::vector<Segment> out;
-    auto it = std::upper_bound(params.begin(), params.end(), piece.begin,
-                               [](std::uint64_t flat, const Param& p) { return flat < p.offset; });
-    if (it != params.begin()) --it;
-    const std::uint64_t end = piece.begin + piece.count;
-    for (; it != params.end() && it->offset < end; ++it) {
-      const std::uint64_t from = std::max(piece.begin, it->offset);
-      const std::uint64_t to = std::min(end, it->offset + it->numel);
-      if (from >= to) continue;
-      out.push_back({static_cast<std::size_t>(it - params.begin()), from - it->offset,
-                     from - piece.begin, to - from});
-    }
-    return out;
+  std::vector<offload::Segment> segments(const Piece& piece) const {
+    return offload::segments(
+        params.size(), piece, [&](std::size_t i) { return params[i].offset; },
+        [&](std::size_t i) { return params[i].numel; });
   }
 };
 
@@ -234,9 +218,9 @@ OffloadOptimizer::OffloadOptimizer(std::vector<torch::optim::OptimizerParamGroup
   auto init = [&](Piece& piece) -> Status {
     for (int s = 1; s < m.shape.num_states; ++s) std::fill_n(piece.state[s], piece.count, 0.0f);
     for (const Segment& seg : m.segments(piece)) {
-      const auto& p = m.params[seg.param];
+      const auto& p = m.params[seg.item];
       const torch::Tensor flat = p.tensor.detach().reshape({-1}).narrow(
-          0, static_cast<std::int64_t>(seg.param_offset), static_cast<std::int64_t>(seg.length));
+          0, static_cast<std::int64_t>(seg.item_offset), static_cast<std::int64_t>(seg.length));
       torch::Tensor master =
           torch::from_blob(piece.state[0] + seg.piece_offset,
                            {static_cast<std::int64_t>(seg.length)}, torch::kFloat);
@@ -324,11 +308,11 @@ torch::Tensor OffloadOptimizer::step(LossClosure closure) {
   auto write_param = [&](std::size_t i, const Segment& seg,
                          const std::function<Status(void*)>& produce) -> Status {
     Impl::Param& p = m.params[i];
-    const auto begin = static_cast<std::int64_t>(seg.param_offset);
+    const auto begin = static_cast<std::int64_t>(seg.item_offset);
     const auto len = static_cast<std::int64_t>(seg.length);
     if (p.tensor.device().is_cpu()) {
       auto* base = static_cast<std::byte*>(p.tensor.data_ptr());
-      return produce(base + seg.param_offset * ca::size_of(p.dtype));
+      return produce(base + seg.item_offset * ca::size_of(p.dtype));
     }
     torch::Tensor staging =
         torch::empty({len}, torch::TensorOptions().dtype(p.tensor.dtype()).pinned_memory(true));
@@ -338,30 +322,30 @@ torch::Tensor OffloadOptimizer::step(LossClosure closure) {
   };
   auto update = [&](Piece& piece) -> Status {
     for (const Segment& seg : m.segments(piece)) {
-      Impl::Param& p = m.params[seg.param];
+      Impl::Param& p = m.params[seg.item];
       float* master = piece.state[0] + seg.piece_offset;
       if (p.tensor._version() !=
           p.version) {  // changed outside the optimizer: take it as the master
         torch::from_blob(master, {static_cast<std::int64_t>(seg.length)}, torch::kFloat)
             .copy_(p.tensor.detach().reshape({-1}).narrow(
-                0, static_cast<std::int64_t>(seg.param_offset),
+                0, static_cast<std::int64_t>(seg.item_offset),
                 static_cast<std::int64_t>(seg.length)));
       }
-      if (!grads[seg.param].defined()) continue;
+      if (!grads[seg.item].defined()) continue;
       auto [exp_avg, exp_avg_sq] = m.moments(piece);
       ca::Buffers b;
       b.params = master;
       b.param_dtype = ca::Dtype::kF32;
-      b.grads = static_cast<const std::byte*>(grads[seg.param].data_ptr()) +
-                seg.param_offset * ca::size_of(grad_dtypes[seg.param]);
-      b.grad_dtype = grad_dtypes[seg.param];
+      b.grads = static_cast<const std::byte*>(grads[seg.item].data_ptr()) +
+                seg.item_offset * ca::size_of(grad_dtypes[seg.item]);
+      b.grad_dtype = grad_dtypes[seg.item];
       b.exp_avg = exp_avg == nullptr ? nullptr : exp_avg + seg.piece_offset;
       b.exp_avg_sq = exp_avg_sq == nullptr ? nullptr : exp_avg_sq + seg.piece_offset;
       b.state_dtype = ca::Dtype::kF32;
       b.copy_dtype = p.dtype;
       b.count = seg.length;
       const ca::Hyper h = m.hyper(param_groups()[p.group].options(), p.step + 1);
-      ZINF_RETURN_IF_ERROR(write_param(seg.param, seg, [&](void* out) {
+      ZINF_RETURN_IF_ERROR(write_param(seg.item, seg, [&](void* out) {
         b.copy_out = out;
         return m.executor->step(h, p.step + 1, b, clip);
       }));
@@ -373,9 +357,9 @@ torch::Tensor OffloadOptimizer::step(LossClosure closure) {
     // The stored state is the previous one: put every parameter back to it.
     Status restored = m.tier->read([&](Piece& piece) -> Status {
       for (const Segment& seg : m.segments(piece)) {
-        ZINF_RETURN_IF_ERROR(write_param(seg.param, seg, [&](void* out) {
+        ZINF_RETURN_IF_ERROR(write_param(seg.item, seg, [&](void* out) {
           return m.executor->convert(piece.state[0] + seg.piece_offset, out,
-                                     m.params[seg.param].dtype, seg.length);
+                                     m.params[seg.item].dtype, seg.length);
         }));
       }
       return Status::ok();
@@ -418,7 +402,7 @@ void OffloadOptimizer::save(torch::serialize::OutputArchive& archive) const {
     for (const Segment& seg : m.segments(piece)) {
       for (int s = 0; s < m.shape.num_states; ++s) {
         std::copy_n(piece.state[s] + seg.piece_offset, seg.length,
-                    states[seg.param][s].data_ptr<float>() + seg.param_offset);
+                    states[seg.item][s].data_ptr<float>() + seg.item_offset);
       }
     }
     return Status::ok();
@@ -484,7 +468,7 @@ void OffloadOptimizer::load(torch::serialize::InputArchive& archive) {
       [&](Piece& piece) -> Status {
         for (const Segment& seg : m.segments(piece)) {
           for (int s = 0; s < m.shape.num_states; ++s) {
-            std::copy_n(states[seg.param][s].data_ptr<float>() + seg.param_offset, seg.length,
+            std::copy_n(states[seg.item][s].data_ptr<float>() + seg.item_offset, seg.length,
                         piece.state[s] + seg.piece_offset);
           }
         }

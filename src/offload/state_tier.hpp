@@ -6,6 +6,7 @@
 // buffers, so host memory is the pool's size whatever the sub-group size.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <functional>
@@ -27,6 +28,34 @@ struct Piece {
 };
 
 using PieceFn = std::function<Status(Piece&)>;
+
+// The part of an item (a parameter) inside a piece.
+struct Segment {
+  std::size_t item;
+  std::uint64_t item_offset;   // elements into the item
+  std::uint64_t piece_offset;  // elements into the piece
+  std::uint64_t length;
+};
+
+// The items' parts inside `piece`, in order. Items are consecutive ranges
+// of the flattened state: item i starts at begin(i) and holds size(i)
+// elements, sorted by begin.
+template <typename Begin, typename Size>
+std::vector<Segment> segments(std::size_t items, const Piece& piece, Begin&& begin, Size&& size) {
+  std::vector<Segment> out;
+  std::size_t lo = 0, hi = items;  // the last item beginning at or before the piece
+  while (hi - lo > 1) {
+    const std::size_t mid = (lo + hi) / 2;
+    (begin(mid) <= piece.begin ? lo : hi) = mid;
+  }
+  const std::uint64_t end = piece.begin + piece.count;
+  for (std::size_t i = lo; i < items && begin(i) < end; ++i) {
+    const std::uint64_t from = std::max(piece.begin, begin(i));
+    const std::uint64_t to = std::min(end, begin(i) + size(i));
+    if (from < to) out.push_back({i, from - begin(i), from - piece.begin, to - from});
+  }
+  return out;
+}
 
 struct TierShape {
   std::vector<std::uint64_t> groups;  // sizes of consecutive groups, in elements
@@ -50,6 +79,7 @@ class StateTier {
   // Visits every piece in order, read only.
   virtual Status read(const PieceFn& fn) = 0;
   virtual TierBytes bytes() const = 0;
+  virtual std::size_t pieces() const = 0;
   // When the tier's storage was busy (NVMe reads and writes) since the last call.
   virtual std::vector<Interval> take_io_busy() = 0;
 };

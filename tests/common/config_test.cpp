@@ -69,7 +69,8 @@ TEST(ConfigTest, ReadsAFullDeepSpeedNvmeConfig) {
     },
     "aio": {"block_size": 262144, "queue_depth": 32, "intra_op_parallelism": 2,
             "single_submit": false, "overlap_events": true},
-    "zinf": {"io_backend": "io_uring", "nvme_paths": ["/nvme1"], "checksum": false}
+    "zinf": {"io_backend": "io_uring", "nvme_paths": ["/nvme1"], "checksum": false,
+             "device": "cpu", "device_budget": 64e6}
   })");
   EXPECT_EQ(c.optimizer->type, "AdamW");
   EXPECT_DOUBLE_EQ(c.optimizer->beta2, 0.95);
@@ -81,6 +82,8 @@ TEST(ConfigTest, ReadsAFullDeepSpeedNvmeConfig) {
   EXPECT_EQ(c.aio.queue_depth, 32u);
   EXPECT_EQ(c.aio.intra_op_parallelism, 2u);
   EXPECT_EQ(c.zinf.io_backend, IoBackend::kIoUring);
+  EXPECT_EQ(c.zinf.device, "cpu");
+  EXPECT_EQ(c.zinf.device_budget, 64000000u);
   EXPECT_EQ(c.swap_paths(), (std::vector<std::string>{"/local_nvme", "/nvme1"}));
   ASSERT_TRUE(c.resolve_batch(2).is_ok());
   EXPECT_EQ(c.train_batch_size, 16u);
@@ -117,6 +120,7 @@ TEST(ConfigTest, WrongTypesAndRangesAreErrors) {
   expect_error(R"({"optimizer": {"params": {"betas": [0.9, 1.0]}}})", "optimizer.params.betas");
   expect_error(R"({"gradient_clipping": -1})", "gradient_clipping");
   expect_error(R"({"zinf": {"io_backend": "spdk"}})", "zinf.io_backend: unknown io backend");
+  expect_error(R"({"zinf": {"device": "tpu"}})", "zinf.device: expected \"auto\"");
   expect_error(R"({"fp16": {"enabled": true}, "bf16": {"enabled": true}})", "cannot both be true");
   expect_error(R"({"aio": [1, 2]})", "aio: expected an object");
 }

@@ -52,6 +52,8 @@ struct EngineConfig {
   bool sqpoll = false;        // io_uring kernel submission polling
   bool checksum = true;       // CRC32C on every swapped extent
   std::uint32_t threads = 0;  // CPU optimizer threads (0 = all cores)
+  std::string device = "auto";     // the engine's device: "auto", "cpu" (host-emulated), "cuda"
+  std::uint64_t device_budget = 0;  // bytes the device may hold; 0: cpu unlimited, cuda all free
 };
 
 struct OffloadOptimizerConfig {

@@ -2,6 +2,11 @@
 // task): the emulated device's copy streams, the NVMe tier's I/O helper, the
 // engine's fetch and gradient workers. The destructor runs what was
 // submitted, then joins.
+//
+// A task's callable, and everything it captured, is destroyed when the task
+// has run and before its future becomes ready: a task that holds a buffer
+// lease has given it back by the time anyone sees it finish (a
+// std::packaged_task would keep it until the future itself goes away).
 #pragma once
 
 #include <condition_variable>
@@ -31,11 +36,11 @@ class Worker {
 
   // Runs `task` after everything submitted before it; the future has its Status.
   std::future<Status> submit(std::function<Status()> task) {
-    std::packaged_task<Status()> packaged(std::move(task));
-    auto future = packaged.get_future();
+    Job job{std::move(task), {}};
+    auto future = job.done.get_future();
     {
       std::lock_guard lock(mutex_);
-      queue_.push_back(std::move(packaged));
+      queue_.push_back(std::move(job));
     }
     cv_.notify_one();
     return future;
@@ -47,17 +52,29 @@ class Worker {
     for (;;) {
       cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping, and everything submitted has run
-      auto task = std::move(queue_.front());
+      Job job = std::move(queue_.front());
       queue_.pop_front();
       lock.unlock();
-      task();
+      try {
+        Status status = job.task();
+        job.task = nullptr;
+        job.done.set_value(std::move(status));
+      } catch (...) {
+        job.task = nullptr;
+        job.done.set_exception(std::current_exception());
+      }
       lock.lock();
     }
   }
 
   std::mutex mutex_;
   std::condition_variable cv_;
-  std::deque<std::packaged_task<Status()>> queue_;
+  struct Job {
+    std::function<Status()> task;
+    std::promise<Status> done;
+  };
+
+  std::deque<Job> queue_;
   bool stopping_ = false;
   std::thread thread_;
 };

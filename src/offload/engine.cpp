@@ -1,0 +1,1296 @@
+// The stage-3 engine. How one micro-step and one step flow:
+//
+// forward   Engine::operator() gathers the root unit; each zinf::Unit call
+//           asks the coordinator to use the unit (fetched on demand, or
+//           found prefetched), waits for its copy (stall), points the
+//           parameters' storage at the device copy, runs, hooks each
+//           parameter's gradient accumulator, wraps the outputs in
+//           PreBackward, and tells the coordinator it is done (release, or
+//           keep for reuse). Fetching a unit: device memory, then
+//             cpu home:  an H2D copy from its pinned partition;
+//             nvme home: an NVMe read into a pinned buffer (started now, or
+//                        earlier when staged), then on the fetch worker:
+//                        wait for the read, H2D copy, record the event,
+//                        give the buffer back.
+// backward  PreBackward re-gathers a unit before its backward; each
+//           gradient, as its accumulator completes, is copied off the device
+//           (D2H into a pinned buffer, after the compute stream) and added
+//           into the fp32 host gradients by the gradient worker; a unit whose
+//           gradients have all arrived is done. backward() returns when every
+//           gradient is on the host and every unit released.
+// step      at an accumulation boundary: the global norm over the host
+//           gradients (skip on inf/nan, clip), then the optimizer tier's
+//           pieces: the CPU kernel updates master and moments and writes the
+//           parameter in its dtype to its home (in place for cpu, through a
+//           pinned buffer written back to NVMe or copied to the device once
+//           its partition is complete). On any failure the tier keeps the old
+//           state and every home is rewritten from the old masters.
+#include <torch/csrc/autograd/variable.h>
+
+#include <algorithm>
+#include <cmath>
+#include <deque>
+#include <set>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "offload/engine_impl.hpp"
+#include "zinf/common/logging.hpp"
+#include "zinf/offload/offload_options.hpp"
+
+namespace zinf::offload {
+namespace {
+
+namespace ca = cpu_adam;
+using Lease = gpu::PinnedPool::Lease;
+
+double seconds(SteadyClock::time_point from, SteadyClock::time_point to) {
+  return std::chrono::duration<double>(to - from).count();
+}
+
+ca::Dtype cpu_dtype(torch::ScalarType t) {
+  switch (t) {
+    case torch::kHalf:
+      return ca::Dtype::kF16;
+    case torch::kBFloat16:
+      return ca::Dtype::kBF16;
+    default:
+      return ca::Dtype::kF32;
+  }
+}
+
+[[noreturn]] void fail(Status status) { throw Error(std::move(status)); }
+
+// The autograd callback of PreBackward: the token is the unit's registry entry.
+void on_pre_backward(std::int64_t token) {
+  auto* entry = reinterpret_cast<detail::UnitEntry*>(token);
+  if (entry->engine != nullptr) entry->engine->pre_backward(entry->index);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Construction
+
+EngineImpl::EngineImpl(std::shared_ptr<torch::nn::Module> model, const Config& config,
+                       EngineOptions options)
+    : config_(config), options_(std::move(options)), model_(std::move(model)) {
+  if (options_.device) config_.zinf.device = *options_.device;
+  if (options_.device_budget) config_.zinf.device_budget = *options_.device_budget;
+  check_config();
+  gpu::DeviceOptions d;
+  d.type = config_.zinf.device;
+  d.budget = config_.zinf.device_budget;
+  auto device = gpu::Device::create(d);
+  if (!device.is_ok()) fail(device.status().with_context(config_.source));
+  device_ = std::move(*device);
+  if (device_->type() == gpu::DeviceType::kCuda) {
+    if (!torch::cuda::is_available()) {
+      fail(Status::unavailable(
+          "zinf.device: a CUDA GPU is visible but this LibTorch has no CUDA (build against "
+          "PyTorch's LibTorch, or set zinf.device to \"cpu\")"));
+    }
+    torch_device_ = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(device_->index()));
+  }
+  auto h2d = device_->create_stream("h2d");
+  auto d2h = device_->create_stream("d2h");
+  if (!h2d.is_ok()) fail(h2d.status());
+  if (!d2h.is_ok()) fail(d2h.status());
+  h2d_ = std::move(*h2d);
+  d2h_ = std::move(*d2h);
+  if (device_->type() == gpu::DeviceType::kCpu) charges_.emplace(device_.get());
+  find_units(model_);
+  place_partitions();
+  make_buffers();
+  make_optimizer();
+  std::vector<Coordinator::Unit> cu;
+  for (const UnitRec& u : units_) {
+    Coordinator::Unit c;
+    c.name = u.name;
+    if (u.main) {
+      const Partition& part = partitions_[*u.main];
+      c.numel = part.numel;
+      c.resident = part.home == Home::kDevice;
+      c.stageable = part.home == Home::kNvme;
+    } else {
+      c.resident = true;
+    }
+    cu.push_back(std::move(c));
+  }
+  const auto& z = config_.zero_optimization;
+  coordinator_ = std::make_unique<Coordinator>(
+      std::move(cu),
+      Coordinator::Options{z.stage3_prefetch_bucket_size, z.stage3_max_live_parameters,
+                           z.stage3_max_reuse_distance},
+      *this);
+  {
+    std::lock_guard lock(detail::UnitRegistry::instance().mutex());
+    for (std::size_t i = 0; i < units_.size(); ++i) {
+      if (units_[i].entry == nullptr) continue;
+      units_[i].entry->engine = this;
+      units_[i].entry->index = i;
+    }
+  }
+  const MemoryReport m = memory_report();
+  ZINF_LOG(kInfo) << "engine: " << units_.size() << " units, " << elements_ << " parameters ("
+                  << format_bytes(elements_ * 4) << " fp32) on " << m.device << "; params "
+                  << to_string(z.offload_param.device) << ", optimizer "
+                  << to_string(z.offload_optimizer.device) << "; host: params "
+                  << format_bytes(m.host_params) << ", buffers "
+                  << format_bytes(m.host_param_buffers + m.host_grad_buffers) << ", grads "
+                  << format_bytes(m.host_grads) << ", optimizer " << format_bytes(m.host_optimizer)
+                  << " (pinned: " << (m.pinned ? "yes" : "no")
+                  << ", fixed buffers: " << (m.fixed_buffers ? "yes" : "no") << ")";
+}
+
+EngineImpl::~EngineImpl() {
+  abort_micro_step(/*drop_window=*/false);
+  std::lock_guard lock(detail::UnitRegistry::instance().mutex());
+  for (UnitRec& u : units_) {
+    if (u.entry != nullptr) u.entry->engine = nullptr;
+  }
+  for (Partition& part : partitions_) {
+    if (part.device != nullptr) device_->deallocate(part.device, part.bytes);
+    part.device = nullptr;
+  }
+  for (Param& p : params_) p.storage.release();
+  if (store_) {
+    for (auto& [key, buffer] : store_->host) {
+      if (device_ && buffer.size() > 0) device_->unpin(buffer.data(), buffer.size());
+    }
+  }
+}
+
+void EngineImpl::check_config() {
+  const auto& z = config_.zero_optimization;
+  const std::string& src = config_.source;
+  if (z.offload_optimizer.device == OffloadDevice::kNone) {
+    fail(Status::invalid_argument(
+        src +
+        ": zero_optimization.offload_optimizer.device is \"none\": zinf's engine runs "
+        "the optimizer on the CPU; set it to \"cpu\" or \"nvme\""));
+  }
+  if (config_.fp16.enabled) {
+    fail(Status::unimplemented(src +
+                               ": fp16.enabled: the engine does not do loss scaling yet; train "
+                               "in bf16 (bf16.enabled) or fp32"));
+  }
+  if (!config_.optimizer) {
+    fail(Status::invalid_argument(
+        src +
+        ": the engine needs an \"optimizer\" block, e.g. {\"type\": \"AdamW\", "
+        "\"params\": {\"lr\": 1e-4}}"));
+  }
+  if (config_.train_batch_size || config_.train_micro_batch_size_per_gpu ||
+      config_.gradient_accumulation_steps) {
+    Status s = config_.resolve_batch(1);
+    if (!s.is_ok()) fail(s.with_context(src));
+  }
+  gas_ = config_.gradient_accumulation_steps.value_or(1);
+  const OptimizerConfig& o = *config_.optimizer;
+  hyper_.lr = static_cast<float>(o.lr);
+  hyper_.beta1 = static_cast<float>(o.beta1);
+  hyper_.beta2 = static_cast<float>(o.beta2);
+  hyper_.eps = static_cast<float>(o.eps);
+  hyper_.weight_decay = static_cast<float>(o.weight_decay);
+  hyper_.bias_correction = o.bias_correction;
+  hyper_.adamw_mode = o.adam_w_mode;
+  if (o.type == "Adagrad") {
+    hyper_.algorithm = ca::Algorithm::kAdagrad;
+  } else if (o.type == "Lion") {
+    hyper_.algorithm = ca::Algorithm::kLion;
+  } else {
+    hyper_.algorithm = ca::Algorithm::kAdam;
+  }
+  num_states_ = hyper_.algorithm == ca::Algorithm::kAdam ? 3 : 2;
+}
+
+Home EngineImpl::param_home() const {
+  switch (config_.zero_optimization.offload_param.device) {
+    case OffloadDevice::kCpu:
+      return Home::kHost;
+    case OffloadDevice::kNvme:
+      return Home::kNvme;
+    default:
+      return Home::kDevice;
+  }
+}
+
+void EngineImpl::find_units(const std::shared_ptr<torch::nn::Module>& model) {
+  auto& registry = detail::UnitRegistry::instance();
+  std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> found;
+  std::vector<detail::UnitEntry*> entries;
+  {
+    std::lock_guard lock(registry.mutex());
+    std::unordered_set<const torch::nn::Module*> seen;
+    for (const auto& item : model->named_modules("", /*include_self=*/true)) {
+      detail::UnitEntry* entry = registry.find(item.value().get());
+      if (entry == nullptr || !seen.insert(item.value().get()).second) continue;
+      if (item.value() == model) {
+        fail(Status::invalid_argument(
+            "the model given to the Engine is itself a zinf::Unit; mark its parts instead"));
+      }
+      if (entry->engine != nullptr) {
+        fail(Status::failed_precondition("unit '" + item.key() +
+                                         "' belongs to another Engine already"));
+      }
+      found.emplace_back(item.key(), item.value());
+      entries.push_back(entry);
+    }
+  }
+  for (const auto& [a, ma] : found) {
+    for (const auto& [b, mb] : found) {
+      if (b.rfind(a + ".", 0) == 0) {
+        fail(Status::invalid_argument("unit '" + b + "' is inside unit '" + a +
+                                      "': units do not nest (mark one of them)"));
+      }
+    }
+  }
+  // Full names, and each parameter's one unit.
+  std::unordered_map<const c10::TensorImpl*, std::string> full_name;
+  for (const auto& item : model->named_parameters(/*recurse=*/true))
+    full_name.emplace(item.value().unsafeGetTensorImpl(), item.key());
+  std::unordered_map<const c10::TensorImpl*, std::string> owner;
+  for (const auto& [name, module] : found) {
+    for (const auto& [local, p] : detail::unit_parameters(*module)) {
+      auto [it, inserted] = owner.emplace(p.unsafeGetTensorImpl(), name);
+      if (!inserted) {
+        fail(Status::invalid_argument(
+            "parameter '" + full_name[p.unsafeGetTensorImpl()] + "' is shared by units '" +
+            it->second + "' and '" + name +
+            "': a parameter belongs to one unit (put shared weights in their common parent)"));
+      }
+    }
+  }
+  // Names inside the model, for messages and consolidated_parameters().
+  auto rename = [&](detail::UnitPlan& plan) {
+    for (auto* list : {&plan.partitioned, &plan.persistent}) {
+      for (detail::PlannedParam& p : *list) p.name = full_name[p.tensor.unsafeGetTensorImpl()];
+    }
+  };
+  std::uint64_t persistent_budget = config_.zero_optimization.stage3_model_persistence_threshold;
+  for (const auto* e : entries) {
+    if (!e->stored) continue;
+    if (!store_) store_ = e->stored->store;  // the root is partitioned into the scope's store too
+    for (const detail::PlannedParam& p : e->stored->plan.persistent)
+      persistent_budget -= std::min(persistent_budget, p.numel);
+  }
+  // The root (everything outside the units) first, then the units in module order.
+  std::vector<std::pair<std::string, torch::Tensor>> root;
+  for (const auto& item : model->named_parameters(/*recurse=*/true)) {
+    if (owner.count(item.value().unsafeGetTensorImpl()) == 0)
+      root.emplace_back(item.key(), item.value());
+  }
+  auto root_plan = detail::plan_params(root, "root", config_, persistent_budget);
+  if (!root_plan.is_ok()) fail(root_plan.status());
+  add_unit("root", model, nullptr, *root_plan, "");
+  for (std::size_t i = 0; i < found.size(); ++i) {
+    const auto& [name, module] = found[i];
+    detail::UnitEntry* entry = entries[i];
+    if (entry->stored) {
+      const detail::StoredUnit& s = *entry->stored;
+      if (s.store->device != config_.zero_optimization.offload_param.device) {
+        fail(Status::invalid_argument(
+            "unit '" + name + "' was partitioned to offload_param \"" +
+            std::string(to_string(s.store->device)) + "\" but the engine's config says \"" +
+            std::string(to_string(config_.zero_optimization.offload_param.device)) + "\""));
+      }
+      if (store_ && store_ != s.store) {
+        fail(Status::invalid_argument("unit '" + name +
+                                      "' was partitioned in another PartitionScope than the "
+                                      "units before it; build the model in one scope"));
+      }
+      store_ = s.store;
+      detail::UnitPlan plan = s.plan;
+      rename(plan);
+      add_unit(name, module, entry, plan, s.key);
+      continue;
+    }
+    auto plan =
+        detail::plan_params(detail::unit_parameters(*module), name, config_, persistent_budget);
+    if (!plan.is_ok()) fail(plan.status());
+    rename(*plan);
+    add_unit(name, module, entry, *plan, "");
+  }
+}
+
+void EngineImpl::add_unit(const std::string& name, const std::shared_ptr<torch::nn::Module>& module,
+                          detail::UnitEntry* entry, const detail::UnitPlan& plan, std::string key) {
+  const std::size_t index = units_.size();
+  units_.emplace_back();
+  units_.back().name = name;
+  units_.back().module = module;
+  units_.back().entry = entry;
+  const Home home = param_home();
+  if (plan.numel > 0) {
+    if (home != Home::kDevice && key.empty()) {
+      // Not partitioned by a scope: partition it now.
+      if (!store_) {
+        auto store = detail::PartitionStore::open(config_, options_.param_fault);
+        if (!store.is_ok()) fail(store.status().with_context(config_.source));
+        store_ = std::move(*store);
+      }
+      key = "u" + std::to_string(store_->next_key++);
+      Status s = detail::store_partition(*store_, key, plan);
+      if (!s.is_ok()) fail(s.with_context("partitioning unit '" + name + "'"));
+    }
+    units_[index].main = add_partition(index, plan.partitioned, home, plan.dtype, std::move(key));
+  }
+  if (!plan.persistent.empty()) {
+    units_[index].persistent =
+        add_partition(index, plan.persistent, Home::kDevice, plan.persistent_dtype, "");
+  }
+}
+
+std::size_t EngineImpl::add_partition(std::size_t unit,
+                                      const std::vector<detail::PlannedParam>& params, Home home,
+                                      torch::ScalarType dtype, std::string key) {
+  Partition part;
+  part.key = key.empty() ? units_[unit].name : std::move(key);
+  part.home = home;
+  part.dtype = dtype;
+  part.cdtype = cpu_dtype(dtype);
+  part.flat = elements_;
+  const std::size_t index = partitions_.size();
+  for (const detail::PlannedParam& p : params) {
+    Param param;
+    param.name = p.name;
+    param.dtype = dtype;
+    param.numel = p.numel;
+    param.unit = unit;
+    param.partition = index;
+    param.offset = part.numel;
+    param.flat = elements_ + part.numel;
+    param.requires_grad = p.tensor.requires_grad();
+    param.storage = ParamStorage(p.tensor, p.shape, torch_device_, dtype);
+    part.numel += param.numel;
+    part.params.push_back(params_.size());
+    params_.push_back(std::move(param));
+  }
+  part.bytes = part.numel * c10::elementSize(dtype);
+  elements_ += part.numel;
+  partitions_.push_back(std::move(part));
+  return index;
+}
+
+// Resident partitions onto the device (their parameters bound for good),
+// cpu partitions pinned, offloaded parameters released; then the checks
+// that need the device's budget.
+void EngineImpl::place_partitions() {
+  const std::uint64_t budget = device_->memory().budget;
+  torch::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < partitions_.size(); ++i) {
+    Partition& part = partitions_[i];
+    const UnitRec& unit = units_[params_[part.params.front()].unit];
+    const std::size_t elem = c10::elementSize(part.dtype);
+    switch (part.home) {
+      case Home::kDevice: {
+        const bool persistent = unit.persistent == i;
+        auto mem = device_->allocate(
+            part.bytes,
+            (persistent ? "the persistent parameters of unit '" : "the parameters of unit '") +
+                unit.name + "' (offload_param none keeps them on the device)");
+        if (!mem.is_ok()) fail(mem.status());
+        part.device = *mem;
+        auto staging = AlignedBuffer::allocate(part.bytes);
+        if (!staging.is_ok()) fail(staging.status());
+        for (std::size_t k : part.params) {
+          const Param& p = params_[k];
+          torch::from_blob(staging->data() + p.offset * elem, {static_cast<std::int64_t>(p.numel)},
+                           torch::dtype(part.dtype))
+              .copy_(p.storage.param().detach().reshape({-1}));
+        }
+        Status s = h2d_->copy_to_device(part.device, staging->data(), part.bytes);
+        if (s.is_ok()) s = h2d_->synchronize();
+        if (!s.is_ok()) fail(s);
+        for (std::size_t k : part.params)
+          params_[k].storage.bind(static_cast<std::byte*>(part.device) + params_[k].offset * elem);
+        break;
+      }
+      case Home::kHost: {
+        AlignedBuffer& buffer = store_->host.at(part.key);
+        part.host = buffer.data();
+        if (Status s = device_->pin(buffer.data(), buffer.size()); !s.is_ok()) {
+          if (host_pinned_) {
+            ZINF_LOG(kWarn) << "offload_param cpu: partitions are not pinned (" << s.message()
+                            << "); copies to the device are not asynchronous";
+          }
+          host_pinned_ = false;
+        }
+        [[fallthrough]];
+      }
+      case Home::kNvme:
+        for (std::size_t k : part.params) params_[k].storage.release();
+        if (part.bytes > budget) {
+          fail(Status::resource_exhausted(
+              "unit '" + unit.name + "' needs " + format_bytes(part.bytes) +
+              " on the device, more than the device budget of " + format_bytes(budget) +
+              " (zinf.device_budget): split the unit, or raise the budget"));
+        }
+        break;
+    }
+  }
+  // Live parameters at most stage3_max_live_parameters: what they take must fit.
+  std::size_t widest = 0;
+  for (const Partition& part : partitions_) {
+    if (part.home != Home::kDevice) widest = std::max(widest, c10::elementSize(part.dtype));
+  }
+  const auto max_live = config_.zero_optimization.stage3_max_live_parameters;
+  if (widest > 0 && budget != UINT64_MAX && max_live <= UINT64_MAX / widest &&
+      max_live * widest > budget) {
+    fail(Status::invalid_argument(
+        config_.source +
+        ": zero_optimization.stage3_max_live_parameters = " + std::to_string(max_live) +
+        " elements (" + format_bytes(max_live * widest) + ") is more than the device budget of " +
+        format_bytes(budget) + " (zinf.device_budget) holds: lower it to at most " +
+        std::to_string(budget / widest) + ", with room left for activations"));
+  }
+}
+
+void EngineImpl::make_buffers() {
+  const auto& op = config_.zero_optimization.offload_param;
+  std::uint64_t staged = 0;  // the largest partition that goes through the pool
+  for (const Partition& part : partitions_) {
+    if (part.home == Home::kNvme && part.numel > op.buffer_size) {
+      fail(Status::invalid_argument(
+          config_.source + ": unit '" + units_[params_[part.params.front()].unit].name + "' has " +
+          std::to_string(part.numel) +
+          " parameter elements, more than zero_optimization.offload_param.buffer_size = " +
+          std::to_string(op.buffer_size) + "; raise buffer_size"));
+    }
+    if (part.home != Home::kHost) staged = std::max(staged, part.bytes);
+  }
+  if (staged > 0) {
+    auto pool = gpu::PinnedPool::create(
+        device_.get(), {"offload_param buffers", staged, std::max<std::size_t>(1, op.buffer_count),
+                        op.pin_memory});
+    if (!pool.is_ok()) fail(pool.status());
+    param_pool_ = std::move(*pool);
+    if (store_ && store_->nvme) {
+      if (Status s = store_->nvme->register_buffers(param_pool_->io_regions()); !s.is_ok())
+        ZINF_LOG(kWarn) << "offload_param: " << s.message() << "; using plain buffers";
+    }
+  }
+  std::uint64_t largest = 0;
+  for (const Param& p : params_) largest = std::max(largest, p.numel * c10::elementSize(p.dtype));
+  constexpr std::uint64_t kGradBuffer = 16 << 20;
+  auto grads = gpu::PinnedPool::create(
+      device_.get(),
+      {"gradient buffers", std::max<std::uint64_t>(1, std::min(largest, kGradBuffer)), 4,
+       op.pin_memory});
+  if (!grads.is_ok()) fail(grads.status());
+  grad_pool_ = std::move(*grads);
+  auto acc = AlignedBuffer::allocate(std::max<std::uint64_t>(1, elements_) * sizeof(float));
+  if (!acc.is_ok()) fail(acc.status());
+  grads_ = std::move(*acc);
+}
+
+Status EngineImpl::read_partition(const Partition& part, std::byte* out) const {
+  switch (part.home) {
+    case Home::kHost:
+      std::memcpy(out, part.host, part.bytes);
+      return Status::ok();
+    case Home::kNvme:
+      return store_->get(part.key, out, part.bytes);
+    case Home::kDevice:
+      ZINF_RETURN_IF_ERROR(d2h_->copy_to_host(out, part.device, part.bytes));
+      return d2h_->synchronize();
+  }
+  return Status::internal("unknown home");
+}
+
+std::vector<Segment> EngineImpl::segments(const Piece& piece) const {
+  return offload::segments(
+      params_.size(), piece, [&](std::size_t i) { return params_[i].flat; },
+      [&](std::size_t i) { return params_[i].numel; });
+}
+
+void EngineImpl::make_optimizer() {
+  OffloadOptions o = OffloadOptions::from_config(config_);
+  o.fault(options_.optimizer_fault);
+  TierShape shape;
+  shape.num_states = num_states_;
+  for (std::size_t i = 0; i < partitions_.size(); ++i) {
+    for (std::uint64_t g : TierShape::even_groups(partitions_[i].numel, o.sub_group_size())) {
+      shape.groups.push_back(g);
+      group_partition_.push_back(i);
+    }
+    partitions_[i].last_group = shape.groups.size() - 1;
+  }
+  auto executor = ca::Executor::create(static_cast<int>(config_.zinf.threads));
+  if (!executor.is_ok()) fail(executor.status());
+  executor_ = std::move(*executor);
+  auto grad_executor = ca::Executor::create(1);
+  if (!grad_executor.is_ok()) fail(grad_executor.status());
+  grad_executor_ = std::move(*grad_executor);
+  // Masters from the parameters' homes, one partition on the host at a time.
+  std::size_t loaded = partitions_.size();
+  AlignedBuffer source;
+  auto init = [&](Piece& piece) -> Status {
+    for (int s = 1; s < num_states_; ++s) std::fill_n(piece.state[s], piece.count, 0.0f);
+    for (const Segment& seg : segments(piece)) {
+      const Param& p = params_[seg.item];
+      const Partition& part = partitions_[p.partition];
+      if (loaded != p.partition) {
+        ZINF_ASSIGN_OR_RETURN(source, AlignedBuffer::allocate(part.bytes));
+        ZINF_RETURN_IF_ERROR(read_partition(part, source.data()));
+        loaded = p.partition;
+      }
+      const std::size_t elem = c10::elementSize(part.dtype);
+      ZINF_RETURN_IF_ERROR(
+          executor_->accumulate(source.data() + (p.offset + seg.item_offset) * elem, part.cdtype,
+                                piece.state[0] + seg.piece_offset, seg.length, /*overwrite=*/true));
+    }
+    return Status::ok();
+  };
+  auto tier = o.device() == "nvme" ? make_nvme_tier(shape, o, config_.optimizer->type.c_str(), init)
+                                   : make_host_tier(shape, o.pin_memory(), init);
+  if (!tier.is_ok()) fail(tier.status().with_context("zero_optimization.offload_optimizer"));
+  tier_ = std::move(*tier);
+  pieces_ = tier_->pieces();
+}
+
+MemoryReport EngineImpl::memory_report() const {
+  MemoryReport m;
+  const gpu::MemoryStats d = device_->memory();
+  m.device = device_->describe();
+  m.device_budget = d.budget;
+  m.device_live = d.live;
+  m.device_peak = d.peak;
+  m.host_params = store_ ? store_->host_bytes() : 0;
+  m.host_param_buffers = param_pool_ ? param_pool_->bytes() : 0;
+  m.host_grads = grads_.size();
+  m.host_grad_buffers = grad_pool_->bytes();
+  const TierBytes t = tier_->bytes();
+  m.host_optimizer = t.host;
+  m.nvme_optimizer = t.nvme;
+  const bool param_nvme = store_ && store_->nvme;
+  if (param_nvme) m.nvme_params = store_->nvme->stats().live_bytes;
+  m.pinned = host_pinned_ && t.host_pinned && grad_pool_->pinned() &&
+             (!param_pool_ || param_pool_->pinned());
+  const bool optimizer_nvme = t.nvme > 0;
+  m.fixed_buffers = (param_nvme || optimizer_nvme) &&
+                    (!param_nvme || store_->nvme->stats().fixed_buffers) &&
+                    (!optimizer_nvme || t.fixed_buffers);
+  return m;
+}
+
+// ---------------------------------------------------------------------------
+// Forward and backward
+
+void EngineImpl::begin_forward() {
+  if (broken_) {
+    fail(Status::failed_precondition(
+        "the engine could not restore its parameters after a failed step; rebuild it"));
+  }
+  if (phase_ == Phase::kForward || phase_ == Phase::kBackward)
+    fail(Status::failed_precondition("engine forward called inside a forward or backward"));
+  if (phase_ == Phase::kAfterForward) end_micro_step(/*completed=*/false);  // evaluation
+  const auto now = SteadyClock::now();
+  if (!window_.open) {
+    window_ = {};
+    window_.open = true;
+    window_.begin = now;
+  }
+  take_busy(now, now);  // drop what happened outside the engine's phases
+  window_.micro_begin = now;
+  if (store_ && store_->nvme) window_.store_read_bytes = store_->nvme->stats().bytes_read;
+  charge_.emplace(charges_ ? &*charges_ : nullptr);
+  coordinator_->begin_micro_step(torch::GradMode::is_enabled());
+  phase_ = Phase::kForward;
+  use(0);
+}
+
+std::vector<torch::Tensor> EngineImpl::end_forward(std::vector<torch::Tensor> outputs) {
+  hook_grads(0);
+  const bool trains = std::any_of(outputs.begin(), outputs.end(), [](const torch::Tensor& t) {
+    return t.defined() && t.requires_grad();
+  });
+  phase_ = Phase::kAfterForward;
+  if (!trains || !torch::GradMode::is_enabled()) end_micro_step(/*completed=*/false);
+  return outputs;
+}
+
+void EngineImpl::fail_forward(const std::exception& error) {
+  abort_micro_step(/*drop_window=*/false);
+  if (const auto* e = dynamic_cast<const Error*>(&error))
+    fail(e->status().with_context("forward failed"));
+  std::string released;
+  std::size_t n = 0;
+  for (const UnitRec& u : units_) {
+    if (!u.main || partitions_[*u.main].home == Home::kDevice) continue;
+    if (n++ < 4) released += (released.empty() ? "'" : ", '") + u.name + "'";
+  }
+  if (n > 4) released += " and " + std::to_string(n - 4) + " more";
+  const auto* c10 = dynamic_cast<const c10::Error*>(&error);
+  std::string message = "forward failed: ";
+  message += c10 != nullptr ? c10->what_without_backtrace() : error.what();
+  if (n > 0) {
+    message +=
+        ". Under the engine a unit's parameters hold values only inside its zinf::Unit "
+        "call: a parameter used outside it (a unit run as unit->forward(x), a weight "
+        "shared with another unit) is empty. Released outside their calls: units " +
+        released;
+  }
+  fail(Status::invalid_argument(message));
+}
+
+void EngineImpl::use(std::size_t unit) {
+  Status s = coordinator_->use(unit);
+  if (s.is_ok()) s = wait_ready(unit);
+  if (!s.is_ok()) fail(s.with_context("gathering unit '" + units_[unit].name + "'"));
+  bind(unit);
+}
+
+Status EngineImpl::wait_ready(std::size_t unit) {
+  Gather& g = units_[unit].gather;
+  Status s;
+  stall_.begin();
+  if (g.fetched.valid()) s = g.fetched.get();
+  if (s.is_ok() && g.ready) s = device_->compute_stream().wait(g.ready);
+  stall_.end();
+  return s;
+}
+
+void EngineImpl::bind(std::size_t unit) {
+  UnitRec& u = units_[unit];
+  if (!u.main || u.gather.bound || partitions_[*u.main].home == Home::kDevice) return;
+  const Partition& part = partitions_[*u.main];
+  const std::size_t elem = c10::elementSize(part.dtype);
+  for (std::size_t k : part.params)
+    params_[k].storage.bind(static_cast<std::byte*>(u.gather.device) + params_[k].offset * elem);
+  u.gather.bound = true;
+}
+
+Status EngineImpl::fetch(std::size_t unit) {
+  UnitRec& u = units_[unit];
+  const Partition& part = partitions_[*u.main];
+  Gather& g = u.gather;
+  ZINF_ASSIGN_OR_RETURN(g.device,
+                        device_->allocate(part.bytes, "the parameters of unit '" + u.name + "'"));
+  window_.h2d_bytes += part.bytes;
+  if (part.home == Home::kHost) {
+    ZINF_RETURN_IF_ERROR(h2d_->copy_to_device(g.device, part.host, part.bytes));
+    ZINF_ASSIGN_OR_RETURN(g.ready, h2d_->record());
+    return Status::ok();
+  }
+  {
+    std::lock_guard lock(read_mutex_);
+    if (g.staged) {
+      g.staged = false;
+    } else if (auto lease = deferred_.empty() ? param_pool_->try_acquire() : std::nullopt) {
+      ZINF_RETURN_IF_ERROR(start_read(unit, std::move(*lease)));
+    } else {
+      deferred_.push_back(unit);
+    }
+  }
+  g.fetched = fetch_worker_.submit([this, unit] { return finish_nvme_fetch(unit); });
+  return Status::ok();
+}
+
+Status EngineImpl::start_read(std::size_t unit, Lease lease) {
+  Gather& g = units_[unit].gather;
+  const Partition& part = partitions_[*units_[unit].main];
+  g.lease = std::make_shared<Lease>(std::move(lease));
+  ZINF_ASSIGN_OR_RETURN(auto ticket, store_->nvme->read(part.key, {g.lease->data(), part.bytes}));
+  g.read = ticket;
+  return Status::ok();
+}
+
+// On the fetch worker, in fetch order: the read (started now if it had to
+// wait for a buffer), the copy onto the device, then the buffer goes back
+// and the reads that waited for one start.
+Status EngineImpl::finish_nvme_fetch(std::size_t unit) {
+  Gather& g = units_[unit].gather;
+  const Partition& part = partitions_[*units_[unit].main];
+  bool started = false;
+  {
+    std::lock_guard lock(read_mutex_);
+    started = g.read.has_value();
+  }
+  if (!started) {
+    Lease lease = param_pool_->acquire();
+    std::lock_guard lock(read_mutex_);
+    deferred_.erase(std::find(deferred_.begin(), deferred_.end(), unit));
+    ZINF_RETURN_IF_ERROR(start_read(unit, std::move(lease)));
+  }
+  Status s = store_->nvme->wait(*g.read);
+  g.read.reset();
+  if (s.is_ok()) s = h2d_->copy_to_device(g.device, g.lease->data(), part.bytes);
+  if (s.is_ok()) {
+    auto event = h2d_->record();
+    s = event.status();
+    if (s.is_ok()) {
+      g.ready = *event;
+      s = g.ready->synchronize();
+    }
+  }
+  std::lock_guard lock(read_mutex_);
+  g.lease.reset();
+  while (!deferred_.empty()) {
+    auto lease = param_pool_->try_acquire();
+    if (!lease) break;
+    const std::size_t next = deferred_.front();
+    deferred_.erase(deferred_.begin());
+    if (Status r = start_read(next, std::move(*lease)); !r.is_ok()) {
+      deferred_.insert(deferred_.begin(), next);  // its own job starts it, and reports
+      break;
+    }
+  }
+  return s;
+}
+
+bool EngineImpl::stage(std::size_t unit) {
+  std::lock_guard lock(read_mutex_);
+  // One buffer always stays for fetches, so staging never starves them.
+  if (!deferred_.empty() || param_pool_->count() - param_pool_->in_use() < 2) return false;
+  auto lease = param_pool_->try_acquire();
+  if (!lease || !start_read(unit, std::move(*lease)).is_ok()) return false;
+  units_[unit].gather.staged = true;
+  return true;
+}
+
+void EngineImpl::unstage(std::size_t unit) {
+  std::lock_guard lock(read_mutex_);
+  Gather& g = units_[unit].gather;
+  if (g.read) (void)store_->nvme->wait(*g.read);
+  g.read.reset();
+  g.lease.reset();
+  g.staged = false;
+}
+
+void EngineImpl::release(std::size_t unit) {
+  UnitRec& u = units_[unit];
+  Gather& g = u.gather;
+  if (g.fetched.valid()) (void)g.fetched.get();
+  if (g.ready) (void)g.ready->synchronize();  // the copy into it has finished
+  if (g.bound) {
+    for (std::size_t k : partitions_[*u.main].params) params_[k].storage.release();
+    g.bound = false;
+  }
+  auto last_use = device_->compute_stream().record();
+  device_->deallocate(g.device, partitions_[*u.main].bytes, last_use.is_ok() ? *last_use : nullptr);
+  g.device = nullptr;
+  g.ready.reset();
+}
+
+void EngineImpl::unit_begin(std::size_t unit) {
+  if (phase_ != Phase::kForward) {
+    fail(Status::failed_precondition("unit '" + units_[unit].name +
+                                     "' ran outside the engine's forward: run the model through "
+                                     "the Engine (engine(x))"));
+  }
+  if (running_) {
+    fail(Status::failed_precondition("unit '" + units_[unit].name + "' ran inside unit '" +
+                                     units_[*running_].name + "': units do not nest"));
+  }
+  use(unit);
+  running_ = unit;
+}
+
+std::vector<torch::Tensor> EngineImpl::unit_end(std::size_t unit,
+                                                std::vector<torch::Tensor> outputs) {
+  running_.reset();
+  hook_grads(unit);
+  if (torch::GradMode::is_enabled()) {
+    outputs = offload::pre_backward(
+        std::move(outputs), reinterpret_cast<std::int64_t>(units_[unit].entry), &on_pre_backward);
+  }
+  coordinator_->done(unit);
+  return outputs;
+}
+
+void EngineImpl::unit_abort(std::size_t unit) {
+  running_.reset();
+  coordinator_->done(unit);
+}
+
+void EngineImpl::hook_grads(std::size_t unit) {
+  if (!torch::GradMode::is_enabled()) return;
+  UnitRec& u = units_[unit];
+  for (const auto& part : {u.main, u.persistent}) {
+    if (!part) continue;
+    for (std::size_t k : partitions_[*part].params) {
+      if (!params_[k].requires_grad) continue;
+      if (hook_gradient(params_[k].storage.param(), [this, k] { on_grad(k); }) == Hooked::kAdded)
+        ++u.expected_grads;
+    }
+  }
+}
+
+void EngineImpl::pre_backward(std::size_t unit) {
+  phase_ = Phase::kBackward;
+  use(unit);
+}
+
+// A gradient is complete on the device: it leaves through pinned buffers
+// (D2H after the compute stream), and the gradient worker adds it into the
+// fp32 host gradients; the device copy is dropped once it has left.
+void EngineImpl::on_grad(std::size_t index) {
+  Param& p = params_[index];
+  torch::Tensor grad = p.storage.param().grad();
+  p.storage.param().mutable_grad().reset();
+  if (!grad.defined()) return;
+  if (grad.scalar_type() != p.dtype || static_cast<std::uint64_t>(grad.numel()) != p.numel) {
+    fail(Status::internal(
+        "the gradient of '" + p.name + "' is " + std::string(c10::toString(grad.scalar_type())) +
+        "[" + std::to_string(grad.numel()) + "], its parameter " +
+        std::string(c10::toString(p.dtype)) + "[" + std::to_string(p.numel) + "]"));
+  }
+  grad = grad.contiguous();
+  auto computed = device_->compute_stream().record();
+  if (computed.is_ok()) (void)d2h_->wait(*computed);
+  const bool overwrite = !p.has_grad;
+  p.has_grad = true;
+  const std::size_t elem = c10::elementSize(p.dtype);
+  const std::size_t bytes = p.numel * elem;
+  const ca::Dtype dtype = cpu_dtype(p.dtype);
+  for (std::size_t off = 0; off < bytes; off += grad_pool_->buffer_bytes()) {
+    const std::size_t len = std::min(grad_pool_->buffer_bytes(), bytes - off);
+    stall_.begin();
+    auto lease = std::make_shared<Lease>(grad_pool_->acquire());
+    stall_.end();
+    Status s =
+        d2h_->copy_to_host(lease->data(), static_cast<std::byte*>(grad.data_ptr()) + off, len);
+    auto left = s.is_ok() ? d2h_->record() : Result<gpu::EventPtr>(s);
+    if (!left.is_ok()) fail(left.status().with_context("gradient of '" + p.name + "'"));
+    window_.d2h_bytes += len;
+    float* acc = grads_.as<float>() + p.flat + off / elem;
+    grad_jobs_.push_back(grad_worker_.submit(
+        [this, event = *left, lease, grad, acc, n = len / elem, dtype, overwrite]() -> Status {
+          ZINF_RETURN_IF_ERROR(event->synchronize());
+          return grad_executor_->accumulate(lease->data(), dtype, acc, n, overwrite);
+        }));
+  }
+  UnitRec& u = units_[p.unit];
+  if (++u.received_grads == u.expected_grads && p.unit != 0 && phase_ == Phase::kBackward)
+    coordinator_->done(p.unit);
+}
+
+namespace {
+
+Status status_of(const std::exception& e) {
+  if (const auto* z = dynamic_cast<const Error*>(&e)) return z->status();
+  if (const auto* c = dynamic_cast<const c10::Error*>(&e))
+    return Status::invalid_argument(std::string("LibTorch: ") + c->what_without_backtrace());
+  return Status::internal(e.what());
+}
+
+}  // namespace
+
+void EngineImpl::backward(const torch::Tensor& loss) {
+  if (phase_ != Phase::kAfterForward) {
+    fail(Status::failed_precondition(
+        "backward() needs a forward through the engine first (engine(x), with gradients on)"));
+  }
+  try {
+    const torch::Tensor scaled = gas_ > 1 ? loss / static_cast<double>(gas_) : loss;
+    scaled.backward();
+    throw_if_error(drain_grads());
+  } catch (const std::exception& e) {
+    abort_micro_step(/*drop_window=*/true);
+    fail(status_of(e).with_context(
+        "backward failed (the gradients of this accumulation window were dropped; parameters "
+        "and optimizer state are unchanged)"));
+  }
+  end_micro_step(/*completed=*/true);
+  ++micro_steps_;
+}
+
+Status EngineImpl::drain_grads() {
+  Status first;
+  for (auto& job : grad_jobs_) {
+    Status s = job.get();
+    if (first.is_ok() && !s.is_ok()) first = std::move(s);
+  }
+  grad_jobs_.clear();
+  return first;
+}
+
+void EngineImpl::take_busy(SteadyClock::time_point from, SteadyClock::time_point to) {
+  auto h2d = h2d_->take_busy();
+  auto d2h = d2h_->take_busy();
+  auto stall = stall_.take();
+  std::vector<Interval> reads;
+  if (store_ && store_->nvme) reads = store_->nvme->take_busy().reads;
+  if (from == to) return;
+  const double wall = seconds(from, to);
+  const double stalled = union_seconds(clip(stall, from, to));
+  window_.fwd_bwd_s += wall;
+  window_.stall_s += stalled;
+  window_.compute_s += wall - stalled;
+  window_.h2d_s += union_seconds(clip(h2d, from, to));
+  window_.d2h_s += union_seconds(clip(d2h, from, to));
+  window_.param_read_s += union_seconds(clip(reads, from, to));
+  if (store_ && store_->nvme)
+    window_.nvme_read_bytes += store_->nvme->stats().bytes_read - window_.store_read_bytes;
+  ++window_.micro_steps;
+}
+
+void EngineImpl::end_micro_step(bool completed) {
+  coordinator_->end_micro_step();
+  for (UnitRec& u : units_) u.expected_grads = u.received_grads = 0;
+  charge_.reset();
+  running_.reset();
+  phase_ = Phase::kIdle;
+  const auto now = SteadyClock::now();
+  take_busy(completed ? window_.micro_begin : now, now);
+}
+
+void EngineImpl::abort_micro_step(bool drop_window) {
+  for (UnitRec& u : units_) {
+    if (u.gather.fetched.valid()) (void)u.gather.fetched.get();
+  }
+  if (coordinator_) coordinator_->end_micro_step();
+  (void)drain_grads();
+  for (UnitRec& u : units_) u.expected_grads = u.received_grads = 0;
+  for (Param& p : params_) {
+    if (p.storage.param().grad().defined()) p.storage.param().mutable_grad().reset();
+  }
+  charge_.reset();
+  running_.reset();
+  phase_ = Phase::kIdle;
+  if (drop_window) zero_window();
+}
+
+void EngineImpl::zero_window() {
+  for (Param& p : params_) p.has_grad = false;
+  micro_steps_ = 0;
+  window_.open = false;
+}
+
+// ---------------------------------------------------------------------------
+// The step
+
+// Puts parameter values into their partitions' homes as the optimizer's
+// pieces come, in order: cpu partitions in place; nvme and resident ones
+// through a pinned buffer that is written back (to NVMe, or copied to the
+// device) when the partition is complete, with several write-backs in
+// flight.
+class EngineImpl::HomeWriter {
+ public:
+  explicit HomeWriter(EngineImpl& engine) : e_(engine) {}
+  ~HomeWriter() { (void)finish(); }
+
+  // Where the element at `offset` of partition `index` goes.
+  Result<std::byte*> dest(std::size_t index, std::uint64_t offset) {
+    const Partition& part = e_.partitions_[index];
+    const std::size_t elem = c10::elementSize(part.dtype);
+    if (part.home == Home::kHost) return part.host + offset * elem;
+    if (current_ != index) {
+      for (;;) {
+        if (auto lease = e_.param_pool_->try_acquire()) {
+          lease_ = std::make_shared<Lease>(std::move(*lease));
+          break;
+        }
+        ZINF_RETURN_IF_ERROR(retire_oldest());
+      }
+      current_ = index;
+    }
+    return lease_->data() + offset * elem;
+  }
+
+  // The partition's last piece has been written.
+  Status finish_partition(std::size_t index) {
+    const Partition& part = e_.partitions_[index];
+    if (part.home == Home::kHost) return Status::ok();
+    Pending p;
+    p.lease = std::move(lease_);
+    current_ = kNone;
+    if (part.home == Home::kNvme) {
+      ZINF_ASSIGN_OR_RETURN(auto ticket,
+                            e_.store_->nvme->write(part.key, {p.lease->data(), part.bytes}));
+      p.ticket = ticket;
+    } else {
+      ZINF_RETURN_IF_ERROR(e_.h2d_->copy_to_device(part.device, p.lease->data(), part.bytes));
+      ZINF_ASSIGN_OR_RETURN(p.event, e_.h2d_->record());
+    }
+    pending_.push_back(std::move(p));
+    return Status::ok();
+  }
+
+  // Waits for every write-back; the first error.
+  Status finish() {
+    Status first;
+    while (!pending_.empty()) {
+      Status s = retire_oldest();
+      if (first.is_ok() && !s.is_ok()) first = std::move(s);
+    }
+    lease_.reset();
+    current_ = kNone;
+    return first;
+  }
+
+  double waited_s() const { return waited_s_; }
+
+ private:
+  struct Pending {
+    std::shared_ptr<Lease> lease;
+    std::optional<swap::SwapTicket> ticket;
+    gpu::EventPtr event;
+  };
+  static constexpr std::size_t kNone = ~std::size_t{0};
+
+  Status retire_oldest() {
+    if (pending_.empty()) {
+      return Status::internal(
+          "no write-back buffer free and none in flight (offload_param "
+          "buffer_count too low?)");
+    }
+    const auto t0 = SteadyClock::now();
+    Pending p = std::move(pending_.front());
+    pending_.pop_front();
+    Status s = p.ticket ? e_.store_->nvme->wait(*p.ticket) : p.event->synchronize();
+    waited_s_ += seconds(t0, SteadyClock::now());
+    return s;
+  }
+
+  EngineImpl& e_;
+  std::size_t current_ = kNone;
+  std::shared_ptr<Lease> lease_;
+  std::deque<Pending> pending_;
+  double waited_s_ = 0;
+};
+
+Status EngineImpl::update(float clip, StepStats& stats) {
+  HomeWriter writer(*this);
+  auto fn = [&](Piece& piece) -> Status {
+    for (const Segment& seg : segments(piece)) {
+      Param& p = params_[seg.item];
+      const Partition& part = partitions_[p.partition];
+      float* master = piece.state[0] + seg.piece_offset;
+      ZINF_ASSIGN_OR_RETURN(std::byte * out, writer.dest(p.partition, p.offset + seg.item_offset));
+      if (!p.has_grad) {  // unchanged, like LibTorch's optimizers skip a parameter without grad
+        ZINF_RETURN_IF_ERROR(executor_->convert(master, out, part.cdtype, seg.length));
+        continue;
+      }
+      ca::Buffers b;
+      b.params = master;
+      b.param_dtype = ca::Dtype::kF32;
+      b.grads = grads_.as<float>() + p.flat + seg.item_offset;
+      b.grad_dtype = ca::Dtype::kF32;
+      float* s1 = piece.state[1] + seg.piece_offset;
+      float* s2 = num_states_ > 2 ? piece.state[2] + seg.piece_offset : nullptr;
+      b.exp_avg = hyper_.algorithm == ca::Algorithm::kAdagrad ? nullptr : s1;
+      b.exp_avg_sq = hyper_.algorithm == ca::Algorithm::kAdagrad ? s1 : s2;
+      b.state_dtype = ca::Dtype::kF32;
+      b.copy_out = out;
+      b.copy_dtype = part.cdtype;
+      b.count = seg.length;
+      Status s = executor_->step(hyper_, p.step + 1, b, clip);
+      if (!s.is_ok()) return s.with_context("parameter '" + p.name + "'");
+    }
+    const std::size_t part = group_partition_[piece.group];
+    if (piece.ends_group && partitions_[part].last_group == piece.group)
+      ZINF_RETURN_IF_ERROR(writer.finish_partition(part));
+    // Every write-back lands before the tier commits the new state.
+    if (piece.index + 1 == pieces_) return writer.finish();
+    return Status::ok();
+  };
+  Status s = tier_->update(fn, stats);
+  Status w = writer.finish();
+  stats.compute_s -= writer.waited_s();
+  return s.is_ok() ? w : s;
+}
+
+Status EngineImpl::restore_homes() {
+  HomeWriter writer(*this);
+  Status s = tier_->read([&](Piece& piece) -> Status {
+    for (const Segment& seg : segments(piece)) {
+      const Param& p = params_[seg.item];
+      ZINF_ASSIGN_OR_RETURN(std::byte * out, writer.dest(p.partition, p.offset + seg.item_offset));
+      ZINF_RETURN_IF_ERROR(executor_->convert(piece.state[0] + seg.piece_offset, out,
+                                              partitions_[p.partition].cdtype, seg.length));
+    }
+    const std::size_t part = group_partition_[piece.group];
+    if (piece.ends_group && partitions_[part].last_group == piece.group)
+      return writer.finish_partition(part);
+    return Status::ok();
+  });
+  Status w = writer.finish();
+  return s.is_ok() ? w : s;
+}
+
+void EngineImpl::step() {
+  if (phase_ != Phase::kIdle)
+    fail(Status::failed_precondition("step() called inside a forward or backward"));
+  if (broken_) {
+    fail(Status::failed_precondition(
+        "the engine could not restore its parameters after a failed step; rebuild it"));
+  }
+  if (micro_steps_ < gas_) return;  // not an accumulation boundary
+  const auto t0 = SteadyClock::now();
+  StepReport r;
+  r.micro_steps = window_.micro_steps;
+  double sq = 0;
+  bool finite = true;
+  for (const Param& p : params_) {
+    if (!p.has_grad) continue;
+    auto stats = executor_->grad_stats(grads_.as<float>() + p.flat, ca::Dtype::kF32, p.numel);
+    throw_if_error(stats.status());
+    sq += stats->sq_norm;
+    finite = finite && stats->finite;
+  }
+  r.grad_norm = std::sqrt(sq);
+  (void)tier_->take_io_busy();
+  std::vector<Interval> writes;
+  std::uint64_t param_written = 0;
+  if (store_ && store_->nvme) {
+    (void)store_->nvme->take_busy();
+    param_written = store_->nvme->stats().bytes_written;
+  }
+  StepStats st;
+  if (!finite) {
+    r.skipped = true;
+    ++skipped_steps_;
+    ZINF_LOG(kWarn) << "step " << global_steps_ + 1 << ": a gradient is inf or nan; step skipped ("
+                    << skipped_steps_ << " so far)";
+  } else {
+    const double max_norm = config_.gradient_clipping;
+    const float coefficient = max_norm > 0 && r.grad_norm > max_norm
+                                  ? static_cast<float>(max_norm / (r.grad_norm + 1e-6))
+                                  : 1.0f;
+    auto computed = device_->compute_stream().record();
+    if (computed.is_ok()) (void)h2d_->wait(*computed);  // resident parameters are free to write
+    Status s = update(coefficient, st);
+    if (!s.is_ok()) {
+      Status restored = restore_homes();
+      if (!restored.is_ok()) {
+        broken_ = true;
+        fail(
+            s.with_context("step failed, and rewriting the parameters from the previous "
+                           "optimizer state failed too (" +
+                           restored.to_string() + "); the engine cannot continue"));
+      }
+      fail(
+          s.with_context("step failed; parameters and optimizer state are as before it "
+                         "(the gradients are kept, so step() may be called again)"));
+    }
+    for (Param& p : params_) {
+      if (p.has_grad) ++p.step;
+    }
+  }
+  const auto t1 = SteadyClock::now();
+  std::vector<Interval> io = tier_->take_io_busy();
+  if (store_ && store_->nvme) {
+    auto busy = store_->nvme->take_busy();
+    io.insert(io.end(), busy.writes.begin(), busy.writes.end());
+    param_written = store_->nvme->stats().bytes_written - param_written;
+  }
+  ++global_steps_;
+  r.step = global_steps_;
+  r.fwd_bwd_s = window_.fwd_bwd_s;
+  r.compute_s = window_.compute_s;
+  r.param_read_s = window_.param_read_s;
+  r.h2d_s = window_.h2d_s;
+  r.d2h_s = window_.d2h_s;
+  r.stall_s = window_.stall_s;
+  r.step_s = seconds(t0, t1);
+  r.cpu_adam_s = st.compute_s;
+  r.optim_io_s = union_seconds(clip(io, t0, t1));
+  r.nvme_read_bytes = window_.nvme_read_bytes + st.bytes_read;
+  r.nvme_write_bytes = st.bytes_written + param_written;
+  r.h2d_bytes = window_.h2d_bytes;
+  r.d2h_bytes = window_.d2h_bytes;
+  r.wall_s = seconds(window_.open ? window_.begin : t0, t1);
+  report_ = r;
+  zero_window();
+}
+
+torch::OrderedDict<std::string, torch::Tensor> EngineImpl::consolidated_parameters() const {
+  std::unordered_map<const c10::TensorImpl*, std::size_t> index;
+  for (std::size_t k = 0; k < params_.size(); ++k)
+    index.emplace(params_[k].storage.param().unsafeGetTensorImpl(), k);
+  std::vector<torch::Tensor> values(params_.size());
+  for (const Partition& part : partitions_) {
+    auto buffer = AlignedBuffer::allocate(part.bytes);
+    throw_if_error(buffer.status());
+    throw_if_error(read_partition(part, buffer->data()));
+    const std::size_t elem = c10::elementSize(part.dtype);
+    for (std::size_t k : part.params) {
+      const Param& p = params_[k];
+      values[k] = torch::from_blob(buffer->data() + p.offset * elem, p.storage.shape(),
+                                   torch::dtype(part.dtype))
+                      .clone();
+    }
+  }
+  torch::OrderedDict<std::string, torch::Tensor> out;
+  for (const auto& item : model_->named_parameters(/*recurse=*/true)) {
+    auto it = index.find(item.value().unsafeGetTensorImpl());
+    if (it != index.end() && !out.contains(item.key())) out.insert(item.key(), values[it->second]);
+  }
+  return out;
+}
+
+}  // namespace zinf::offload
+
+// ---------------------------------------------------------------------------
+// The public surface
+
+namespace zinf {
+
+namespace detail {
+
+UnitCall::UnitCall(torch::nn::Module& module) {
+  auto& registry = UnitRegistry::instance();
+  UnitEntry* entry = nullptr;
+  bool partitioned = false;
+  {
+    std::lock_guard lock(registry.mutex());
+    entry = registry.find(&module);
+    if (entry == nullptr) return;
+    partitioned = entry->stored && entry->stored->plan.numel > 0;
+  }
+  if (entry->engine == nullptr) {
+    if (partitioned) {
+      throw Error(Status::failed_precondition(
+          "a zinf::Unit partitioned by a PartitionScope ran with no Engine owning it: build the "
+          "Engine from the model first"));
+    }
+    return;
+  }
+  entry->engine->unit_begin(entry->index);
+  unit_ = entry;
+}
+
+UnitCall::~UnitCall() {
+  if (unit_ == nullptr || finished_) return;
+  auto* entry = static_cast<UnitEntry*>(unit_);
+  entry->engine->unit_abort(entry->index);
+}
+
+std::vector<torch::Tensor> UnitCall::hand_over(std::vector<torch::Tensor> out) {
+  if (unit_ == nullptr) return out;
+  finished_ = true;
+  auto* entry = static_cast<UnitEntry*>(unit_);
+  return entry->engine->unit_end(entry->index, std::move(out));
+}
+
+}  // namespace detail
+
+EngineBase::EngineBase(std::shared_ptr<torch::nn::Module> model, const Config& config,
+                       EngineOptions options)
+    : impl_(std::make_unique<offload::EngineImpl>(std::move(model), config, std::move(options))) {}
+EngineBase::~EngineBase() = default;
+
+void EngineBase::backward(const torch::Tensor& loss) { impl_->backward(loss); }
+void EngineBase::step() { impl_->step(); }
+bool EngineBase::is_gradient_accumulation_boundary() const { return impl_->boundary(); }
+torch::Device EngineBase::device() const { return impl_->torch_device(); }
+const Config& EngineBase::config() const { return impl_->config(); }
+std::uint64_t EngineBase::global_steps() const { return impl_->global_steps(); }
+std::uint64_t EngineBase::skipped_steps() const { return impl_->skipped_steps(); }
+const StepReport& EngineBase::last_step_report() const { return impl_->report(); }
+CoordinatorStats EngineBase::coordinator_stats() const { return impl_->coordinator_stats(); }
+MemoryReport EngineBase::memory_report() const { return impl_->memory_report(); }
+void EngineBase::reset_peak_memory() { impl_->reset_peak_memory(); }
+torch::OrderedDict<std::string, torch::Tensor> EngineBase::consolidated_parameters() const {
+  return impl_->consolidated_parameters();
+}
+void EngineBase::begin_forward() { impl_->begin_forward(); }
+std::vector<torch::Tensor> EngineBase::end_forward(std::vector<torch::Tensor> outputs) {
+  return impl_->end_forward(std::move(outputs));
+}
+void EngineBase::fail_forward(const std::exception& error) { impl_->fail_forward(error); }
+
+}  // namespace zinf

@@ -1,0 +1,206 @@
+// The engine's implementation (private to zinf::offload). See
+// include/zinf/offload/engine.hpp for the contract and engine.cpp for how
+// a step flows.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <future>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "offload/coordinator.hpp"
+#include "offload/state_tier.hpp"
+#include "offload/torch_glue.hpp"
+#include "offload/units.hpp"
+#include "zinf/common/busy_time.hpp"
+#include "zinf/common/worker.hpp"
+#include "zinf/cpu_adam/cpu_adam.hpp"
+#include "zinf/gpu/device.hpp"
+#include "zinf/gpu/pinned_pool.hpp"
+#include "zinf/offload/engine.hpp"
+
+namespace zinf::offload {
+
+enum class Home : std::uint8_t { kDevice, kHost, kNvme };
+
+class EngineImpl final : public Coordinator::Actions {
+ public:
+  EngineImpl(std::shared_ptr<torch::nn::Module> model, const Config& config, EngineOptions options);
+  ~EngineImpl() override;
+
+  // The surface (EngineBase forwards here).
+  void begin_forward();
+  std::vector<torch::Tensor> end_forward(std::vector<torch::Tensor> outputs);
+  [[noreturn]] void fail_forward(const std::exception& error);
+  void backward(const torch::Tensor& loss);
+  void step();
+  bool boundary() const { return micro_steps_ >= gas_; }
+  torch::Device torch_device() const { return torch_device_; }
+  const Config& config() const { return config_; }
+  std::uint64_t global_steps() const { return global_steps_; }
+  std::uint64_t skipped_steps() const { return skipped_steps_; }
+  const StepReport& report() const { return report_; }
+  CoordinatorStats coordinator_stats() const { return coordinator_->stats(); }
+  MemoryReport memory_report() const;
+  void reset_peak_memory() { device_->reset_peak(); }
+  torch::OrderedDict<std::string, torch::Tensor> consolidated_parameters() const;
+
+  // Unit calls (detail::UnitCall) and the autograd hooks.
+  void unit_begin(std::size_t unit);
+  std::vector<torch::Tensor> unit_end(std::size_t unit, std::vector<torch::Tensor> outputs);
+  void unit_abort(std::size_t unit);
+  void pre_backward(std::size_t unit);
+  void on_grad(std::size_t param);
+
+  // Coordinator::Actions.
+  Status fetch(std::size_t unit) override;
+  void release(std::size_t unit) override;
+  bool stage(std::size_t unit) override;
+  void unstage(std::size_t unit) override;
+
+ private:
+  struct Param {
+    std::string name;
+    ParamStorage storage;
+    torch::ScalarType dtype = torch::kFloat;
+    std::uint64_t numel = 0;
+    std::size_t unit = 0;
+    std::size_t partition = 0;
+    std::uint64_t offset = 0;  // elements into its partition
+    std::uint64_t flat = 0;    // elements into the optimizer's space
+    bool requires_grad = true;
+    bool has_grad = false;  // a gradient arrived in this accumulation window
+    std::int64_t step = 0;  // updates applied (bias correction)
+  };
+
+  struct Partition {
+    std::string key;
+    Home home = Home::kDevice;
+    torch::ScalarType dtype = torch::kFloat;
+    cpu_adam::Dtype cdtype = cpu_adam::Dtype::kF32;
+    std::uint64_t numel = 0;
+    std::uint64_t bytes = 0;
+    std::uint64_t flat = 0;
+    std::vector<std::size_t> params;
+    std::byte* host = nullptr;   // Home::kHost
+    void* device = nullptr;      // Home::kDevice: the resident copy
+    std::size_t last_group = 0;  // the tier's last group of this partition
+  };
+
+  // A unit's partition on its way to, or on, the device.
+  struct Gather {
+    void* device = nullptr;
+    gpu::EventPtr ready;                            // the copy onto the device
+    std::future<Status> fetched;                    // nvme: the fetch worker's job
+    std::shared_ptr<gpu::PinnedPool::Lease> lease;  // nvme: the read's buffer
+    std::optional<swap::SwapTicket> read;
+    bool staged = false;  // read started ahead, no device memory yet
+    bool bound = false;   // the parameters point at `device`
+  };
+
+  struct UnitRec {
+    std::string name;
+    std::shared_ptr<torch::nn::Module> module;
+    detail::UnitEntry* entry = nullptr;
+    std::optional<std::size_t> main;        // the gathered partition
+    std::optional<std::size_t> persistent;  // resident on the device
+    Gather gather;
+    std::size_t expected_grads = 0;  // hooked in this micro-step's forward
+    std::size_t received_grads = 0;
+  };
+
+  enum class Phase : std::uint8_t { kIdle, kForward, kAfterForward, kBackward };
+
+  // Construction.
+  void check_config();
+  void find_units(const std::shared_ptr<torch::nn::Module>& model);
+  void add_unit(const std::string& name, const std::shared_ptr<torch::nn::Module>& module,
+                detail::UnitEntry* entry, const detail::UnitPlan& plan, std::string key);
+  std::size_t add_partition(std::size_t unit, const std::vector<detail::PlannedParam>& params,
+                            Home home, torch::ScalarType dtype, std::string key);
+  Home param_home() const;
+  void place_partitions();
+  void make_buffers();
+  void make_optimizer();
+
+  // Forward and backward.
+  void use(std::size_t unit);
+  Status wait_ready(std::size_t unit);
+  void bind(std::size_t unit);
+  Status start_read(std::size_t unit, gpu::PinnedPool::Lease lease);  // read_mutex_ held
+  Status finish_nvme_fetch(std::size_t unit);
+  void hook_grads(std::size_t unit);
+  void end_micro_step(bool completed);
+  void abort_micro_step(bool drop_window);
+  Status drain_grads();
+  void zero_window();
+
+  // The step.
+  Status update(float clip, StepStats& stats);
+  Status restore_homes();
+  class HomeWriter;
+  Status read_partition(const Partition& part, std::byte* out) const;
+  std::vector<Segment> segments(const Piece& piece) const;
+  void take_busy(SteadyClock::time_point from, SteadyClock::time_point to);
+
+  Config config_;
+  EngineOptions options_;
+  std::shared_ptr<torch::nn::Module> model_;
+  std::unique_ptr<gpu::Device> device_;
+  torch::Device torch_device_{torch::kCPU};
+  std::unique_ptr<gpu::Stream> h2d_;
+  std::unique_ptr<gpu::Stream> d2h_;
+  std::shared_ptr<detail::PartitionStore> store_;  // offload_param cpu/nvme homes
+  std::vector<UnitRec> units_;
+  std::vector<Param> params_;
+  std::vector<Partition> partitions_;
+  std::unique_ptr<Coordinator> coordinator_;
+  std::unique_ptr<gpu::PinnedPool> param_pool_;  // NVMe reads, write-back
+  std::unique_ptr<gpu::PinnedPool> grad_pool_;   // gradients leaving the device
+  AlignedBuffer grads_;                          // fp32, the optimizer's layout
+  std::unique_ptr<StateTier> tier_;
+  std::unique_ptr<cpu_adam::Executor> executor_;       // the step
+  std::unique_ptr<cpu_adam::Executor> grad_executor_;  // gradient accumulation
+  cpu_adam::Hyper hyper_;
+  int num_states_ = 3;
+  std::uint64_t gas_ = 1;
+  std::uint64_t elements_ = 0;
+  std::vector<std::size_t> group_partition_;  // the tier's groups' partitions
+  std::size_t pieces_ = 0;
+  bool host_pinned_ = true;  // offload_param cpu partitions are page-locked
+
+  Phase phase_ = Phase::kIdle;
+  std::optional<std::size_t> running_;    // the unit whose forward is running
+  std::optional<DeviceCharges> charges_;  // the emulated device: LibTorch allocations count
+  std::optional<ChargeScope> charge_;
+  std::mutex read_mutex_;              // deferred_ and the units' nvme reads
+  std::vector<std::size_t> deferred_;  // nvme fetches waiting for a buffer, in order
+  std::vector<std::future<Status>> grad_jobs_;
+  std::uint64_t micro_steps_ = 0;  // backwards in this accumulation window
+  std::uint64_t global_steps_ = 0;
+  std::uint64_t skipped_steps_ = 0;
+  bool broken_ = false;  // homes could not be restored after a failed step
+
+  // Measurement of the current accumulation window.
+  struct Window {
+    SteadyClock::time_point begin;
+    SteadyClock::time_point micro_begin;
+    bool open = false;
+    std::uint64_t micro_steps = 0;
+    double fwd_bwd_s = 0, compute_s = 0, param_read_s = 0, h2d_s = 0, d2h_s = 0, stall_s = 0;
+    std::uint64_t nvme_read_bytes = 0, h2d_bytes = 0, d2h_bytes = 0;
+    std::uint64_t store_read_bytes = 0;  // the parameter store's count at micro_begin
+  };
+  Window window_;
+  BusyLog stall_;
+  StepReport report_;
+
+  // Worker threads last: joined before what their jobs use goes away.
+  Worker fetch_worker_;
+  Worker grad_worker_;
+};
+
+}  // namespace zinf::offload
