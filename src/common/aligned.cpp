@@ -19,7 +19,16 @@ Result<AlignedBuffer> AlignedBuffer::allocate(std::size_t bytes, std::size_t ali
   }
   AlignedBuffer buf;
   buf.size_ = align_up(bytes == 0 ? alignment : bytes, alignment);
-  buf.data_ = static_cast<std::byte*>(std::aligned_alloc(alignment, buf.size_));
+  if (buf.size_ >= kMapThreshold && alignment <= kIoAlignment) {
+    void* p =
+        ::mmap(nullptr, buf.size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p != MAP_FAILED) {
+      buf.data_ = static_cast<std::byte*>(p);
+      buf.mapped_ = true;
+    }
+  } else {
+    buf.data_ = static_cast<std::byte*>(std::aligned_alloc(alignment, buf.size_));
+  }
   if (buf.data_ == nullptr) {
     return Status::resource_exhausted("cannot allocate " + std::to_string(buf.size_) +
                                       " aligned bytes");
@@ -39,7 +48,8 @@ AlignedBuffer::~AlignedBuffer() { release(); }
 AlignedBuffer::AlignedBuffer(AlignedBuffer&& other) noexcept
     : data_(std::exchange(other.data_, nullptr)),
       size_(std::exchange(other.size_, 0)),
-      locked_(std::exchange(other.locked_, false)) {}
+      locked_(std::exchange(other.locked_, false)),
+      mapped_(std::exchange(other.mapped_, false)) {}
 
 AlignedBuffer& AlignedBuffer::operator=(AlignedBuffer&& other) noexcept {
   if (this != &other) {
@@ -47,6 +57,7 @@ AlignedBuffer& AlignedBuffer::operator=(AlignedBuffer&& other) noexcept {
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
     locked_ = std::exchange(other.locked_, false);
+    mapped_ = std::exchange(other.mapped_, false);
   }
   return *this;
 }
@@ -54,10 +65,15 @@ AlignedBuffer& AlignedBuffer::operator=(AlignedBuffer&& other) noexcept {
 void AlignedBuffer::release() {
   if (data_ == nullptr) return;
   if (locked_) ::munlock(data_, size_);
-  std::free(data_);
+  if (mapped_) {
+    ::munmap(data_, size_);
+  } else {
+    std::free(data_);
+  }
   data_ = nullptr;
   size_ = 0;
   locked_ = false;
+  mapped_ = false;
 }
 
 namespace {

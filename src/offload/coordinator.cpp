@@ -67,9 +67,9 @@ void Coordinator::done(std::size_t unit) {
   release(unit);
 }
 
-void Coordinator::end_micro_step() {
-  if (recording_ && valid_) complete_ = true;
-  if (!valid_) complete_ = false;
+void Coordinator::end_micro_step(bool whole) {
+  if (recording_ && valid_ && whole) complete_ = true;
+  if (!valid_ || (recording_ && !whole)) complete_ = false;
   recording_ = false;
   for (std::size_t u = 0; u < units_.size(); ++u) {
     State& s = state_[u];

@@ -69,7 +69,10 @@ class Coordinator {
   Status use(std::size_t unit);
   // The unit has run (forward) or its gradients are off the device (backward).
   void done(std::size_t unit);
-  void end_micro_step();
+  // `whole`: the micro-step ran its forward and backward to the end. A
+  // recording of one that did not (an error, a forward without backward) is
+  // not kept: the next micro-step records again.
+  void end_micro_step(bool whole = true);
 
   bool live(std::size_t unit) const { return state_[unit].live; }
   bool trace_complete() const { return complete_; }

@@ -592,13 +592,19 @@ void EngineImpl::begin_forward() {
     window_.open = true;
     window_.begin = now;
   }
-  take_busy(now, now);  // drop what happened outside the engine's phases
+  take_busy(now, now);          // drop what happened outside the engine's phases
+  (void)take_charge_failure();  // one from outside the engine's phases is not this forward's
   window_.micro_begin = now;
   if (store_ && store_->nvme) window_.store_read_bytes = store_->nvme->stats().bytes_read;
   charge_.emplace(charges_ ? &*charges_ : nullptr);
   coordinator_->begin_micro_step(torch::GradMode::is_enabled());
   phase_ = Phase::kForward;
-  use(0);
+  try {
+    use(0);
+  } catch (const Error& e) {
+    abort_micro_step(/*drop_window=*/false);
+    fail(e.status().with_context("forward failed"));
+  }
 }
 
 std::vector<torch::Tensor> EngineImpl::end_forward(std::vector<torch::Tensor> outputs) {
@@ -615,6 +621,7 @@ void EngineImpl::fail_forward(const std::exception& error) {
   abort_micro_step(/*drop_window=*/false);
   if (const auto* e = dynamic_cast<const Error*>(&error))
     fail(e->status().with_context("forward failed"));
+  if (auto budget = take_charge_failure()) fail(budget->with_context("forward failed"));
   std::string released;
   std::size_t n = 0;
   for (const UnitRec& u : units_) {
@@ -871,6 +878,7 @@ namespace {
 
 Status status_of(const std::exception& e) {
   if (const auto* z = dynamic_cast<const Error*>(&e)) return z->status();
+  if (auto budget = take_charge_failure()) return *budget;
   if (const auto* c = dynamic_cast<const c10::Error*>(&e))
     return Status::invalid_argument(std::string("LibTorch: ") + c->what_without_backtrace());
   return Status::internal(e.what());
@@ -928,7 +936,7 @@ void EngineImpl::take_busy(SteadyClock::time_point from, SteadyClock::time_point
 }
 
 void EngineImpl::end_micro_step(bool completed) {
-  coordinator_->end_micro_step();
+  coordinator_->end_micro_step(completed);
   for (UnitRec& u : units_) u.expected_grads = u.received_grads = 0;
   charge_.reset();
   running_.reset();
@@ -941,7 +949,7 @@ void EngineImpl::abort_micro_step(bool drop_window) {
   for (UnitRec& u : units_) {
     if (u.gather.fetched.valid()) (void)u.gather.fetched.get();
   }
-  if (coordinator_) coordinator_->end_micro_step();
+  if (coordinator_) coordinator_->end_micro_step(/*whole=*/false);
   (void)drain_grads();
   for (UnitRec& u : units_) u.expected_grads = u.received_grads = 0;
   for (Param& p : params_) {

@@ -2,11 +2,16 @@
 
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
+#include <sys/mman.h>
 #include <torch/csrc/autograd/function_hook.h>
 
 #include <atomic>
 #include <cstring>
 #include <mutex>
+#include <optional>
+#include <utility>
+
+#include "zinf/common/aligned.hpp"
 
 namespace zinf::offload {
 namespace {
@@ -25,15 +30,18 @@ c10::intrusive_ptr<c10::StorageImpl> empty_storage(torch::Device device) {
                                                c10::DataPtr(nullptr, device), nullptr, false);
 }
 
-// --- the emulated device's allocator ---------------------------------------
-
-// Every CPU allocation carries a header: the target it was charged to (or
-// null) and its size, so that one deleter serves both and LibTorch's raw
-// allocations (raw_allocate / raw_deallocate, which need the context to be
-// the data pointer) work.
-struct alignas(64) ChargeHeader {
+// --- zinf's CPU allocator ----------------------------------------------------
+//
+// Installed in place of LibTorch's CPU allocator by the first DeviceCharges
+// or MappedAllocations. Every allocation carries a header: the target it was
+// charged to (or null), its size, and the length of its own mapping (or 0),
+// so that one deleter serves every kind and LibTorch's raw allocations
+// (raw_allocate / raw_deallocate, which need the context to be the data
+// pointer) work.
+struct alignas(64) AllocationHeader {
   DeviceCharges::Target* target;
   std::size_t bytes;
+  std::size_t mapped;
 };
 
 }  // namespace
@@ -52,10 +60,13 @@ struct DeviceCharges::Target {
 namespace {
 
 thread_local DeviceCharges::Target* t_charged = nullptr;
+thread_local int t_mapped = 0;  // MappedAllocations alive on this thread
+thread_local std::optional<Status> t_charge_failure;
+constexpr std::size_t kMappedAllocation = 64 << 10;  // what a MappedAllocations maps
 
-void free_charged(void* data) {
+void free_allocation(void* data) {
   if (data == nullptr) return;
-  auto* header = static_cast<ChargeHeader*>(data) - 1;
+  auto* header = static_cast<AllocationHeader*>(data) - 1;
   if (DeviceCharges::Target* t = header->target) {
     {
       std::lock_guard lock(t->mutex);
@@ -63,40 +74,61 @@ void free_charged(void* data) {
     }
     t->unref();
   }
-  c10::free_cpu(header);
+  if (header->mapped != 0) {
+    ::munmap(header, header->mapped);
+  } else {
+    c10::free_cpu(header);
+  }
 }
 
-// Replaces LibTorch's CPU allocator. A charge that fails throws like a CUDA
-// out-of-memory error, naming the budget and what is live.
-class ChargingAllocator final : public c10::Allocator {
+// A charge that fails throws like a CUDA out-of-memory error, naming the
+// budget and what is live.
+class ZinfCpuAllocator final : public c10::Allocator {
  public:
   c10::DataPtr allocate(std::size_t bytes) const override {
     DeviceCharges::Target* t = bytes == 0 ? nullptr : t_charged;
     if (t != nullptr) {
       std::lock_guard lock(t->mutex);
       if (t->device != nullptr) {
-        const Status s = t->device->charge(bytes, "a LibTorch tensor (activations, gradients)");
-        TORCH_CHECK(s.is_ok(), s.message());
+        Status s = t->device->charge(bytes, "a LibTorch tensor (activations, gradients)");
+        if (!s.is_ok()) {
+          const std::string message = s.message();
+          t_charge_failure = std::move(s);
+          TORCH_CHECK(false, message);
+        }
       }
       t->refs.fetch_add(1, std::memory_order_relaxed);
     }
-    auto* header = static_cast<ChargeHeader*>(c10::alloc_cpu(sizeof(ChargeHeader) + bytes));
+    const std::size_t total = sizeof(AllocationHeader) + bytes;
+    AllocationHeader* header = nullptr;
+    std::size_t mapped = 0;
+    if (t_mapped > 0 && bytes >= kMappedAllocation) {
+      mapped = align_up(total, kIoAlignment);
+      void* p = ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) {
+        mapped = 0;
+      } else {
+        header = static_cast<AllocationHeader*>(p);
+      }
+    }
+    if (header == nullptr) header = static_cast<AllocationHeader*>(c10::alloc_cpu(total));
     header->target = t;
     header->bytes = bytes;
+    header->mapped = mapped;
     void* data = header + 1;
-    return {data, data, &free_charged, c10::Device(c10::kCPU)};
+    return {data, data, &free_allocation, c10::Device(c10::kCPU)};
   }
-  c10::DeleterFnPtr raw_deleter() const override { return &free_charged; }
+  c10::DeleterFnPtr raw_deleter() const override { return &free_allocation; }
   // A pure virtual in newer LibTorch; an ordinary method in 1.13.
   void copy_data(void* dest, const void* src, std::size_t count) const {
     std::memcpy(dest, src, count);
   }
 };
 
-void install_charging_allocator() {
+void install_allocator() {
   static std::once_flag once;
   std::call_once(once, [] {
-    static ChargingAllocator allocator;
+    static ZinfCpuAllocator allocator;
     c10::SetCPUAllocator(&allocator, /*priority=*/100);
   });
 }
@@ -166,7 +198,7 @@ void ParamStorage::release() {
 
 DeviceCharges::DeviceCharges(gpu::Device* device) : target_(new Target) {
   target_->device = device;
-  install_charging_allocator();
+  install_allocator();
 }
 
 DeviceCharges::~DeviceCharges() {
@@ -182,6 +214,17 @@ ChargeScope::ChargeScope(DeviceCharges* charges) : previous_(t_charged) {
 }
 
 ChargeScope::~ChargeScope() { t_charged = previous_; }
+
+std::optional<Status> take_charge_failure() {
+  return std::exchange(t_charge_failure, std::nullopt);
+}
+
+MappedAllocations::MappedAllocations() {
+  install_allocator();
+  ++t_mapped;
+}
+
+MappedAllocations::~MappedAllocations() { --t_mapped; }
 
 std::vector<torch::Tensor> pre_backward(std::vector<torch::Tensor> outputs, std::int64_t token,
                                         BackwardHook on_backward) {

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "offload/torch_glue.hpp"
 #include "zinf/common/aligned.hpp"
 #include "zinf/common/config.hpp"
 #include "zinf/offload/unit.hpp"
@@ -106,6 +107,7 @@ struct PartitionScopeState {
   Config config;
   std::shared_ptr<PartitionStore> store;
   std::uint64_t persistent_budget = 0;
+  offload::MappedAllocations mapped;  // units' tensors leave no holes in the heap
 };
 PartitionScopeState* current_partition_scope();
 

@@ -15,10 +15,14 @@
 #include <torch/torch.h>
 
 #include <fstream>
+#include <map>
+#include <optional>
+#include <set>
 #include <string>
 
 #include "gpt/model.hpp"
 #include "swap/swap_test_util.hpp"
+#include "zinf/common/aligned.hpp"
 #include "zinf/zinf.hpp"
 
 namespace zinf {
@@ -46,28 +50,31 @@ struct Homes {
   std::string param = "none";        // offload_param.device
   std::string optim = "cpu";         // offload_optimizer.device
   std::uint64_t persistence = 1000;  // so that the blocks and the head are gathered
-  std::string extra;                 // more zero_optimization keys, with a leading comma
+  std::string zero_extra;            // more zero_optimization keys, with a leading comma
+  int accumulation = 1;
+  std::uint64_t budget = 0;  // zinf.device_budget
 };
 
 std::string config_json(const Homes& s, const std::string& nvme) {
-  std::string json = R"({
+  return R"({
     "train_micro_batch_size_per_gpu": 4,
-    "gradient_accumulation_steps": 1,
+    "gradient_accumulation_steps": )" +
+         std::to_string(s.accumulation) + R"(,
     "optimizer": {"type": "AdamW",
                   "params": {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01}},
     "zero_optimization": {
       "stage": 3,
       "stage3_param_persistence_threshold": )" +
-                     std::to_string(s.persistence) + R"(,
+         std::to_string(s.persistence) + R"(,
       "sub_group_size": 20000,
       "offload_param": {"device": ")" +
-                     s.param + R"(", "nvme_path": ")" + nvme + R"(", "buffer_count": 4},
+         s.param + R"(", "nvme_path": ")" + nvme + R"(", "buffer_count": 4},
       "offload_optimizer": {"device": ")" +
-                     s.optim + R"(", "nvme_path": ")" + nvme + R"("})" + s.extra + R"(
+         s.optim + R"(", "nvme_path": ")" + nvme + R"("})" + s.zero_extra + R"(
     },
-    "zinf": {"device": "cpu"}
+    "zinf": {"device": "cpu", "device_budget": )" +
+         std::to_string(s.budget) + R"(}
   })";
-  return json;
 }
 
 Config parse(const std::string& json) {
@@ -76,28 +83,41 @@ Config parse(const std::string& json) {
   return *c;
 }
 
-// Plain LibTorch: the model and torch::optim::AdamW; the loss of each step
-// and the parameters after the first.
+// The loss of each step (the mean over its micro-steps) and every
+// parameter after the first step.
 struct Trace {
   std::vector<double> losses;
   std::map<std::string, torch::Tensor> after_first;
+  std::map<std::string, torch::Tensor> last;  // after the last step (engines only)
 };
 
-Trace train_reference(const gpt::Options& o, int steps) {
+// Micro-batch k of the run: the same data for every trainer.
+std::pair<torch::Tensor, torch::Tensor> micro_batch(const gpt::Options& o, std::uint64_t k,
+                                                    int batch = 4) {
+  static const std::string text = synthetic_text();
+  return gpt::Batches(text, batch, o.seq, 1).get(k);
+}
+
+// Plain LibTorch: the model and torch::optim::AdamW, gradients summed over
+// `accumulation` micro-steps of loss / accumulation (DeepSpeed's scaling).
+Trace train_reference(const gpt::Options& o, int steps, int accumulation = 1) {
   torch::manual_seed(7);
   gpt::GPT model(o);
   torch::optim::AdamW opt(
       model->parameters(),
       torch::optim::AdamWOptions(1e-3).betas({0.9, 0.999}).eps(1e-8).weight_decay(0.01));
-  gpt::Batches data(synthetic_text(), 4, o.seq, 1);
   Trace t;
   for (int s = 0; s < steps; ++s) {
-    auto [x, y] = data.get(s);
     opt.zero_grad();
-    auto loss = gpt::loss(model(x), y);
-    loss.backward();
+    double loss_sum = 0;
+    for (int m = 0; m < accumulation; ++m) {
+      auto [x, y] = micro_batch(o, static_cast<std::uint64_t>(s * accumulation + m));
+      auto loss = gpt::loss(model(x), y);
+      (loss / accumulation).backward();
+      loss_sum += loss.item<double>();
+    }
     opt.step();
-    t.losses.push_back(loss.item<double>());
+    t.losses.push_back(loss_sum / accumulation);
     if (s == 0) {
       for (const auto& p : model->named_parameters()) t.after_first[p.key()] = p.value().clone();
     }
@@ -105,22 +125,41 @@ Trace train_reference(const gpt::Options& o, int steps) {
   return t;
 }
 
-Trace train_engine(const gpt::Options& o, const Config& cfg, int steps, bool partitioned) {
+gpt::GPT build(const gpt::Options& o, const Config& cfg, bool partitioned) {
   torch::manual_seed(7);
-  gpt::GPT model = partitioned ? zinf::partitioned(cfg, [&] { return gpt::GPT(o); }) : gpt::GPT(o);
-  Engine<gpt::GPT> engine(model, cfg);
-  gpt::Batches data(synthetic_text(), 4, o.seq, 1);
+  return partitioned ? zinf::partitioned(cfg, [&] { return gpt::GPT(o); }) : gpt::GPT(o);
+}
+
+std::map<std::string, torch::Tensor> parameters(const EngineBase& engine) {
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& p : engine.consolidated_parameters()) out[p.key()] = p.value();
+  return out;
+}
+
+// One micro-step: forward, backward, step (which updates only on an
+// accumulation boundary). Returns the loss.
+double micro_step(Engine<gpt::GPT>& engine, const gpt::Options& o, std::uint64_t k, int batch = 4) {
+  auto [x, y] = micro_batch(o, k, batch);
+  auto loss = gpt::loss(engine(x.to(engine.device())), y.to(engine.device()));
+  engine.backward(loss);
+  engine.step();
+  return loss.item<double>();
+}
+
+Trace train_engine(const gpt::Options& o, const Config& cfg, int steps, bool partitioned,
+                   EngineOptions options = {}) {
+  Engine<gpt::GPT> engine(build(o, cfg, partitioned), cfg, std::move(options));
+  const int accumulation = static_cast<int>(cfg.gradient_accumulation_steps.value_or(1));
   Trace t;
   for (int s = 0; s < steps; ++s) {
-    auto [x, y] = data.get(s);
-    auto loss = gpt::loss(engine(x.to(engine.device())), y.to(engine.device()));
-    engine.backward(loss);
-    engine.step();
-    t.losses.push_back(loss.item<double>());
-    if (s == 0) {
-      for (const auto& p : engine.consolidated_parameters()) t.after_first[p.key()] = p.value();
-    }
+    double loss_sum = 0;
+    for (int m = 0; m < accumulation; ++m)
+      loss_sum += micro_step(engine, o, static_cast<std::uint64_t>(s * accumulation + m));
+    EXPECT_EQ(engine.global_steps(), static_cast<std::uint64_t>(s + 1));
+    t.losses.push_back(loss_sum / accumulation);
+    if (s == 0) t.after_first = parameters(engine);
   }
+  t.last = parameters(engine);
   return t;
 }
 
@@ -160,10 +199,283 @@ TEST_P(EngineEquivalence, MatchesLibTorchAdamW) {
 INSTANTIATE_TEST_SUITE_P(AllHomes, EngineEquivalence,
                          ::testing::Combine(::testing::Values("none", "cpu", "nvme"),
                                             ::testing::Values("cpu", "nvme")),
-                         [](const auto& info) {
-                           return "param_" + std::get<0>(info.param) + "_optim_" +
-                                  std::get<1>(info.param);
+                         [](const auto& p) {
+                           return "param_" + std::get<0>(p.param) + "_optim_" +
+                                  std::get<1>(p.param);
                          });
+
+TEST(EngineTest, GradientAccumulationMatchesLibTorch) {
+  ScratchDir dir;
+  Homes s;
+  s.param = "nvme";
+  s.accumulation = 2;
+  const auto o = small_gpt();
+  const Trace ref = train_reference(o, 8, 2);
+  const Trace got = train_engine(o, parse(config_json(s, dir.path().string())), 8, true);
+  expect_params_close(got, ref);
+  expect_losses_close(got, ref);
+}
+
+TEST(EngineTest, NvmeEqualsCpuBitForBit) {
+  ScratchDir dir;
+  const auto o = small_gpt();
+  Homes cpu;
+  cpu.param = "cpu";
+  Homes nvme;
+  nvme.param = "nvme";
+  nvme.optim = "nvme";
+  const Trace a = train_engine(o, parse(config_json(cpu, dir.path().string())), 20, true);
+  const Trace b = train_engine(o, parse(config_json(nvme, dir.path().string())), 20, true);
+  ASSERT_EQ(a.last.size(), b.last.size());
+  for (const auto& [name, value] : a.last)
+    EXPECT_TRUE(torch::equal(value, b.last.at(name))) << name;
+  EXPECT_EQ(a.losses, b.losses);
+}
+
+// Every parameter but the persistent ones (norms and biases, below the
+// threshold of 1000 elements) has its home on NVMe: one value per unit,
+// each padded to the I/O alignment.
+void expect_on_nvme(const MemoryReport& m, const gpt::Options& o) {
+  const std::uint64_t persistent = static_cast<std::uint64_t>(o.hidden) * (2 + 13 * o.layers);
+  const std::uint64_t bytes = (static_cast<std::uint64_t>(o.parameters()) - persistent) * 4;
+  const std::uint64_t units = static_cast<std::uint64_t>(o.layers) + 2;  // + root and head
+  EXPECT_GE(m.nvme_params, bytes);
+  EXPECT_LT(m.nvme_params, bytes + units * kIoAlignment);
+}
+
+// A model whose parameters are 4x the emulated device's budget trains within
+// it; the same model with its parameters kept on the device does not fit.
+TEST(EngineTest, TrainsAModelFourTimesTheDeviceBudget) {
+  ScratchDir dir;
+  // Wide blocks and one short sequence: parameters dominate the activations,
+  // as in the large models this is for.
+  gpt::Options o = small_gpt();
+  o.layers = 15;
+  o.hidden = 256;
+  o.seq = 8;
+  Homes s;
+  s.param = "nvme";
+  s.optim = "nvme";
+  s.budget = 11 << 20;
+  s.zero_extra = R"(, "stage3_max_live_parameters": 1650000,
+                      "stage3_prefetch_bucket_size": 800000, "stage3_max_reuse_distance": 0)";
+  const std::uint64_t param_bytes = static_cast<std::uint64_t>(o.parameters()) * sizeof(float);
+  ASSERT_GE(param_bytes, 4 * s.budget);
+  const Config cfg = parse(config_json(s, dir.path().string()));
+  Engine<gpt::GPT> engine(build(o, cfg, true), cfg);
+  std::vector<double> losses;
+  for (int step = 0; step < 5; ++step) losses.push_back(micro_step(engine, o, 0, /*batch=*/1));
+  const MemoryReport m = engine.memory_report();
+  EXPECT_EQ(m.device_budget, s.budget);
+  EXPECT_LE(m.device_peak, s.budget);
+  EXPECT_GT(m.device_peak, s.budget / 2) << "the live units and activations are counted";
+  expect_on_nvme(m, o);
+  EXPECT_LT(losses.back(), losses.front()) << "training on one batch lowers its loss";
+  const CoordinatorStats c = engine.coordinator_stats();
+  EXPECT_GT(c.prefetch_hits, 0u);
+  EXPECT_LE(c.peak_live_elements, 1650000u);
+
+  Homes resident = s;
+  resident.param = "none";
+  const Config rc = parse(config_json(resident, dir.path().string()));
+  try {
+    Engine<gpt::GPT> e(build(o, rc, false), rc);
+    FAIL() << "a model 4x the budget was placed on the device";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the budget is 11.0 MiB"), std::string::npos) << e.what();
+  }
+}
+
+// Resets the kernel's peak RSS of this process to its current RSS; false
+// where that is not allowed.
+bool reset_peak_rss() {
+  std::ofstream clear("/proc/self/clear_refs");
+  return static_cast<bool>(clear << "5" << std::flush);
+}
+
+std::uint64_t peak_rss() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) << 10;
+  }
+  return 0;
+}
+
+// zero.Init: building a model 10x the host memory this test allows, inside
+// the scope, holds about one unit at a time; without it, the whole model.
+TEST(EngineTest, PartitionedConstructionHoldsAboutOneUnit) {
+  if (!reset_peak_rss()) GTEST_SKIP() << "/proc/self/clear_refs cannot reset the peak RSS here";
+  ScratchDir dir;
+  gpt::Options o;
+  o.layers = 40;
+  o.hidden = 256;
+  o.vocab = 256;
+  o.seq = 16;
+  const std::uint64_t model_bytes = static_cast<std::uint64_t>(o.parameters()) * sizeof(float);
+  const std::uint64_t unit_bytes = 12ull * o.hidden * o.hidden * sizeof(float);
+  const std::uint64_t host_budget = model_bytes / 10;
+  ASSERT_GE(host_budget, 3 * unit_bytes);
+  Homes s;
+  s.param = "nvme";
+  s.optim = "nvme";
+  const Config cfg = parse(config_json(s, dir.path().string()));
+  {
+    (void)reset_peak_rss();
+    const std::uint64_t base = peak_rss();
+    gpt::GPT model = build(o, cfg, /*partitioned=*/true);
+    const std::uint64_t grown = peak_rss() - base;
+    EXPECT_LE(grown, host_budget) << "peak RSS grew by " << grown << " building a model of "
+                                  << model_bytes << " bytes (units of " << unit_bytes << ")";
+    Engine<gpt::GPT> engine(model, cfg);
+    expect_on_nvme(engine.memory_report(), o);
+  }
+  (void)reset_peak_rss();
+  const std::uint64_t base = peak_rss();
+  gpt::GPT whole = build(o, cfg, /*partitioned=*/false);
+  EXPECT_GE(peak_rss() - base, model_bytes * 9 / 10) << "the measurement sees a whole model";
+}
+
+// Injected I/O errors on the parameter store (reads in forward and backward,
+// write-back in the step) and on the optimizer's (its step): each is a
+// zinf::Error, the parameters are as before the step, and retrying the
+// micro-step continues exactly as a run without the fault.
+class EngineFaults : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(EngineFaults, LeaveTheStateAsBeforeTheStep) {
+  ScratchDir dir;
+  const auto o = small_gpt();
+  Homes s;
+  s.param = "nvme";
+  s.optim = "nvme";
+  s.zero_extra = R"(, "stage3_max_reuse_distance": 0)";  // backward reads the units again
+  const Config cfg = parse(config_json(s, dir.path().string()));
+  constexpr int kSteps = 3;
+  const Trace clean = train_engine(o, cfg, kSteps, false);
+
+  std::set<std::string> phases;
+  for (std::uint64_t nth = 1; nth <= 60; nth += 2) {
+    EngineOptions eo;
+    swap::FaultSpec fault;
+    fault.kind = swap::FaultKind::kEio;
+    fault.nth = nth;
+    (GetParam() == "param" ? eo.param_fault : eo.optimizer_fault) = fault;
+    std::optional<Engine<gpt::GPT>> engine;
+    try {
+      engine.emplace(build(o, cfg, false), cfg, eo);
+    } catch (const Error& e) {
+      phases.insert("construction");
+      continue;
+    }
+    // Reading the parameters back goes through the faulty store too; a
+    // fault there fails the read alone, so read again.
+    auto snapshot = [&] {
+      try {
+        return parameters(*engine);
+      } catch (const Error&) {
+        phases.insert("consolidation");
+        return parameters(*engine);
+      }
+    };
+    std::uint64_t k = 0;
+    while (engine->global_steps() < kSteps) {
+      const auto before = snapshot();
+      const std::uint64_t steps = engine->global_steps();
+      std::string phase = "forward";
+      try {
+        auto [x, y] = micro_batch(o, k);
+        auto loss = gpt::loss((*engine)(x), y);
+        phase = "backward";
+        engine->backward(loss);
+        phase = "step";
+        engine->step();
+        ++k;
+      } catch (const Error& e) {
+        phases.insert(phase);
+        EXPECT_NE(std::string(e.what()).find("Input/output error (errno 5)"), std::string::npos)
+            << phase << ": " << e.what();
+        EXPECT_EQ(engine->global_steps(), steps) << phase;
+        const auto after = snapshot();
+        for (const auto& [name, value] : before)
+          ASSERT_TRUE(torch::equal(value, after.at(name))) << phase << " changed " << name;
+        // A failed step keeps its gradients: step() again; otherwise the
+        // micro-step is run again.
+        if (phase == "step") {
+          engine->step();
+          ++k;
+        }
+      }
+    }
+    const auto last = snapshot();
+    for (const auto& [name, value] : clean.last)
+      ASSERT_TRUE(torch::equal(value, last.at(name))) << "fault " << nth << ": " << name;
+  }
+  if (GetParam() == "param") {
+    EXPECT_TRUE(phases.count("forward")) << "no fault landed in a forward";
+    EXPECT_TRUE(phases.count("backward")) << "no fault landed in a backward";
+  }
+  EXPECT_TRUE(phases.count("step")) << "no fault landed in a step";
+}
+
+INSTANTIATE_TEST_SUITE_P(Stores, EngineFaults, ::testing::Values("param", "optimizer"));
+
+// A model that calls its unit's module directly, bypassing the holder.
+struct BypassImpl : torch::nn::Module {
+  explicit BypassImpl(const gpt::Options& o) {
+    wte = register_module("wte", torch::nn::Embedding(o.vocab, o.hidden));
+    block = register_module("block", zinf::Unit<gpt::Block>(o));
+  }
+  torch::Tensor forward(const torch::Tensor& idx) { return block->forward(wte(idx)); }
+  torch::nn::Embedding wte{nullptr};
+  zinf::Unit<gpt::Block> block{nullptr};
+};
+TORCH_MODULE(Bypass);
+
+TEST(EngineTest, AUnitUsedOutsideItsCallIsAClearError) {
+  Homes s;
+  s.param = "cpu";
+  const Config cfg = parse(config_json(s, "."));
+  const auto o = small_gpt();
+  Engine<Bypass> engine(Bypass(o), cfg);
+  try {
+    engine(torch::zeros({2, o.seq}, torch::kLong));
+    FAIL() << "a released unit ran";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("inside its zinf::Unit call"), std::string::npos) << what;
+    EXPECT_NE(what.find("'block'"), std::string::npos) << what;
+  }
+}
+
+TEST(EngineTest, AUnitLargerThanTheDeviceIsAnErrorNamingIt) {
+  Homes s;
+  s.param = "cpu";
+  s.budget = 64 << 10;
+  const Config cfg = parse(config_json(s, "."));
+  try {
+    Engine<gpt::GPT> engine(gpt::GPT(small_gpt()), cfg);
+    FAIL() << "a unit larger than the device was accepted";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("unit 'h0' needs 192.0 KiB"), std::string::npos) << what;
+    EXPECT_NE(what.find("zinf.device_budget"), std::string::npos) << what;
+  }
+}
+
+TEST(EngineTest, MoreLiveParametersThanTheDeviceHoldsIsAnErrorNamingTheKey) {
+  Homes s;
+  s.param = "cpu";
+  s.budget = 4 << 20;
+  const Config cfg = parse(config_json(s, "."));  // stage3_max_live_parameters: 1e9 (4 GB)
+  try {
+    Engine<gpt::GPT> engine(gpt::GPT(small_gpt()), cfg);
+    FAIL() << "max_live of 4 GB accepted on a 4 MiB device";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("stage3_max_live_parameters = 1000000000"), std::string::npos) << what;
+    EXPECT_NE(what.find("lower it to at most 1048576"), std::string::npos) << what;
+  }
+}
 
 }  // namespace
 }  // namespace zinf

@@ -11,6 +11,7 @@
 namespace zinf {
 
 inline constexpr std::size_t kIoAlignment = 4096;
+inline constexpr std::size_t kMapThreshold = std::size_t{1} << 20;
 
 constexpr std::uint64_t align_up(std::uint64_t value, std::uint64_t alignment) {
   return (value + alignment - 1) / alignment * alignment;
@@ -31,7 +32,10 @@ void evict_from_caches(std::span<const std::byte> bytes);
 // A move-only owner of one aligned allocation. The size is rounded up to the
 // alignment, so the whole buffer can be used for O_DIRECT transfers. With
 // `lock`, the pages are mlock'ed (pinned) and unlocked on release; failing to
-// lock (RLIMIT_MEMLOCK) is an error that says so.
+// lock (RLIMIT_MEMLOCK) is an error that says so. Buffers of kMapThreshold
+// bytes or more are mapped pages of their own (returned to the system when
+// released), so that large short-lived buffers, such as the staging of a
+// partition being built, leave no holes in the heap that keep it resident.
 class AlignedBuffer {
  public:
   AlignedBuffer() = default;
@@ -57,6 +61,7 @@ class AlignedBuffer {
   std::byte* data_ = nullptr;
   std::size_t size_ = 0;
   bool locked_ = false;
+  bool mapped_ = false;
 };
 
 }  // namespace zinf
