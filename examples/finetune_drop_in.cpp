@@ -155,6 +155,7 @@ int main(int argc, char** argv) {
                                        : zinf::OffloadOptions::from_json_file(args.config);
     offload.device(args.optimizer == "zinf-nvme" ? "nvme" : "cpu");
     if (!args.nvme_path.empty()) offload.nvme_path(args.nvme_path);
+    if (!offload.nvme_path().empty()) std::filesystem::create_directories(offload.nvme_path());
     if (offload.device() == "nvme" && offload.nvme_path().empty()) {
       std::string pattern = (std::filesystem::current_path() / "zinf-example-XXXXXX").string();
       if (::mkdtemp(pattern.data()) == nullptr)

@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 deps="$PWD/.deps"
 packages=(liburing2 liburing-dev libaio1 libaio-dev libtbb12 libtbbmalloc2 libtbbbind-2-5 libtbb-dev libisal2 libisal-dev
-          nlohmann-json3-dev libgtest-dev libgmock-dev)
+          nlohmann-json3-dev libgtest-dev libgmock-dev libcli11-dev)
 
 if [ "${1:-}" = "--fetch" ]; then
   rm -rf "$deps/fio" && mkdir -p "$deps/fio/lib"

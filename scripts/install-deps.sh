@@ -7,8 +7,8 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config git
   liburing-dev libaio-dev libtbb-dev libisal-dev nlohmann-json3-dev
-  libtorch-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libtorch-dev libopenblas0-pthread
+  libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev
   fio
 )
 

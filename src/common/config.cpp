@@ -237,6 +237,7 @@ void parse_engine(ObjectReader& r, EngineConfig& e) {
               "expected \"auto\", \"cpu\" (host-emulated) or \"cuda\", got \"" + e.device + "\"");
   }
   r.read_int("device_budget", e.device_budget);
+  r.read_int("compute_threads", e.compute_threads, 0, 4096);
 }
 
 void parse_offload_optimizer(ObjectReader& r, OffloadOptimizerConfig& o) {
@@ -499,14 +500,99 @@ std::vector<std::string> Config::swap_paths() const {
   return out;
 }
 
+namespace {
+
+json aio_json(const AioConfig& aio) {
+  return {{"block_size", aio.block_size},
+          {"queue_depth", aio.queue_depth},
+          {"intra_op_parallelism", aio.intra_op_parallelism},
+          {"single_submit", aio.single_submit},
+          {"overlap_events", aio.overlap_events},
+          {"use_gds", aio.use_gds}};
+}
+
+// Sets `key` when `value` is set: an unset key stays out, as in the file.
+template <typename T>
+void put_if_set(json& object, const char* key, const std::optional<T>& value) {
+  if (value) object[key] = *value;
+}
+
+}  // namespace
+
 std::string to_json(const AioConfig& aio, int indent) {
-  json block = {{"block_size", aio.block_size},
-                {"queue_depth", aio.queue_depth},
-                {"intra_op_parallelism", aio.intra_op_parallelism},
-                {"single_submit", aio.single_submit},
-                {"overlap_events", aio.overlap_events},
-                {"use_gds", aio.use_gds}};
-  return json{{"aio", block}}.dump(indent);
+  return json{{"aio", aio_json(aio)}}.dump(indent);
+}
+
+std::string to_json(const Config& c, int indent) {
+  const ZeroConfig& z = c.zero_optimization;
+  const OffloadParamConfig& op = z.offload_param;
+  const OffloadOptimizerConfig& oo = z.offload_optimizer;
+  json out = {
+      {"gradient_clipping", c.gradient_clipping},
+      {"steps_per_print", c.steps_per_print},
+      {"fp16",
+       {{"enabled", c.fp16.enabled},
+        {"loss_scale", c.fp16.loss_scale},
+        {"initial_scale_power", c.fp16.initial_scale_power},
+        {"loss_scale_window", c.fp16.loss_scale_window},
+        {"hysteresis", c.fp16.hysteresis},
+        {"min_loss_scale", c.fp16.min_loss_scale}}},
+      {"bf16", {{"enabled", c.bf16_enabled}}},
+      {"aio", aio_json(c.aio)},
+      {"zero_optimization",
+       {{"stage", z.stage},
+        {"overlap_comm", z.overlap_comm_enabled()},
+        {"contiguous_gradients", z.contiguous_gradients},
+        {"reduce_bucket_size", z.reduce_bucket_size},
+        {"allgather_bucket_size", z.allgather_bucket_size},
+        {"sub_group_size", z.sub_group_size},
+        {"stage3_prefetch_bucket_size", z.stage3_prefetch_bucket_size},
+        {"stage3_param_persistence_threshold", z.stage3_param_persistence_threshold},
+        {"stage3_model_persistence_threshold", z.stage3_model_persistence_threshold},
+        {"stage3_max_live_parameters", z.stage3_max_live_parameters},
+        {"stage3_max_reuse_distance", z.stage3_max_reuse_distance},
+        {"stage3_gather_16bit_weights_on_model_save", z.stage3_gather_16bit_weights_on_model_save},
+        {"offload_param",
+         {{"device", to_string(op.device)},
+          {"nvme_path", op.nvme_path},
+          {"buffer_count", op.buffer_count},
+          {"buffer_size", op.buffer_size},
+          {"max_in_cpu", op.max_in_cpu},
+          {"pin_memory", op.pin_memory}}},
+        {"offload_optimizer",
+         {{"device", to_string(oo.device)},
+          {"nvme_path", oo.nvme_path},
+          {"pin_memory", oo.pin_memory},
+          {"pipeline_read", oo.pipeline_read},
+          {"pipeline_write", oo.pipeline_write},
+          {"fast_init", oo.fast_init},
+          {"ratio", oo.ratio}}}}},
+      {"zinf",
+       {{"io_backend", to_string(c.zinf.io_backend)},
+        {"nvme_paths", c.zinf.nvme_paths},
+        {"buffered_io_fallback", c.zinf.buffered_io_fallback},
+        {"sqpoll", c.zinf.sqpoll},
+        {"checksum", c.zinf.checksum},
+        {"threads", c.zinf.threads},
+        {"device", c.zinf.device},
+        {"device_budget", c.zinf.device_budget},
+        {"compute_threads", c.zinf.compute_threads}}}};
+  put_if_set(out, "train_batch_size", c.train_batch_size);
+  put_if_set(out, "train_micro_batch_size_per_gpu", c.train_micro_batch_size_per_gpu);
+  put_if_set(out, "gradient_accumulation_steps", c.gradient_accumulation_steps);
+  put_if_set(out["zero_optimization"]["offload_optimizer"], "buffer_count", oo.buffer_count);
+  if (c.optimizer) {
+    const OptimizerConfig& o = *c.optimizer;
+    out["optimizer"] = {{"type", o.type},
+                        {"params",
+                         {{"lr", o.lr},
+                          {"betas", {o.beta1, o.beta2}},
+                          {"eps", o.eps},
+                          {"weight_decay", o.weight_decay},
+                          {"adam_w_mode", o.adam_w_mode},
+                          {"bias_correction", o.bias_correction}}}};
+  }
+  return out.dump(indent);
 }
 
 }  // namespace zinf

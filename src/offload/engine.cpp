@@ -98,7 +98,12 @@ EngineImpl::EngineImpl(std::shared_ptr<torch::nn::Module> model, const Config& c
   if (!d2h.is_ok()) fail(d2h.status());
   h2d_ = std::move(*h2d);
   d2h_ = std::move(*d2h);
-  if (device_->type() == gpu::DeviceType::kCpu) charges_.emplace(device_.get());
+  if (device_->type() == gpu::DeviceType::kCpu) {
+    charges_.emplace(device_.get());
+    const int threads = set_compute_threads(static_cast<int>(config_.zinf.compute_threads));
+    ZINF_LOG(kInfo) << "engine: the emulated device computes on " << threads
+                    << " thread(s) (zinf.compute_threads)";
+  }
   find_units(model_);
   place_partitions();
   make_buffers();
@@ -1236,6 +1241,8 @@ torch::OrderedDict<std::string, torch::Tensor> EngineImpl::consolidated_paramete
 // The public surface
 
 namespace zinf {
+
+int set_host_compute_threads(int threads) { return offload::set_compute_threads(threads); }
 
 namespace detail {
 

@@ -2,9 +2,12 @@
 
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
+#include <dlfcn.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <torch/csrc/autograd/function_hook.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <mutex>
@@ -214,6 +217,21 @@ ChargeScope::ChargeScope(DeviceCharges* charges) : previous_(t_charged) {
 }
 
 ChargeScope::~ChargeScope() { t_charged = previous_; }
+
+int set_compute_threads(int threads) {
+  if (threads <= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    const int cores = ::sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+    threads = std::max(1, cores - 1);
+  }
+  torch::set_num_threads(threads);
+  using SetThreads = void (*)(int);
+  if (auto set_blas =
+          reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads")))
+    set_blas(threads);
+  return threads;
+}
 
 std::optional<Status> take_charge_failure() {
   return std::exchange(t_charge_failure, std::nullopt);

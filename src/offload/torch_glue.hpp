@@ -82,6 +82,11 @@ class ChargeScope {
   DeviceCharges::Target* previous_;
 };
 
+// LibTorch's intra-op threads and OpenBLAS's (found at run time: Debian's
+// LibTorch reaches BLAS through the system's libblas, often OpenBLAS);
+// threads <= 0: the cores this process may use, less one, at least one.
+int set_compute_threads(int threads);
+
 // The device budget error of the last LibTorch allocation on this thread
 // that failed its charge (LibTorch reports it as a c10::Error), if any since
 // the last call.

@@ -35,6 +35,7 @@ Result<std::shared_ptr<PartitionStore>> PartitionStore::open(const Config& confi
   so.buffered_io_fallback = config.zinf.buffered_io_fallback;
   so.sqpoll = config.zinf.sqpoll;
   so.evict_verified_reads = true;  // parameters read from NVMe go on to the device
+  so.reap_in_background = true;    // reads start ahead of use: their busy time ends with their I/O
   so.fault = std::move(fault);
   auto nvme = swap::SwapStore::open(std::move(so));
   if (!nvme.is_ok()) return nvme.status().with_context("zero_optimization.offload_param");

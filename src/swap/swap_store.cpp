@@ -531,20 +531,25 @@ class SwapStoreImpl final : public SwapStore {
   // left in the backlog go to the lane's worker.
   void let_go(Lane& lane) {
     lane.driven = false;
-    if (!lane.backlog.empty()) lane.worker_cv.notify_one();
+    if (worker_has_work(lane)) lane.worker_cv.notify_one();
     progress_cv_.notify_all();
   }
 
-  // The worker: drives its lane while the backlog has chunks and nobody else
-  // drives it.
+  // With state_mutex_ held, by the lane's driver or while nobody drives it.
+  bool worker_has_work(Lane& lane) const {
+    return !lane.backlog.empty() || (options_.reap_in_background && lane.queue->pending() > 0);
+  }
+
+  // The worker: drives its lane while the backlog has chunks (or, with
+  // reap_in_background, requests are in flight) and nobody else drives it.
   void run_worker(Lane& lane) {
     std::unique_lock lock(state_mutex_);
     for (;;) {
       lane.worker_cv.wait(lock,
-                          [&] { return stopping_ || (!lane.driven && !lane.backlog.empty()); });
+                          [&] { return stopping_ || (!lane.driven && worker_has_work(lane)); });
       if (stopping_) return;
       lane.driven = true;
-      while (!lane.backlog.empty() && !stopping_) {
+      while (worker_has_work(lane) && !stopping_) {
         lock.unlock();
         drive(lane, /*block=*/true);
         lock.lock();

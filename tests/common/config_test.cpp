@@ -179,5 +179,31 @@ TEST(ConfigTest, AioBlockRoundTripsThroughJson) {
   EXPECT_EQ(c.aio.intra_op_parallelism, 4u);
 }
 
+// The effective settings parse back to the same settings: every key zinf
+// reads is in them, with the value it acts on.
+TEST(ConfigTest, EffectiveSettingsRoundTripThroughJson) {
+  Config c = parse_ok(R"({
+    "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2,
+    "gradient_clipping": 0.5, "bf16": {"enabled": true},
+    "optimizer": {"type": "adam", "params": {"lr": 2e-4, "betas": [0.8, 0.9], "adam_w_mode": false}},
+    "zero_optimization": {"stage": 3, "sub_group_size": 1e6, "stage3_max_live_parameters": 3e6,
+      "offload_param": {"device": "nvme", "nvme_path": "./p", "buffer_count": 7},
+      "offload_optimizer": {"device": "cpu", "buffer_count": 9}},
+    "aio": {"queue_depth": 32},
+    "zinf": {"device": "cpu", "device_budget": 1e9, "nvme_paths": ["./q"]}
+  })");
+  const std::string once = to_json(c);
+  Config again = parse_ok(once);
+  EXPECT_EQ(to_json(again), once);
+  EXPECT_EQ(again.optimizer->type, "Adam");
+  EXPECT_FALSE(again.optimizer->adam_w_mode);
+  EXPECT_EQ(again.zero_optimization.stage3_max_live_parameters, 3000000u);
+  EXPECT_EQ(again.zero_optimization.offload_param.buffer_count, 7u);
+  EXPECT_EQ(again.zero_optimization.offload_optimizer.buffer_count, 9u);
+  EXPECT_EQ(again.zinf.device_budget, 1000000000u);
+  EXPECT_TRUE(again.bf16_enabled);
+  EXPECT_FALSE(again.train_batch_size.has_value()) << "an unset key stays unset";
+}
+
 }  // namespace
 }  // namespace zinf

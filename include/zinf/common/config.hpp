@@ -48,12 +48,16 @@ struct EngineConfig {
   IoBackend io_backend = IoBackend::kAuto;
   std::vector<std::string> nvme_paths;  // extra swap paths to stripe over (added to nvme_path)
   bool buffered_io_fallback =
-      false;                  // allow buffered I/O (with a warning) where O_DIRECT is refused
-  bool sqpoll = false;        // io_uring kernel submission polling
-  bool checksum = true;       // CRC32C on every swapped extent
-  std::uint32_t threads = 0;  // CPU optimizer threads (0 = all cores)
-  std::string device = "auto";     // the engine's device: "auto", "cpu" (host-emulated), "cuda"
+      false;                        // allow buffered I/O (with a warning) where O_DIRECT is refused
+  bool sqpoll = false;              // io_uring kernel submission polling
+  bool checksum = true;             // CRC32C on every swapped extent
+  std::uint32_t threads = 0;        // CPU optimizer threads (0 = all cores)
+  std::string device = "auto";      // the engine's device: "auto", "cpu" (host-emulated), "cuda"
   std::uint64_t device_budget = 0;  // bytes the device may hold; 0: cpu unlimited, cuda all free
+  // LibTorch's compute threads on the emulated device (intra-op and BLAS);
+  // 0: one core fewer than the process may use (at least one), so that the
+  // I/O, copy and optimizer threads keep a core, as a GPU leaves them.
+  std::uint32_t compute_threads = 0;
 };
 
 struct OffloadOptimizerConfig {
@@ -143,6 +147,10 @@ struct Config {
   // first (whichever are set), then zinf.nvme_paths, without repeats.
   std::vector<std::string> swap_paths() const;
 };
+
+// The effective settings, every key zinf reads with its value after
+// defaults, as a DeepSpeed JSON config (the "config" of train_gpt --json).
+std::string to_json(const Config& config, int indent = 2);
 
 // Renders the "aio" block as DeepSpeed JSON with the keys the runtime reads
 // (what swapbench --tune emits).

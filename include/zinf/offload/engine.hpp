@@ -123,6 +123,14 @@ struct MemoryReport {
   bool fixed_buffers = false;  // every NVMe store moves its buffers as io_uring fixed buffers
 };
 
+// Sets LibTorch's CPU compute threads: its intra-op threads and, where
+// LibTorch's BLAS is OpenBLAS, OpenBLAS's (which otherwise spin on every
+// core). threads = 0: one fewer than the cores this process may use, at
+// least one. Returns the number set. An Engine on the emulated device calls
+// it with zinf.compute_threads; a LibTorch program compared with one (as
+// train_gpt --reference torch) calls it with the same number.
+int set_host_compute_threads(int threads = 0);
+
 namespace offload {
 class EngineImpl;
 }

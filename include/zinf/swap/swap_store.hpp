@@ -60,6 +60,13 @@ struct SwapStoreOptions {
   // throughput). A caller that reads the value on the CPU next wants it
   // cached: leave this off.
   bool evict_verified_reads = false;
+  // Each lane's worker also drives its lane while requests are in flight and
+  // no caller does, so completions are reaped as they arrive instead of at
+  // the caller's next call: an operation finishes (and its busy time ends)
+  // when its I/O does. For callers that start operations well before waiting
+  // for them (the engine's parameter read-ahead); it costs a thread hand-off
+  // per completion, which small synchronous operations should not pay.
+  bool reap_in_background = false;
   bool buffered_io_fallback = false;  // where O_DIRECT is refused: buffered I/O + warning
   bool sqpoll = false;
   std::uint64_t initial_file_size = 0;  // bytes preallocated per path at open

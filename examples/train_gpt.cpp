@@ -1,0 +1,433 @@
+// The reference training program: a GPT (examples/gpt/model.hpp) trained on
+// a text file with zinf's stage-3 engine, its parameters and optimizer state
+// wherever the DeepSpeed config puts them, on a CUDA GPU or on the
+// host-emulated device with a memory budget (so a model larger than device
+// memory trains on a machine without a GPU).
+//
+//   train_gpt                         the main job: a model 4x the emulated
+//                                     device, everything offloaded to NVMe
+//                                     under ./zinf-nvme
+//   train_gpt --reference torch       the same model, init and data with
+//                                     plain LibTorch and torch::optim::AdamW
+//   train_gpt --help                  every flag
+//
+// It prints each step's loss and where its time went, a summary at the end,
+// and with --json FILE one object with the model, the memory peaks, the
+// effective config and every step's stage times and bytes.
+#include <torch/torch.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <zinf/common/logging.hpp>
+#include <zinf/zinf.hpp>
+
+#include "gpt/model.hpp"
+
+namespace {
+
+using json = nlohmann::json;
+
+struct Args {
+  gpt::Options model;
+  int batch = 2;
+  std::string config = ZINF_CONFIGS_DIR "/zero3_nvme.json";
+  std::string device = "auto";
+  std::string device_budget = "auto";
+  int steps = 20;
+  std::uint64_t seed = 1;
+  std::string reference;
+  std::string json_path;
+  std::string data = ZINF_EXAMPLE_DATA;
+  std::string nvme_path;
+  int print_every = 1;
+};
+
+// "64M", "1.5G", "1048576": bytes (K, M, G are powers of 1024).
+std::uint64_t parse_bytes(const std::string& text) {
+  std::size_t used = 0;
+  const double value = std::stod(text, &used);
+  double scale = 1;
+  const std::string suffix = text.substr(used);
+  if (suffix == "K" || suffix == "KiB") {
+    scale = 1 << 10;
+  } else if (suffix == "M" || suffix == "MiB") {
+    scale = 1 << 20;
+  } else if (suffix == "G" || suffix == "GiB") {
+    scale = 1 << 30;
+  } else if (!suffix.empty()) {
+    throw std::invalid_argument("unknown suffix '" + suffix + "'");
+  }
+  if (value < 0) throw std::invalid_argument("negative");
+  return static_cast<std::uint64_t>(value * scale);
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot read --data " + path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+std::uint64_t peak_rss_bytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) << 10;
+  }
+  return 0;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// The busiest stage of a phase, for the one-line breakdowns.
+std::pair<const char*, double> busiest(const zinf::StepReport& r) {
+  std::pair<const char*, double> best{"compute", r.compute_s};
+  for (const auto& [name, s] : {std::pair<const char*, double>{"param_read", r.param_read_s},
+                                {"h2d", r.h2d_s},
+                                {"d2h", r.d2h_s},
+                                {"cpu_adam", r.cpu_adam_s},
+                                {"optim_io", r.optim_io_s}}) {
+    if (s > best.second) best = {name, s};
+  }
+  return best;
+}
+
+json step_json(const zinf::StepReport& r, double loss) {
+  return {{"step", r.step},
+          {"loss", loss},
+          {"skipped", r.skipped},
+          {"grad_norm", r.grad_norm},
+          {"wall_s", r.wall_s},
+          {"fwd_bwd_s", r.fwd_bwd_s},
+          {"step_s", r.step_s},
+          {"compute_s", r.compute_s},
+          {"param_read_s", r.param_read_s},
+          {"h2d_s", r.h2d_s},
+          {"d2h_s", r.d2h_s},
+          {"stall_s", r.stall_s},
+          {"cpu_adam_s", r.cpu_adam_s},
+          {"optim_io_s", r.optim_io_s},
+          {"nvme_read_bytes", r.nvme_read_bytes},
+          {"nvme_write_bytes", r.nvme_write_bytes},
+          {"h2d_bytes", r.h2d_bytes},
+          {"d2h_bytes", r.d2h_bytes}};
+}
+
+// The loss curve as a few lines of text.
+void print_curve(const std::vector<double>& losses) {
+  if (losses.size() < 2) return;
+  const auto [lo_it, hi_it] = std::minmax_element(losses.begin(), losses.end());
+  const double lo = *lo_it, hi = *hi_it, span = hi - lo > 0 ? hi - lo : 1;
+  constexpr int kRows = 8;
+  std::printf("loss curve (%.4f .. %.4f over %zu steps)\n", lo, hi, losses.size());
+  for (int row = kRows - 1; row >= 0; --row) {
+    std::string line;
+    for (double l : losses) line += (l - lo) / span * (kRows - 1) >= row - 0.5 ? '#' : ' ';
+    std::printf("  %8.4f |%s\n", lo + span * row / (kRows - 1), line.c_str());
+  }
+}
+
+struct Run {
+  std::vector<json> steps;
+  std::vector<double> losses;
+  double tokens_per_s = 0;
+  json memory;
+};
+
+// The main job: zinf's engine.
+Run train_engine(const Args& a, zinf::Config cfg, const std::string& text) {
+  zinf::EngineOptions eo;
+  eo.device = a.device;
+  const std::uint64_t param_bytes = static_cast<std::uint64_t>(a.model.parameters()) * 4;
+  if (a.device_budget == "auto") {
+    // On the emulated device the default is a quarter of the parameters: a
+    // model 4x larger than its device.
+    const bool emulated = a.device == "cpu" || (a.device == "auto" && !torch::cuda::is_available());
+    if (emulated) eo.device_budget = param_bytes / 4;
+  } else {
+    eo.device_budget = parse_bytes(a.device_budget);
+  }
+  torch::manual_seed(a.seed);
+  gpt::GPT model = zinf::partitioned(cfg, [&] { return gpt::GPT(a.model); });
+  zinf::Engine<gpt::GPT> engine(model, cfg, eo);
+  const zinf::MemoryReport m0 = engine.memory_report();
+  std::printf("train_gpt: %lld parameters (%s fp32) on %s",
+              static_cast<long long>(a.model.parameters()), zinf::format_bytes(param_bytes).c_str(),
+              m0.device.c_str());
+  if (m0.device_budget != UINT64_MAX && m0.device_budget > 0)
+    std::printf(": the parameters are %.1fx the device",
+                static_cast<double>(param_bytes) / m0.device_budget);
+  std::printf(
+      "\n  params %s, optimizer %s; host: params %s, buffers %s, grads %s, optimizer %s; "
+      "pinned %s, io_uring fixed buffers %s\n",
+      std::string(zinf::to_string(cfg.zero_optimization.offload_param.device)).c_str(),
+      std::string(zinf::to_string(cfg.zero_optimization.offload_optimizer.device)).c_str(),
+      zinf::format_bytes(m0.host_params).c_str(),
+      zinf::format_bytes(m0.host_param_buffers + m0.host_grad_buffers).c_str(),
+      zinf::format_bytes(m0.host_grads).c_str(), zinf::format_bytes(m0.host_optimizer).c_str(),
+      m0.pinned ? "yes" : "no", m0.fixed_buffers ? "yes" : "no");
+  engine.reset_peak_memory();
+
+  const int gas = static_cast<int>(engine.config().gradient_accumulation_steps.value_or(1));
+  gpt::Batches data(text, a.batch, a.model.seq, a.seed);
+  Run run;
+  double total = 0;
+  for (int s = 0; s < a.steps; ++s) {
+    double loss_sum = 0;
+    for (int micro = 0; micro < gas; ++micro) {
+      auto [x, y] = data.get(static_cast<std::uint64_t>(s * gas + micro));
+      auto loss = gpt::loss(engine(x.to(engine.device())), y.to(engine.device()));
+      engine.backward(loss);
+      engine.step();
+      loss_sum += loss.item<double>();
+    }
+    const zinf::StepReport& r = engine.last_step_report();
+    const double loss = loss_sum / gas;
+    run.losses.push_back(loss);
+    run.steps.push_back(step_json(r, loss));
+    if (s > 0 || a.steps == 1) total += r.wall_s;  // step 1 records the trace
+    if ((s + 1) % a.print_every == 0 || s + 1 == a.steps) {
+      const auto [stage, busy] = busiest(r);
+      std::printf(
+          "step %4llu  loss %.4f  wall %.3f s = fwd+bwd %.3f + step %.3f | busiest %s "
+          "%.3f s | stall %.3f s%s\n",
+          static_cast<unsigned long long>(r.step), loss, r.wall_s, r.fwd_bwd_s, r.step_s, stage,
+          busy, r.stall_s, r.skipped ? " | skipped (inf/nan)" : "");
+      std::fflush(stdout);
+    }
+  }
+  const int timed = a.steps > 1 ? a.steps - 1 : 1;
+  run.tokens_per_s = static_cast<double>(timed) * gas * a.batch * a.model.seq / total;
+  const zinf::MemoryReport m = engine.memory_report();
+  run.memory = {{"device_budget_bytes", m.device_budget == UINT64_MAX ? 0 : m.device_budget},
+                {"peak_device_bytes", m.device_peak},
+                {"host",
+                 {{"params", m.host_params},
+                  {"param_buffers", m.host_param_buffers},
+                  {"grads", m.host_grads},
+                  {"grad_buffers", m.host_grad_buffers},
+                  {"optimizer", m.host_optimizer}}},
+                {"nvme", {{"params", m.nvme_params}, {"optimizer", m.nvme_optimizer}}},
+                {"pinned", m.pinned},
+                {"fixed_buffers", m.fixed_buffers},
+                {"config", json::parse(zinf::to_json(engine.config()))}};
+  return run;
+}
+
+// --reference torch: the same model, init and data, plain LibTorch.
+Run train_reference(const Args& a, const zinf::Config& cfg, const std::string& text) {
+  const zinf::OptimizerConfig o = cfg.optimizer.value_or(zinf::OptimizerConfig{});
+  if (o.type != "AdamW" && !(o.type == "Adam" && o.adam_w_mode)) {
+    throw std::runtime_error(
+        "--reference torch trains with torch::optim::AdamW; the config's "
+        "optimizer is " +
+        o.type);
+  }
+  const bool cuda = a.device == "cuda" || (a.device == "auto" && torch::cuda::is_available());
+  const torch::Device device(cuda ? torch::kCUDA : torch::kCPU);
+  // The CPU computes with the threads the engine's emulated device would use.
+  if (!cuda) zinf::set_host_compute_threads(static_cast<int>(cfg.zinf.compute_threads));
+  torch::manual_seed(a.seed);
+  gpt::GPT model(a.model);
+  model->to(device);
+  torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(o.lr)
+                                                   .betas({o.beta1, o.beta2})
+                                                   .eps(o.eps)
+                                                   .weight_decay(o.weight_decay));
+  std::printf("train_gpt --reference torch: %lld parameters on %s, torch::optim::AdamW\n",
+              static_cast<long long>(a.model.parameters()), cuda ? "cuda" : "cpu");
+  const int gas = static_cast<int>(cfg.gradient_accumulation_steps.value_or(1));
+  gpt::Batches data(text, a.batch, a.model.seq, a.seed);
+  auto sync = [&] {
+    if (cuda) torch::cuda::synchronize();
+  };
+  Run run;
+  double total = 0;
+  for (int s = 0; s < a.steps; ++s) {
+    const auto t0 = std::chrono::steady_clock::now();
+    opt.zero_grad();
+    double loss_sum = 0;
+    for (int micro = 0; micro < gas; ++micro) {
+      auto [x, y] = data.get(static_cast<std::uint64_t>(s * gas + micro));
+      auto loss = gpt::loss(model(x.to(device)), y.to(device));
+      (gas > 1 ? loss / gas : loss).backward();
+      loss_sum += loss.item<double>();
+    }
+    sync();
+    const double fwd_bwd = seconds_since(t0);
+    const auto t1 = std::chrono::steady_clock::now();
+    opt.step();
+    sync();
+    zinf::StepReport r;
+    r.step = static_cast<std::uint64_t>(s + 1);
+    r.micro_steps = static_cast<std::uint64_t>(gas);
+    r.fwd_bwd_s = fwd_bwd;
+    r.compute_s = fwd_bwd;
+    r.step_s = seconds_since(t1);
+    r.cpu_adam_s = cuda ? 0 : r.step_s;
+    r.wall_s = seconds_since(t0);
+    const double loss = loss_sum / gas;
+    run.losses.push_back(loss);
+    run.steps.push_back(step_json(r, loss));
+    if (s > 0 || a.steps == 1) total += r.wall_s;
+    if ((s + 1) % a.print_every == 0 || s + 1 == a.steps) {
+      std::printf("step %4d  loss %.4f  wall %.3f s = fwd+bwd %.3f + step %.3f\n", s + 1, loss,
+                  r.wall_s, r.fwd_bwd_s, r.step_s);
+      std::fflush(stdout);
+    }
+  }
+  const int timed = a.steps > 1 ? a.steps - 1 : 1;
+  run.tokens_per_s = static_cast<double>(timed) * gas * a.batch * a.model.seq / total;
+  run.memory = {{"device_budget_bytes", 0},
+                {"peak_device_bytes", nullptr},
+                {"config", json::parse(zinf::to_json(cfg))}};
+  return run;
+}
+
+// Means over the steps after the first (the first records the trace).
+void print_summary(const Args& a, const Run& run) {
+  json mean = json::object();
+  const std::size_t first = run.steps.size() > 1 ? 1 : 0;
+  for (const char* key : {"wall_s", "fwd_bwd_s", "step_s", "compute_s", "param_read_s", "h2d_s",
+                          "d2h_s", "stall_s", "cpu_adam_s", "optim_io_s"}) {
+    double sum = 0;
+    for (std::size_t i = first; i < run.steps.size(); ++i) sum += run.steps[i][key].get<double>();
+    mean[key] = sum / static_cast<double>(run.steps.size() - first);
+  }
+  print_curve(run.losses);
+  const double fb = mean["fwd_bwd_s"], st = mean["step_s"];
+  std::printf(
+      "summary: %.0f tokens/s; per step %.3f s = fwd+bwd %.3f (compute %.3f, param reads "
+      "%.3f, h2d %.3f, d2h %.3f, stall %.3f) + step %.3f (cpu adam %.3f, optimizer io "
+      "%.3f); ",
+      run.tokens_per_s, mean["wall_s"].get<double>(), fb, mean["compute_s"].get<double>(),
+      mean["param_read_s"].get<double>(), mean["h2d_s"].get<double>(), mean["d2h_s"].get<double>(),
+      mean["stall_s"].get<double>(), st, mean["cpu_adam_s"].get<double>(),
+      mean["optim_io_s"].get<double>());
+  if (a.reference.empty()) {
+    const double fb_bound =
+        std::max({mean["compute_s"].get<double>(), mean["param_read_s"].get<double>(),
+                  mean["h2d_s"].get<double>(), mean["d2h_s"].get<double>()});
+    const double st_bound =
+        std::max(mean["cpu_adam_s"].get<double>(), mean["optim_io_s"].get<double>());
+    std::printf("overlap: fwd+bwd %.2fx its busiest stage, step %.2fx its busiest stage\n",
+                fb_bound > 0 ? fb / fb_bound : 0.0, st_bound > 0 ? st / st_bound : 0.0);
+  } else {
+    std::printf("LibTorch reference\n");
+  }
+  const json& memory = run.memory;
+  if (!memory["peak_device_bytes"].is_null()) {
+    std::printf(
+        "memory: device peak %s of a %s budget, host peak RSS %s\n",
+        zinf::format_bytes(memory["peak_device_bytes"].get<std::uint64_t>()).c_str(),
+        memory["device_budget_bytes"].get<std::uint64_t>() == 0
+            ? "unlimited"
+            : zinf::format_bytes(memory["device_budget_bytes"].get<std::uint64_t>()).c_str(),
+        zinf::format_bytes(peak_rss_bytes()).c_str());
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a;
+  CLI::App app{
+      "Trains a GPT with zinf's ZeRO-3 engine (or, with --reference torch, with plain "
+      "LibTorch) on a text file, and reports where the time and memory went."};
+  a.model.layers = 20;
+  a.model.hidden = 512;
+  a.model.heads = 8;
+  a.model.seq = 16;
+  app.add_option("--layers", a.model.layers, "transformer blocks")->capture_default_str();
+  app.add_option("--hidden", a.model.hidden, "hidden size")->capture_default_str();
+  app.add_option("--heads", a.model.heads, "attention heads")->capture_default_str();
+  app.add_option("--seq", a.model.seq, "sequence length (tokens are bytes)")->capture_default_str();
+  app.add_option("--batch", a.batch, "micro-batch (train_micro_batch_size_per_gpu)")
+      ->capture_default_str();
+  app.add_option("--vocab", a.model.vocab, "vocabulary (256: every byte)")->capture_default_str();
+  app.add_flag("--tied", a.model.tied, "tie the LM head to the token embedding");
+  app.add_option("--config", a.config, "DeepSpeed JSON config")->capture_default_str();
+  app.add_option("--device", a.device, "auto, cpu (host-emulated) or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->capture_default_str();
+  app.add_option("--device-budget", a.device_budget,
+                 "device memory budget in bytes (64M, 2G); auto: a quarter of the parameters on "
+                 "the emulated device, the config's zinf.device_budget on cuda")
+      ->capture_default_str();
+  app.add_option("--steps", a.steps, "optimizer steps")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--seed", a.seed, "initialisation and data seed")->capture_default_str();
+  app.add_option("--reference", a.reference, "torch: train with plain LibTorch instead")
+      ->check(CLI::IsMember({"torch"}));
+  app.add_option("--json", a.json_path, "write the run as one JSON object to FILE");
+  app.add_option("--data", a.data, "training text")->capture_default_str();
+  app.add_option("--nvme-path", a.nvme_path,
+                 "overrides offload_param and offload_optimizer nvme_path (created if missing)");
+  app.add_option("--print-every", a.print_every, "print every N steps")->check(CLI::PositiveNumber);
+  CLI11_PARSE(app, argc, argv);
+  if (a.model.hidden % a.model.heads != 0) {
+    std::cerr << "train_gpt: --hidden " << a.model.hidden << " is not a multiple of --heads "
+              << a.model.heads << "\n";
+    return 2;
+  }
+  try {
+    if (a.device_budget != "auto") (void)parse_bytes(a.device_budget);
+  } catch (const std::exception& e) {
+    std::cerr << "train_gpt: --device-budget " << a.device_budget << ": " << e.what() << "\n";
+    return 2;
+  }
+  try {
+    const std::string text = read_text(a.data);
+    if (text.size() < static_cast<std::size_t>(a.model.seq) + 2)
+      throw std::runtime_error("--data " + a.data + " is shorter than --seq");
+    auto cfg = zinf::Config::from_file(a.config);
+    zinf::throw_if_error(cfg.status());
+    auto& zero = cfg->zero_optimization;
+    if (!a.nvme_path.empty()) {
+      zero.offload_param.nvme_path = a.nvme_path;
+      zero.offload_optimizer.nvme_path = a.nvme_path;
+    }
+    for (const auto* tier : {&zero.offload_param.nvme_path, &zero.offload_optimizer.nvme_path}) {
+      if (!tier->empty()) std::filesystem::create_directories(*tier);
+    }
+    cfg->train_micro_batch_size_per_gpu = static_cast<std::uint64_t>(a.batch);
+    zinf::throw_if_error(cfg->resolve_batch(1));
+
+    const Run run =
+        a.reference.empty() ? train_engine(a, *cfg, text) : train_reference(a, *cfg, text);
+    print_summary(a, run);
+    if (!a.json_path.empty()) {
+      json out = {{"model_params", a.model.parameters()},
+                  {"model",
+                   {{"layers", a.model.layers},
+                    {"hidden", a.model.hidden},
+                    {"heads", a.model.heads},
+                    {"seq", a.model.seq},
+                    {"vocab", a.model.vocab},
+                    {"tied", a.model.tied}}},
+                  {"batch", a.batch},
+                  {"mode", a.reference.empty() ? "zinf" : "torch"},
+                  {"tokens_per_s", run.tokens_per_s},
+                  {"host_peak_rss_bytes", peak_rss_bytes()},
+                  {"steps", run.steps}};
+      for (const auto& [key, value] : run.memory.items()) out[key] = value;
+      std::ofstream file(a.json_path);
+      file << out.dump(2) << "\n";
+      if (!file) throw std::runtime_error("cannot write --json " + a.json_path);
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "train_gpt: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
