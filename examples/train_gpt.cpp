@@ -118,6 +118,10 @@ json step_json(const zinf::StepReport& r, double loss) {
           {"optim_io_s", r.optim_io_s},
           {"nvme_read_bytes", r.nvme_read_bytes},
           {"nvme_write_bytes", r.nvme_write_bytes},
+          {"param_read_bytes", r.param_read_bytes},
+          {"param_write_bytes", r.param_write_bytes},
+          {"optim_read_bytes", r.optim_read_bytes},
+          {"optim_write_bytes", r.optim_write_bytes},
           {"h2d_bytes", r.h2d_bytes},
           {"d2h_bytes", r.d2h_bytes}};
 }

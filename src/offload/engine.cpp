@@ -1201,8 +1201,12 @@ void EngineImpl::step() {
   r.step_s = seconds(t0, t1);
   r.cpu_adam_s = st.compute_s;
   r.optim_io_s = union_seconds(clip(io, t0, t1));
-  r.nvme_read_bytes = window_.nvme_read_bytes + st.bytes_read;
-  r.nvme_write_bytes = st.bytes_written + param_written;
+  r.param_read_bytes = window_.nvme_read_bytes;
+  r.param_write_bytes = param_written;
+  r.optim_read_bytes = st.bytes_read;
+  r.optim_write_bytes = st.bytes_written;
+  r.nvme_read_bytes = r.param_read_bytes + r.optim_read_bytes;
+  r.nvme_write_bytes = r.param_write_bytes + r.optim_write_bytes;
   r.h2d_bytes = window_.h2d_bytes;
   r.d2h_bytes = window_.d2h_bytes;
   r.wall_s = seconds(window_.open ? window_.begin : t0, t1);

@@ -130,8 +130,11 @@ Result<Options> parse_options(int argc, const char* const* argv) {
            o.ops = {Op::kWrite};
          } else if (v == "both") {
            o.ops = {Op::kWrite, Op::kRead};
+         } else if (v == "mixed") {
+           o.ops = {Op::kMixed};
          } else {
-           return flag_error("--op", "expected read, write or both, got '" + std::string(v) + "'");
+           return flag_error("--op",
+                             "expected read, write, both or mixed, got '" + std::string(v) + "'");
          }
          return Status::ok();
        }},
@@ -204,6 +207,8 @@ Result<Options> parse_options(int argc, const char* const* argv) {
   if (!o.emit_config.empty() && !o.tune) return flag_error("--emit-config", "needs --tune");
   if (o.json && (o.sweep || o.tune))
     return flag_error("--json", "cannot be combined with --sweep or --tune");
+  if ((o.sweep || o.tune) && o.ops.front() == Op::kMixed)
+    return flag_error("--op", "mixed is measured alone, not in a --sweep or --tune");
   if (o.verify && o.ops.size() != 2)
     return flag_error("--verify", "needs --op both (it reads back what it wrote)");
   return o;
@@ -245,7 +250,8 @@ With no flags: a short run in a temporary directory under the current one.
   --queue-depth N       requests in flight per thread (default 32)
   --threads N           I/O threads, aio.intra_op_parallelism (default 1)
   --backend B           io_uring, libaio, psync or all (default: all available)
-  --op O                read, write or both (default both)
+  --op O                read, write, both, or mixed: reads and writes at once,
+                        half the data each (default both)
   --loops N             repetitions (default 1)
   --checksum            CRC32C on every extent; verified reads leave the CPU caches
   --sqpoll              io_uring kernel submission polling (zinf.sqpoll)

@@ -13,7 +13,9 @@
 
 namespace zinf::swapbench {
 
-enum class Op { kWrite, kRead };
+// kMixed: reads and writes at once, alternating extents (half the data each
+// way), as the optimizer's NVMe step reads one piece while writing another.
+enum class Op { kWrite, kRead, kMixed };
 
 struct Options {
   std::vector<std::filesystem::path> paths;  // empty: a temporary directory under the current one

@@ -46,7 +46,17 @@ double percentile(std::vector<double>& v, double q) {
 
 }  // namespace
 
-std::string_view to_string(Op op) { return op == Op::kWrite ? "write" : "read"; }
+std::string_view to_string(Op op) {
+  switch (op) {
+    case Op::kWrite:
+      return "write";
+    case Op::kRead:
+      return "read";
+    case Op::kMixed:
+      return "mixed";
+  }
+  return "?";
+}
 
 Result<std::vector<RunResult>> run(const RunConfig& c) {
   swap::SwapStoreOptions so;
@@ -64,6 +74,10 @@ Result<std::vector<RunResult>> run(const RunConfig& c) {
   // lays its file out first too); a write pass then fills it exactly.
   const std::uint64_t extents = c.size / c.block_size;
   so.initial_file_size = (extents + c.paths.size() - 1) / c.paths.size() * c.block_size;
+  // A mixed pass rewrites half the extents, into fresh ones (the store keeps
+  // the old value until the new one is on disk): room for those too.
+  if (std::find(c.ops.begin(), c.ops.end(), Op::kMixed) != c.ops.end())
+    so.initial_file_size += so.initial_file_size / 2 + c.block_size;
   ZINF_ASSIGN_OR_RETURN(auto store, swap::SwapStore::open(so));
 
   const std::uint64_t window =
@@ -116,10 +130,11 @@ Result<std::vector<RunResult>> run(const RunConfig& c) {
       const std::uint64_t slot = free_slots.back();
       free_slots.pop_back();
       std::byte* b = buffer(slot);
-      if (c.verify && op == Op::kWrite) fill(b, c.block_size, e, loop);
+      const bool write = op == Op::kWrite || (op == Op::kMixed && e % 2 == 1);
+      if (c.verify && write) fill(b, c.block_size, e, loop);
       const auto start = Clock::now();
-      auto t = op == Op::kWrite ? store->write(key(e), {b, c.block_size})
-                                : store->read(key(e), {b, c.block_size});
+      auto t =
+          write ? store->write(key(e), {b, c.block_size}) : store->read(key(e), {b, c.block_size});
       if (!t.is_ok()) return t.status();
       in_flight.push_back({e, slot, start});
       tickets.push_back(*t);
@@ -129,7 +144,7 @@ Result<std::vector<RunResult>> run(const RunConfig& c) {
   };
 
   // Reads need data: when no write is measured first, write it unmeasured.
-  if (c.ops.front() == Op::kRead) {
+  if (c.ops.front() != Op::kWrite) {
     std::vector<double> ignored;
     ZINF_RETURN_IF_ERROR(pass(Op::kWrite, 0, ignored));
   }

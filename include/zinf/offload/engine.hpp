@@ -86,8 +86,12 @@ struct StepReport {
   double step_s = 0;
   double cpu_adam_s = 0;
   double optim_io_s = 0;  // the optimizer's NVMe reads and writes, with parameter write-back
-  std::uint64_t nvme_read_bytes = 0;
-  std::uint64_t nvme_write_bytes = 0;
+  std::uint64_t nvme_read_bytes = 0;    // param_read_bytes + optim_read_bytes
+  std::uint64_t nvme_write_bytes = 0;   // param_write_bytes + optim_write_bytes
+  std::uint64_t param_read_bytes = 0;   // parameters read in forward and backward
+  std::uint64_t param_write_bytes = 0;  // updated parameters written back in the step
+  std::uint64_t optim_read_bytes = 0;   // the optimizer's state read in the step
+  std::uint64_t optim_write_bytes = 0;
   std::uint64_t h2d_bytes = 0;
   std::uint64_t d2h_bytes = 0;
 };
