@@ -223,6 +223,9 @@ Run train_engine(const Args& a, zinf::Config cfg, const std::string& text) {
                 {"nvme", {{"params", m.nvme_params}, {"optimizer", m.nvme_optimizer}}},
                 {"pinned", m.pinned},
                 {"fixed_buffers", m.fixed_buffers},
+                // The least that crosses to the device per step: every gathered
+                // unit once in forward and once in backward.
+                {"h2d_ideal_bytes", 2 * (m.nvme_params + m.host_params) * gas},
                 {"config", json::parse(zinf::to_json(engine.config()))}};
   return run;
 }
@@ -328,6 +331,20 @@ void print_summary(const Args& a, const Run& run) {
   } else {
     std::printf("LibTorch reference\n");
   }
+  const double flops = 6.0 * static_cast<double>(a.model.parameters()) * run.tokens_per_s;
+  std::printf("throughput: %.1f tokens/s, %.3f TFLOPS (6 x parameters x tokens)", run.tokens_per_s,
+              flops / 1e12);
+  if (run.memory.contains("h2d_ideal_bytes") && run.memory["h2d_ideal_bytes"].get<double>() > 0) {
+    double h2d = 0;
+    for (std::size_t i = first; i < run.steps.size(); ++i)
+      h2d += run.steps[i]["h2d_bytes"].get<double>();
+    h2d /= static_cast<double>(run.steps.size() - first);
+    std::printf(
+        "; to the device %s a step, %.2fx the ideal (each unit once forward, once backward)",
+        zinf::format_bytes(static_cast<std::uint64_t>(h2d)).c_str(),
+        h2d / run.memory["h2d_ideal_bytes"].get<double>());
+  }
+  std::printf("\n");
   const json& memory = run.memory;
   if (!memory["peak_device_bytes"].is_null()) {
     std::printf(
@@ -411,19 +428,21 @@ int main(int argc, char** argv) {
         a.reference.empty() ? train_engine(a, *cfg, text) : train_reference(a, *cfg, text);
     print_summary(a, run);
     if (!a.json_path.empty()) {
-      json out = {{"model_params", a.model.parameters()},
-                  {"model",
-                   {{"layers", a.model.layers},
-                    {"hidden", a.model.hidden},
-                    {"heads", a.model.heads},
-                    {"seq", a.model.seq},
-                    {"vocab", a.model.vocab},
-                    {"tied", a.model.tied}}},
-                  {"batch", a.batch},
-                  {"mode", a.reference.empty() ? "zinf" : "torch"},
-                  {"tokens_per_s", run.tokens_per_s},
-                  {"host_peak_rss_bytes", peak_rss_bytes()},
-                  {"steps", run.steps}};
+      json out = {
+          {"model_params", a.model.parameters()},
+          {"model",
+           {{"layers", a.model.layers},
+            {"hidden", a.model.hidden},
+            {"heads", a.model.heads},
+            {"seq", a.model.seq},
+            {"vocab", a.model.vocab},
+            {"tied", a.model.tied}}},
+          {"batch", a.batch},
+          {"mode", a.reference.empty() ? "zinf" : "torch"},
+          {"tokens_per_s", run.tokens_per_s},
+          {"tflops", 6.0 * static_cast<double>(a.model.parameters()) * run.tokens_per_s / 1e12},
+          {"host_peak_rss_bytes", peak_rss_bytes()},
+          {"steps", run.steps}};
       for (const auto& [key, value] : run.memory.items()) out[key] = value;
       std::ofstream file(a.json_path);
       file << out.dump(2) << "\n";

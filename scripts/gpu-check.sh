@@ -10,8 +10,11 @@
 #   scripts/gpu-check.sh           there (carry .deps): unpack them into
 #                                  .deps/root (never into /), build against
 #                                  PyTorch's CUDA LibTorch, run ctest
-#   scripts/gpu-check.sh --bench   the same, then the example with each
-#                                  optimizer on the GPU and fio-compare.sh
+#   scripts/gpu-check.sh --bench   the same, then train_gpt on the GPU with
+#                                  a device budget a quarter of its
+#                                  parameters (and its LibTorch reference),
+#                                  the drop-in example with each optimizer,
+#                                  and fio-compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deps="$PWD/.deps"
@@ -49,6 +52,14 @@ cmake --build build/gpu -j "$(nproc)"
 ctest --test-dir build/gpu --output-on-failure -j "$(nproc)"
 [ "${1:-}" = "--bench" ] || exit 0
 
+# A model larger than the budget the engine may use on the GPU: 63.3M
+# parameters (253 MB fp32), 64 MiB.
+mkdir -p .deps/results
+(mkdir -p .deps/run && cd .deps/run &&
+  ../../build/gpu/examples/train_gpt --device cuda --device-budget 64M --steps 20 --print-every 5 \
+    --json ../results/train_gpt-cuda.json &&
+  ../../build/gpu/examples/train_gpt --device cuda --reference torch --steps 20 --print-every 5 \
+    --json ../results/train_gpt-cuda-torch.json; rm -rf zinf-nvme)
 for optimizer in torch zinf-cpu zinf-nvme; do
   build/gpu/examples/finetune_drop_in --optimizer "$optimizer" --device cuda
 done

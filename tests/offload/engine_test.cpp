@@ -53,7 +53,8 @@ struct Homes {
   std::uint64_t persistence = 1000;  // so that the blocks and the head are gathered
   std::string zero_extra;            // more zero_optimization keys, with a leading comma
   int accumulation = 1;
-  std::uint64_t budget = 0;  // zinf.device_budget
+  std::uint64_t budget = 0;    // zinf.device_budget
+  std::string device = "cpu";  // zinf.device
 };
 
 std::string config_json(const Homes& s, const std::string& nvme) {
@@ -73,8 +74,8 @@ std::string config_json(const Homes& s, const std::string& nvme) {
       "offload_optimizer": {"device": ")" +
          s.optim + R"(", "nvme_path": ")" + nvme + R"("})" + s.zero_extra + R"(
     },
-    "zinf": {"device": "cpu", "device_budget": )" +
-         std::to_string(s.budget) + R"(}
+    "zinf": {"device": ")" +
+         s.device + R"(", "device_budget": )" + std::to_string(s.budget) + R"(}
   })";
 }
 
@@ -101,13 +102,15 @@ std::pair<torch::Tensor, torch::Tensor> micro_batch(const gpt::Options& o, std::
 
 // Plain LibTorch: the model and torch::optim::AdamW, gradients summed over
 // `accumulation` micro-steps of loss / accumulation (DeepSpeed's scaling).
-Trace train_reference(const gpt::Options& o, int steps, int accumulation = 1) {
+Trace train_reference(const gpt::Options& o, int steps, int accumulation = 1,
+                      torch::Device device = torch::kCPU) {
   // The threads the engine's emulated device computes with: BLAS results
   // depend on them, and Adam's first step turns the rounding noise of a
   // gradient that is zero in exact arithmetic (the key bias) into +-lr.
   set_host_compute_threads();
   torch::manual_seed(7);
   gpt::GPT model(o);
+  model->to(device);
   torch::optim::AdamW opt(
       model->parameters(),
       torch::optim::AdamWOptions(1e-3).betas({0.9, 0.999}).eps(1e-8).weight_decay(0.01));
@@ -117,14 +120,15 @@ Trace train_reference(const gpt::Options& o, int steps, int accumulation = 1) {
     double loss_sum = 0;
     for (int m = 0; m < accumulation; ++m) {
       auto [x, y] = micro_batch(o, static_cast<std::uint64_t>(s * accumulation + m));
-      auto loss = gpt::loss(model(x), y);
+      auto loss = gpt::loss(model(x.to(device)), y.to(device));
       (loss / accumulation).backward();
       loss_sum += loss.item<double>();
     }
     opt.step();
     t.losses.push_back(loss_sum / accumulation);
     if (s == 0) {
-      for (const auto& p : model->named_parameters()) t.after_first[p.key()] = p.value().clone();
+      for (const auto& p : model->named_parameters())
+        t.after_first[p.key()] = p.value().to(torch::kCPU).clone();
     }
   }
   return t;
@@ -197,6 +201,21 @@ TEST_P(EngineEquivalence, MatchesLibTorchAdamW) {
   const Trace ref = train_reference(o, 20);
   const Trace got = train_engine(o, parse(config_json(s, dir.path().string())), 20,
                                  /*partitioned=*/s.param != "none");
+  expect_params_close(got, ref);
+  expect_losses_close(got, ref);
+}
+
+// The same on a CUDA GPU: the engine's device is the GPU, LibTorch's
+// reference trains there too. Runs under scripts/gpu-check.sh.
+TEST(EngineCudaTest, MatchesLibTorchAdamWOnTheGpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU (or a LibTorch without CUDA)";
+  ScratchDir dir;
+  Homes s;
+  s.param = "nvme";
+  s.device = "cuda";
+  const auto o = small_gpt();
+  const Trace ref = train_reference(o, 20, 1, torch::Device(torch::kCUDA));
+  const Trace got = train_engine(o, parse(config_json(s, dir.path().string())), 20, true);
   expect_params_close(got, ref);
   expect_losses_close(got, ref);
 }
