@@ -124,6 +124,30 @@ TEST_P(SwapStoreTest, EvictingVerifiedReadsKeepsTheirData) {
   }
 }
 
+// With reap_in_background a read finishes without its caller: its bytes are
+// counted (which happens when its last chunk is reaped) before anyone waits.
+// The read is 3 MiB of 128 KiB chunks over 2 lanes of depth 8: more chunks
+// than fit in flight at once.
+TEST_P(SwapStoreTest, ReapingInTheBackgroundFinishesReadsNobodyWaitsFor) {
+  auto o = options(1);
+  o.reap_in_background = true;
+  auto store = open(o);
+  ASSERT_NE(store, nullptr);
+  const std::size_t size = 3 << 20;
+  AlignedBuffer out = pattern(size, 5);
+  auto in = AlignedBuffer::allocate(size);
+  ASSERT_TRUE(put(*store, "a", out, size).is_ok());
+  const std::uint64_t before = store->stats().bytes_read;
+  auto ticket = store->read("a", {in->data(), size});
+  ASSERT_TRUE(ticket.is_ok());
+  const auto deadline = SteadyClock::now() + std::chrono::seconds(60);
+  while (store->stats().bytes_read - before < size && SteadyClock::now() < deadline)
+    std::this_thread::yield();
+  EXPECT_EQ(store->stats().bytes_read - before, size) << "the read did not finish by itself";
+  ASSERT_TRUE(store->wait(*ticket).is_ok());
+  EXPECT_EQ(std::memcmp(out.data(), in->data(), size), 0);
+}
+
 TEST_P(SwapStoreTest, BusyIntervalsCoverEachOperationAndNothingElse) {
   auto store = open(options(1));
   ASSERT_NE(store, nullptr);
