@@ -121,8 +121,19 @@ struct ScratchDir {
 
 }  // namespace
 
+int run(const Args& args);
+
 int main(int argc, char** argv) {
   const Args args = parse(argc, argv);
+  try {
+    return run(args);
+  } catch (const std::exception& e) {
+    std::cerr << "finetune_drop_in: error: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+int run(const Args& args) {
   std::ifstream in(args.data);
   if (!in) usage_error("cannot read --data " + args.data);
   std::stringstream buffer;

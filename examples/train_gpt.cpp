@@ -23,6 +23,7 @@
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <zinf/common/logging.hpp>
 #include <zinf/zinf.hpp>
@@ -106,6 +107,7 @@ json step_json(const zinf::StepReport& r, double loss) {
           {"loss", loss},
           {"skipped", r.skipped},
           {"grad_norm", r.grad_norm},
+          {"lr", r.lr},
           {"wall_s", r.wall_s},
           {"fwd_bwd_s", r.fwd_bwd_s},
           {"step_s", r.step_s},
@@ -250,6 +252,9 @@ Run train_reference(const Args& a, const zinf::Config& cfg, const std::string& t
                                                    .betas({o.beta1, o.beta2})
                                                    .eps(o.eps)
                                                    .weight_decay(o.weight_decay));
+  // The config's schedule, as the engine runs it (DeepSpeed's formulas).
+  std::optional<zinf::LrScheduler> schedule;
+  if (cfg.scheduler) schedule.emplace(zinf::LrScheduler::from_config(opt, cfg));
   std::printf("train_gpt --reference torch: %lld parameters on %s, torch::optim::AdamW\n",
               static_cast<long long>(a.model.parameters()), cuda ? "cuda" : "cpu");
   const int gas = static_cast<int>(cfg.gradient_accumulation_steps.value_or(1));
@@ -272,9 +277,12 @@ Run train_reference(const Args& a, const zinf::Config& cfg, const std::string& t
     sync();
     const double fwd_bwd = seconds_since(t0);
     const auto t1 = std::chrono::steady_clock::now();
+    const double lr = opt.param_groups().front().options().get_lr();
     opt.step();
     sync();
+    if (schedule) schedule->step();
     zinf::StepReport r;
+    r.lr = lr;
     r.step = static_cast<std::uint64_t>(s + 1);
     r.micro_steps = static_cast<std::uint64_t>(gas);
     r.fwd_bwd_s = fwd_bwd;
@@ -449,7 +457,7 @@ int main(int argc, char** argv) {
       if (!file) throw std::runtime_error("cannot write --json " + a.json_path);
     }
   } catch (const std::exception& e) {
-    std::cerr << "train_gpt: " << e.what() << "\n";
+    std::cerr << "train_gpt: error: " << e.what() << "\n";
     return 1;
   }
   return 0;

@@ -17,7 +17,6 @@ using json = nlohmann::json;
 // Top-level DeepSpeed keys zinf accepts but does not act on yet: a DeepSpeed
 // config keeps working, and the user is told what is ignored.
 const std::set<std::string, std::less<>> kDeepSpeedKeysNotImplemented = {
-    "scheduler",
     "activation_checkpointing",
     "wall_clock_breakdown",
     "memory_breakdown",
@@ -341,6 +340,91 @@ void parse_optimizer(ObjectReader& r, OptimizerConfig& o) {
   if (o.type == "AdamW") o.adam_w_mode = true;
 }
 
+void parse_scheduler(ObjectReader& r, SchedulerConfig& c) {
+  r.read("type", c.type);
+  static const std::set<std::string, std::less<>> kTypes = {
+      "WarmupLR", "WarmupDecayLR", "WarmupCosineLR", "OneCycle", "LRRangeTest"};
+  if (!r.ok()) return;
+  if (kTypes.count(c.type) == 0) {
+    // DeepSpeed then looks the name up in torch.optim.lr_scheduler, which a
+    // C++ program does not have.
+    return r.fail_at("type", "unsupported scheduler \"" + c.type +
+                                 "\" (WarmupLR, WarmupDecayLR, WarmupCosineLR, OneCycle, "
+                                 "LRRangeTest; the names are case-sensitive, as in DeepSpeed)");
+  }
+  r.read_object("params", [&](ObjectReader& p) {
+    const bool warmup = c.type == "WarmupLR" || c.type == "WarmupDecayLR";
+    if (warmup) {
+      p.read("warmup_min_lr", c.warmup_min_lr, 0.0);
+      if (p.has("warmup_max_lr")) {
+        double v = 0;
+        p.read("warmup_max_lr", v, 0.0);
+        c.warmup_max_lr = v;
+      }
+    }
+    if (warmup || c.type == "WarmupCosineLR") {
+      p.read_int("warmup_num_steps", c.warmup_num_steps);
+      p.read("warmup_type", c.warmup_type);
+      if (p.ok() && c.warmup_type != "log" && c.warmup_type != "linear") {
+        ZINF_LOG(kWarn) << p.where("warmup_type") << " \"" << c.warmup_type
+                        << "\" is neither \"log\" nor \"linear\"; using log, as DeepSpeed does";
+        c.warmup_type = "log";
+      }
+    }
+    if (c.type == "WarmupDecayLR" || c.type == "WarmupCosineLR")
+      p.read_int("total_num_steps", c.total_num_steps, 1);
+    if (c.type == "WarmupCosineLR") {
+      p.read("warmup_min_ratio", c.warmup_min_ratio, 0.0, 1.0);
+      p.read("cos_min_ratio", c.cos_min_ratio, 0.0, 1.0);
+    }
+    if (c.type == "OneCycle") {
+      for (auto [key, out] : {std::pair{"cycle_min_lr", &c.cycle_min_lr},
+                              std::pair{"cycle_max_lr", &c.cycle_max_lr}}) {
+        if (!p.has(key)) continue;
+        double v = 0;
+        p.read(key, v, 0.0);
+        *out = v;
+      }
+      p.read("decay_lr_rate", c.decay_lr_rate, 0.0);
+      p.read_int("cycle_first_step_size", c.cycle_first_step_size, 1);
+      p.read_int("cycle_second_step_size", c.cycle_second_step_size, 1);
+      p.read_int("cycle_first_stair_count", c.cycle_first_stair_count);
+      p.read_int("cycle_second_stair_count", c.cycle_second_stair_count);
+      p.read_int("decay_step_size", c.decay_step_size);
+      p.read("cycle_momentum", c.cycle_momentum);
+      p.read("cycle_min_mom", c.cycle_min_mom, 0.0, 1.0);
+      p.read("cycle_max_mom", c.cycle_max_mom, 0.0, 1.0);
+      p.read("decay_mom_rate", c.decay_mom_rate, 0.0);
+    }
+    if (c.type == "LRRangeTest") {
+      p.read("lr_range_test_min_lr", c.lr_range_test_min_lr, 0.0);
+      p.read_int("lr_range_test_step_size", c.lr_range_test_step_size, 1);
+      p.read("lr_range_test_step_rate", c.lr_range_test_step_rate, 0.0);
+      p.read("lr_range_test_staircase", c.lr_range_test_staircase);
+    }
+    // Resuming a schedule comes with engine checkpoints; a fresh start is -1.
+    if (p.has("last_batch_iteration")) {
+      double v = -1;
+      p.read("last_batch_iteration", v);
+      if (p.ok() && v != -1) {
+        p.fail_at("last_batch_iteration",
+                  "only -1 (a fresh start) is supported; a schedule resumes from an engine "
+                  "checkpoint");
+      }
+    }
+  });
+  if (!r.ok()) return;
+  auto required = [&](bool present, const char* key) {
+    if (!present) r.fail_at("params", std::string(key) + " is required by " + c.type);
+  };
+  if (c.type == "WarmupDecayLR" || c.type == "WarmupCosineLR")
+    required(c.total_num_steps.has_value(), "total_num_steps");
+  if (c.type == "OneCycle") {
+    required(c.cycle_min_lr.has_value(), "cycle_min_lr");
+    required(c.cycle_max_lr.has_value(), "cycle_max_lr");
+  }
+}
+
 void parse_fp16(ObjectReader& r, Fp16Config& f) {
   r.read("enabled", f.enabled);
   r.read("loss_scale", f.loss_scale, 0.0);
@@ -423,6 +507,10 @@ Result<Config> Config::from_string(std::string_view text, std::string_view sourc
   if (r.has("optimizer")) {
     cfg.optimizer.emplace();
     r.read_object("optimizer", [&](ObjectReader& c) { parse_optimizer(c, *cfg.optimizer); });
+  }
+  if (r.has("scheduler")) {
+    cfg.scheduler.emplace();
+    r.read_object("scheduler", [&](ObjectReader& c) { parse_scheduler(c, *cfg.scheduler); });
   }
   r.read_object("fp16", [&](ObjectReader& c) { parse_fp16(c, cfg.fp16); });
   r.read_object("bf16", [&](ObjectReader& c) { c.read("enabled", cfg.bf16_enabled); });
@@ -519,6 +607,45 @@ void put_if_set(json& object, const char* key, const std::optional<T>& value) {
 
 }  // namespace
 
+json scheduler_json(const SchedulerConfig& c) {
+  json p = json::object();
+  const bool warmup = c.type == "WarmupLR" || c.type == "WarmupDecayLR";
+  if (warmup) {
+    p["warmup_min_lr"] = c.warmup_min_lr;
+    put_if_set(p, "warmup_max_lr", c.warmup_max_lr);
+  }
+  if (warmup || c.type == "WarmupCosineLR") {
+    p["warmup_num_steps"] = c.warmup_num_steps;
+    p["warmup_type"] = c.warmup_type;
+  }
+  put_if_set(p, "total_num_steps", c.total_num_steps);
+  if (c.type == "WarmupCosineLR") {
+    p["warmup_min_ratio"] = c.warmup_min_ratio;
+    p["cos_min_ratio"] = c.cos_min_ratio;
+  }
+  if (c.type == "OneCycle") {
+    put_if_set(p, "cycle_min_lr", c.cycle_min_lr);
+    put_if_set(p, "cycle_max_lr", c.cycle_max_lr);
+    p["decay_lr_rate"] = c.decay_lr_rate;
+    p["cycle_first_step_size"] = c.cycle_first_step_size;
+    put_if_set(p, "cycle_second_step_size", c.cycle_second_step_size);
+    p["cycle_first_stair_count"] = c.cycle_first_stair_count;
+    put_if_set(p, "cycle_second_stair_count", c.cycle_second_stair_count);
+    p["decay_step_size"] = c.decay_step_size;
+    p["cycle_momentum"] = c.cycle_momentum;
+    p["cycle_min_mom"] = c.cycle_min_mom;
+    p["cycle_max_mom"] = c.cycle_max_mom;
+    p["decay_mom_rate"] = c.decay_mom_rate;
+  }
+  if (c.type == "LRRangeTest") {
+    p["lr_range_test_min_lr"] = c.lr_range_test_min_lr;
+    p["lr_range_test_step_size"] = c.lr_range_test_step_size;
+    p["lr_range_test_step_rate"] = c.lr_range_test_step_rate;
+    p["lr_range_test_staircase"] = c.lr_range_test_staircase;
+  }
+  return {{"type", c.type}, {"params", p}};
+}
+
 std::string to_json(const AioConfig& aio, int indent) {
   return json{{"aio", aio_json(aio)}}.dump(indent);
 }
@@ -581,6 +708,7 @@ std::string to_json(const Config& c, int indent) {
   put_if_set(out, "train_micro_batch_size_per_gpu", c.train_micro_batch_size_per_gpu);
   put_if_set(out, "gradient_accumulation_steps", c.gradient_accumulation_steps);
   put_if_set(out["zero_optimization"]["offload_optimizer"], "buffer_count", oo.buffer_count);
+  if (c.scheduler) out["scheduler"] = scheduler_json(*c.scheduler);
   if (c.optimizer) {
     const OptimizerConfig& o = *c.optimizer;
     out["optimizer"] = {{"type", o.type},

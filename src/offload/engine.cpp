@@ -208,6 +208,21 @@ void EngineImpl::check_config() {
     hyper_.algorithm = ca::Algorithm::kAdam;
   }
   num_states_ = hyper_.algorithm == ca::Algorithm::kAdam ? 3 : 2;
+  if (config_.scheduler) {
+    auto schedule = LrSchedule::create(*config_.scheduler, o.lr);
+    if (!schedule.is_ok()) fail(schedule.status().with_context(src));
+    schedule_ = std::move(*schedule);
+    apply_schedule();
+  }
+}
+
+void EngineImpl::apply_schedule() {
+  hyper_.lr = static_cast<float>(schedule_->lr(schedule_t_));
+  if (auto betas = schedule_->betas(schedule_t_)) {
+    if (hyper_.algorithm == ca::Algorithm::kAdagrad) return;  // no betas: DeepSpeed skips them too
+    hyper_.beta1 = static_cast<float>(betas->first);
+    hyper_.beta2 = static_cast<float>(betas->second);
+  }
 }
 
 Home EngineImpl::param_home() const {
@@ -1135,6 +1150,7 @@ void EngineImpl::step() {
   const auto t0 = SteadyClock::now();
   StepReport r;
   r.micro_steps = window_.micro_steps;
+  r.lr = hyper_.lr;
   double sq = 0;
   bool finite = true;
   for (const Param& p : params_) {
@@ -1181,6 +1197,10 @@ void EngineImpl::step() {
     }
     for (Param& p : params_) {
       if (p.has_grad) ++p.step;
+    }
+    if (schedule_) {
+      ++schedule_t_;
+      apply_schedule();
     }
   }
   const auto t1 = SteadyClock::now();

@@ -16,6 +16,7 @@
 #include "offload/torch_glue.hpp"
 #include "offload/units.hpp"
 #include "zinf/common/busy_time.hpp"
+#include "zinf/common/lr_schedule.hpp"
 #include "zinf/common/worker.hpp"
 #include "zinf/cpu_adam/cpu_adam.hpp"
 #include "zinf/gpu/device.hpp"
@@ -139,6 +140,7 @@ class EngineImpl final : public Coordinator::Actions {
   void zero_window();
 
   // The step.
+  void apply_schedule();  // hyper_'s lr (and betas) at schedule_t_
   Status update(float clip, StepStats& stats);
   Status restore_homes();
   class HomeWriter;
@@ -165,6 +167,8 @@ class EngineImpl final : public Coordinator::Actions {
   std::unique_ptr<cpu_adam::Executor> executor_;       // the step
   std::unique_ptr<cpu_adam::Executor> grad_executor_;  // gradient accumulation
   cpu_adam::Hyper hyper_;
+  std::optional<LrSchedule> schedule_;  // the config's scheduler block
+  std::int64_t schedule_t_ = -1;        // its last_batch_iteration
   int num_states_ = 3;
   std::uint64_t gas_ = 1;
   std::uint64_t elements_ = 0;

@@ -55,6 +55,7 @@ struct Homes {
   int accumulation = 1;
   std::uint64_t budget = 0;    // zinf.device_budget
   std::string device = "cpu";  // zinf.device
+  std::string top_extra;       // more top-level keys, with a leading comma
 };
 
 std::string config_json(const Homes& s, const std::string& nvme) {
@@ -75,7 +76,8 @@ std::string config_json(const Homes& s, const std::string& nvme) {
          s.optim + R"(", "nvme_path": ")" + nvme + R"("})" + s.zero_extra + R"(
     },
     "zinf": {"device": ")" +
-         s.device + R"(", "device_budget": )" + std::to_string(s.budget) + R"(}
+         s.device + R"(", "device_budget": )" + std::to_string(s.budget) + R"(})" + s.top_extra +
+         R"(
   })";
 }
 
@@ -103,7 +105,7 @@ std::pair<torch::Tensor, torch::Tensor> micro_batch(const gpt::Options& o, std::
 // Plain LibTorch: the model and torch::optim::AdamW, gradients summed over
 // `accumulation` micro-steps of loss / accumulation (DeepSpeed's scaling).
 Trace train_reference(const gpt::Options& o, int steps, int accumulation = 1,
-                      torch::Device device = torch::kCPU) {
+                      torch::Device device = torch::kCPU, const Config* schedule = nullptr) {
   // The threads the engine's emulated device computes with: BLAS results
   // depend on them, and Adam's first step turns the rounding noise of a
   // gradient that is zero in exact arithmetic (the key bias) into +-lr.
@@ -114,6 +116,8 @@ Trace train_reference(const gpt::Options& o, int steps, int accumulation = 1,
   torch::optim::AdamW opt(
       model->parameters(),
       torch::optim::AdamWOptions(1e-3).betas({0.9, 0.999}).eps(1e-8).weight_decay(0.01));
+  std::optional<LrScheduler> scheduler;
+  if (schedule != nullptr) scheduler.emplace(LrScheduler::from_config(opt, *schedule));
   Trace t;
   for (int s = 0; s < steps; ++s) {
     opt.zero_grad();
@@ -125,6 +129,7 @@ Trace train_reference(const gpt::Options& o, int steps, int accumulation = 1,
       loss_sum += loss.item<double>();
     }
     opt.step();
+    if (scheduler) scheduler->step();
     t.losses.push_back(loss_sum / accumulation);
     if (s == 0) {
       for (const auto& p : model->named_parameters())
@@ -236,6 +241,30 @@ TEST(EngineTest, GradientAccumulationMatchesLibTorch) {
   const auto o = small_gpt();
   const Trace ref = train_reference(o, 8, 2);
   const Trace got = train_engine(o, parse(config_json(s, dir.path().string())), 8, true);
+  expect_params_close(got, ref);
+  expect_losses_close(got, ref);
+}
+
+// The config's scheduler steps after each applied update, as DeepSpeed's
+// engine does: update k runs with the schedule's lr(k - 2), lr(-1) being what
+// its constructor sets; and the engine trains as LibTorch's AdamW driven by
+// zinf::LrScheduler with the same block.
+TEST(EngineTest, SchedulerStepsAfterEachUpdate) {
+  ScratchDir dir;
+  Homes s;
+  s.param = "cpu";
+  s.top_extra = R"(, "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 0,
+      "warmup_max_lr": 1e-3, "warmup_num_steps": 4, "warmup_type": "linear"}})";
+  const Config cfg = parse(config_json(s, dir.path().string()));
+  const auto o = small_gpt();
+  Engine<gpt::GPT> engine(build(o, cfg, true), cfg);
+  const double expected[] = {0.0, 0.0, 2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3};
+  for (std::uint64_t k = 0; k < std::size(expected); ++k) {
+    micro_step(engine, o, k);
+    EXPECT_FLOAT_EQ(engine.last_step_report().lr, expected[k]) << "update " << k + 1;
+  }
+  const Trace ref = train_reference(o, 8, 1, torch::kCPU, &cfg);
+  const Trace got = train_engine(o, cfg, 8, true);
   expect_params_close(got, ref);
   expect_losses_close(got, ref);
 }

@@ -113,6 +113,36 @@ struct OptimizerConfig {
   bool bias_correction = true;
 };
 
+// The DeepSpeed "scheduler" block: a type and its params, with DeepSpeed's
+// names and defaults (see zinf/common/lr_schedule.hpp for the formulas).
+// Each type takes only its own params.
+struct SchedulerConfig {
+  std::string type;  // WarmupLR, WarmupDecayLR, WarmupCosineLR, OneCycle, LRRangeTest
+  // WarmupLR, WarmupDecayLR (warmup_*), WarmupCosineLR (warmup_num_steps, warmup_type)
+  double warmup_min_lr = 0.0;
+  std::optional<double> warmup_max_lr;  // unset: the optimizer's lr
+  std::uint64_t warmup_num_steps = 1000;
+  std::string warmup_type = "log";  // "log" or "linear"; DeepSpeed takes anything else as log
+  std::optional<std::uint64_t> total_num_steps;  // WarmupDecayLR, WarmupCosineLR: required
+  double warmup_min_ratio = 0.0;                 // WarmupCosineLR
+  double cos_min_ratio = 0.0001;
+  // OneCycle
+  std::optional<double> cycle_min_lr, cycle_max_lr;  // required
+  double decay_lr_rate = 0.0;
+  std::uint64_t cycle_first_step_size = 2000;
+  std::optional<std::uint64_t> cycle_second_step_size;  // unset: the first
+  std::uint64_t cycle_first_stair_count = 0;
+  std::optional<std::uint64_t> cycle_second_stair_count;  // unset: the first
+  std::uint64_t decay_step_size = 0;
+  bool cycle_momentum = true;
+  double cycle_min_mom = 0.8, cycle_max_mom = 0.9, decay_mom_rate = 0.0;
+  // LRRangeTest
+  double lr_range_test_min_lr = 1e-3;
+  std::uint64_t lr_range_test_step_size = 2000;
+  double lr_range_test_step_rate = 1.0;
+  bool lr_range_test_staircase = false;
+};
+
 struct Fp16Config {
   bool enabled = false;
   double loss_scale = 0.0;  // 0 = dynamic
@@ -130,6 +160,7 @@ struct Config {
   double gradient_clipping = 0.0;  // global L2 norm; 0 = off
   std::uint64_t steps_per_print = 10;
   std::optional<OptimizerConfig> optimizer;
+  std::optional<SchedulerConfig> scheduler;
   Fp16Config fp16;
   bool bf16_enabled = false;
   AioConfig aio;

@@ -74,6 +74,7 @@ struct StepReport {
   std::uint64_t micro_steps = 0;
   bool skipped = false;  // a gradient was inf or nan: nothing was updated
   double grad_norm = 0;
+  double lr = 0;  // the learning rate this step ran with (the schedule's, if any)
   double wall_s = 0;
   // forward + backward of every micro-step, and the stages inside it
   double fwd_bwd_s = 0;
@@ -150,7 +151,9 @@ class EngineBase {
   // gradient_accumulation_steps (DeepSpeed's default).
   void backward(const torch::Tensor& loss);
   // On the last micro-step of an accumulation window: clips, updates, writes
-  // the parameters back. On the others it only counts the micro-step.
+  // the parameters back, and steps the config's "scheduler" (after an
+  // applied update only, as DeepSpeed). On the others it only counts the
+  // micro-step.
   void step();
   bool is_gradient_accumulation_boundary() const;
 
