@@ -108,6 +108,7 @@ json step_json(const zinf::StepReport& r, double loss) {
           {"skipped", r.skipped},
           {"grad_norm", r.grad_norm},
           {"lr", r.lr},
+          {"loss_scale", r.loss_scale},
           {"wall_s", r.wall_s},
           {"fwd_bwd_s", r.fwd_bwd_s},
           {"step_s", r.step_s},
@@ -157,10 +158,16 @@ Run train_engine(const Args& a, zinf::Config cfg, const std::string& text) {
   if (a.device_budget == "auto") {
     // On the emulated device the default is a quarter of the parameters: a
     // model 4x larger than its device.
-    const bool emulated = a.device == "cpu" || (a.device == "auto" && !torch::cuda::is_available());
-    if (emulated) eo.device_budget = param_bytes / 4;
+    if (a.device == "cpu" || (a.device == "auto" && !torch::cuda::is_available()))
+      eo.device_budget = param_bytes / 4;
   } else {
     eo.device_budget = parse_bytes(a.device_budget);
+  }
+  const bool on_cuda = a.device == "cuda" || (a.device == "auto" && torch::cuda::is_available());
+  if (cfg.fp16.enabled && !on_cuda) {
+    throw std::runtime_error(cfg.source +
+                             ": fp16.enabled needs a CUDA device: this LibTorch has "
+                             "no fp16 matrix multiply on the CPU (use bf16.enabled there)");
   }
   torch::manual_seed(a.seed);
   gpt::GPT model = zinf::partitioned(cfg, [&] { return gpt::GPT(a.model); });

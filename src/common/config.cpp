@@ -432,8 +432,9 @@ void parse_fp16(ObjectReader& r, Fp16Config& f) {
   r.read_int("loss_scale_window", f.loss_scale_window, 1);
   r.read_int("hysteresis", f.hysteresis, 1);
   r.read("min_loss_scale", f.min_loss_scale, 0.0);
-  r.take("auto_cast");
-  r.take("consecutive_hysteresis");
+  r.read("consecutive_hysteresis", f.consecutive_hysteresis);
+  if (r.take("auto_cast") != nullptr)
+    ZINF_LOG(kWarn) << r.where("auto_cast") << " has no effect in zinf (the model casts itself)";
 }
 
 }  // namespace
@@ -663,6 +664,7 @@ std::string to_json(const Config& c, int indent) {
         {"initial_scale_power", c.fp16.initial_scale_power},
         {"loss_scale_window", c.fp16.loss_scale_window},
         {"hysteresis", c.fp16.hysteresis},
+        {"consecutive_hysteresis", c.fp16.consecutive_hysteresis},
         {"min_loss_scale", c.fp16.min_loss_scale}}},
       {"bf16", {{"enabled", c.bf16_enabled}}},
       {"aio", aio_json(c.aio)},

@@ -175,11 +175,6 @@ void EngineImpl::check_config() {
         ": zero_optimization.offload_optimizer.device is \"none\": zinf's engine runs "
         "the optimizer on the CPU; set it to \"cpu\" or \"nvme\""));
   }
-  if (config_.fp16.enabled) {
-    fail(Status::unimplemented(src +
-                               ": fp16.enabled: the engine does not do loss scaling yet; train "
-                               "in bf16 (bf16.enabled) or fp32"));
-  }
   if (!config_.optimizer) {
     fail(Status::invalid_argument(
         src +
@@ -194,6 +189,7 @@ void EngineImpl::check_config() {
   gas_ = config_.gradient_accumulation_steps.value_or(1);
   const OptimizerConfig& o = *config_.optimizer;
   hyper_.lr = static_cast<float>(o.lr);
+  scaler_ = LossScaler(config_.fp16);
   hyper_.beta1 = static_cast<float>(o.beta1);
   hyper_.beta2 = static_cast<float>(o.beta2);
   hyper_.eps = static_cast<float>(o.eps);
@@ -912,7 +908,8 @@ void EngineImpl::backward(const torch::Tensor& loss) {
         "backward() needs a forward through the engine first (engine(x), with gradients on)"));
   }
   try {
-    const torch::Tensor scaled = gas_ > 1 ? loss / static_cast<double>(gas_) : loss;
+    const double factor = scaler_.scale() / static_cast<double>(gas_);
+    const torch::Tensor scaled = factor != 1.0 ? loss * factor : loss;
     scaled.backward();
     throw_if_error(drain_grads());
   } catch (const std::exception& e) {
@@ -1160,7 +1157,8 @@ void EngineImpl::step() {
     sq += stats->sq_norm;
     finite = finite && stats->finite;
   }
-  r.grad_norm = std::sqrt(sq);
+  const double loss_scale = scaler_.scale();
+  r.loss_scale = loss_scale;
   (void)tier_->take_io_busy();
   std::vector<Interval> writes;
   std::uint64_t param_written = 0;
@@ -1170,15 +1168,34 @@ void EngineImpl::step() {
   }
   StepStats st;
   if (!finite) {
+    // DeepSpeed's overflow: no update, no norm, no scheduler step; the loss
+    // scale goes down (or the hysteresis), and the window starts again.
+    Status lowered = scaler_.update(/*overflow=*/true);
+    if (!lowered.is_ok()) {
+      zero_window();
+      fail(lowered.with_context("step " + std::to_string(global_steps_ + 1)));
+    }
     r.skipped = true;
     ++skipped_steps_;
-    ZINF_LOG(kWarn) << "step " << global_steps_ + 1 << ": a gradient is inf or nan; step skipped ("
-                    << skipped_steps_ << " so far)";
+    const std::string why = "step " + std::to_string(global_steps_ + 1) +
+                            ": a gradient is inf or nan; step skipped (" +
+                            std::to_string(skipped_steps_) + " so far)";
+    if (scaler_.dynamic()) {
+      ZINF_LOG(kInfo) << why << ", loss scale now " << scaler_.scale();  // expected in fp16
+    } else {
+      ZINF_LOG(kWarn) << why;
+    }
   } else {
+    // The norm of the unscaled gradients; clipping as DeepSpeed's (and
+    // torch's clip_grad_norm_): min(1, clip / (norm + 1e-6)), fused with the
+    // unscale into the kernel's gradient multiplier. Unlike DeepSpeed, the
+    // gradients are unscaled by the scale their backward used, also on a
+    // step after which the scale doubles (DeepSpeed divides those by the
+    // doubled scale).
+    r.grad_norm = std::sqrt(sq) / loss_scale;
     const double max_norm = config_.gradient_clipping;
-    const float coefficient = max_norm > 0 && r.grad_norm > max_norm
-                                  ? static_cast<float>(max_norm / (r.grad_norm + 1e-6))
-                                  : 1.0f;
+    const double clip = max_norm > 0 ? std::min(1.0, max_norm / (r.grad_norm + 1e-6)) : 1.0;
+    const auto coefficient = static_cast<float>(clip / loss_scale);
     auto computed = device_->compute_stream().record();
     if (computed.is_ok()) (void)h2d_->wait(*computed);  // resident parameters are free to write
     Status s = update(coefficient, st);
@@ -1198,6 +1215,7 @@ void EngineImpl::step() {
     for (Param& p : params_) {
       if (p.has_grad) ++p.step;
     }
+    (void)scaler_.update(/*overflow=*/false);  // a clean step cannot fail
     if (schedule_) {
       ++schedule_t_;
       apply_schedule();

@@ -16,6 +16,7 @@
 #include "offload/torch_glue.hpp"
 #include "offload/units.hpp"
 #include "zinf/common/busy_time.hpp"
+#include "zinf/common/loss_scaler.hpp"
 #include "zinf/common/lr_schedule.hpp"
 #include "zinf/common/worker.hpp"
 #include "zinf/cpu_adam/cpu_adam.hpp"
@@ -167,6 +168,7 @@ class EngineImpl final : public Coordinator::Actions {
   std::unique_ptr<cpu_adam::Executor> executor_;       // the step
   std::unique_ptr<cpu_adam::Executor> grad_executor_;  // gradient accumulation
   cpu_adam::Hyper hyper_;
+  LossScaler scaler_{Fp16Config{}};     // fp16: the loss scale
   std::optional<LrSchedule> schedule_;  // the config's scheduler block
   std::int64_t schedule_t_ = -1;        // its last_batch_iteration
   int num_states_ = 3;

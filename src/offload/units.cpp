@@ -99,9 +99,12 @@ Result<UnitPlan> plan_params(const std::vector<std::pair<std::string, torch::Ten
     }
     if (!p.is_contiguous()) return Status::invalid_argument(where + " is not contiguous");
     const auto n = static_cast<std::uint64_t>(p.numel());
-    const torch::ScalarType dtype = config.bf16_enabled && p.scalar_type() == torch::kFloat
-                                        ? torch::kBFloat16
-                                        : p.scalar_type();
+    // Mixed precision keeps fp32 parameters as bf16 / fp16 on the device;
+    // the optimizer holds their fp32 masters.
+    const torch::ScalarType dtype = p.scalar_type() != torch::kFloat ? p.scalar_type()
+                                    : config.bf16_enabled            ? torch::kBFloat16
+                                    : config.fp16.enabled            ? torch::kHalf
+                                                                     : torch::kFloat;
     if (n <= zero.stage3_param_persistence_threshold && n <= persistent_budget) {
       if (plan.persistent.empty()) {
         plan.persistent_dtype = dtype;

@@ -215,8 +215,8 @@ TEST(ConfigTest, EveryShippedConfigLoads) {
   for (const auto& entry : std::filesystem::directory_iterator(ZINF_CONFIGS_DIR)) {
     if (entry.path().extension() != ".json") continue;
     auto c = Config::from_file(entry.path());
-    EXPECT_TRUE(c.is_ok()) << entry.path() << ": " << c.status().message();
-    if (c.is_ok()) EXPECT_TRUE(c->resolve_batch(1).is_ok()) << entry.path();
+    ASSERT_TRUE(c.is_ok()) << entry.path() << ": " << c.status().message();
+    EXPECT_TRUE(c->resolve_batch(1).is_ok()) << entry.path();
     ++n;
   }
   EXPECT_GE(n, 4u);

@@ -533,5 +533,125 @@ TEST(EngineTest, MoreLiveParametersThanTheDeviceHoldsIsAnErrorNamingTheKey) {
   }
 }
 
+// fp16 on the emulated device: Debian's CPU LibTorch has no fp16 matmul, so
+// these use a chain of elementwise affine units (y = x * w + b), which it
+// computes in fp16.
+struct AffineImpl : torch::nn::Module {
+  explicit AffineImpl(std::int64_t d) {
+    w = register_parameter("w", 1 + 0.1 * torch::randn({d}));
+    b = register_parameter("b", 0.1 * torch::randn({d}));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return x * w + b; }
+  torch::Tensor w, b;
+};
+TORCH_MODULE(Affine);
+
+struct ChainImpl : torch::nn::Module {
+  explicit ChainImpl(std::int64_t d) {
+    for (int i = 0; i < 3; ++i)
+      layers.push_back(register_module("l" + std::to_string(i), zinf::Unit<Affine>(d)));
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    for (auto& l : layers) x = l(x);
+    return x;
+  }
+  std::vector<zinf::Unit<Affine>> layers;
+};
+TORCH_MODULE(Chain);
+
+constexpr std::int64_t kWidth = 4096;
+
+std::string fp16_config(const std::string& fp16, const std::string& nvme) {
+  return R"({
+    "train_micro_batch_size_per_gpu": 4,
+    "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
+    "fp16": )" +
+         fp16 + R"(,
+    "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 1000,
+      "offload_param": {"device": "nvme", "nvme_path": ")" +
+         nvme + R"("},
+      "offload_optimizer": {"device": "cpu"}},
+    "zinf": {"device": "cpu"}
+  })";
+}
+
+// One step of the chain on batch k; the loss in fp32.
+double chain_step(Engine<Chain>& engine, std::uint64_t k, torch::ScalarType dtype) {
+  torch::manual_seed(500 + k);
+  auto x = torch::randn({4, kWidth}), y = torch::randn({4, kWidth});
+  auto loss = torch::mse_loss(engine(x.to(dtype)).to(torch::kFloat), y);
+  engine.backward(loss);
+  engine.step();
+  return loss.item<double>();
+}
+
+Engine<Chain> chain_engine(const Config& cfg) {
+  torch::manual_seed(9);
+  return Engine<Chain>(zinf::partitioned(cfg, [] { return Chain(kWidth); }), cfg);
+}
+
+// An fp16 run tracks the fp32 run: fp16 keeps 11 significant bits (relative
+// rounding 2^-11, about 5e-4, per parameter and per activation), three layers
+// deep; the fp32 masters keep the updates exact, so the losses stay within
+// 1e-2 relative of each other over the run.
+TEST(EngineFp16Test, TracksTheFp32Run) {
+  ScratchDir dir;
+  const Config f32 = parse(fp16_config(R"({"enabled": false})", dir.path().string()));
+  const Config f16 = parse(fp16_config(R"({"enabled": true})", dir.path().string()));
+  Engine<Chain> a = chain_engine(f32);
+  Engine<Chain> b = chain_engine(f16);
+  for (std::uint64_t k = 0; k < 20; ++k) {
+    const double la = chain_step(a, k, torch::kFloat), lb = chain_step(b, k, torch::kHalf);
+    EXPECT_NEAR(lb, la, 1e-2 * la) << "step " << k;
+    EXPECT_DOUBLE_EQ(b.last_step_report().loss_scale, 65536) << "2^initial_scale_power";
+    EXPECT_FALSE(b.last_step_report().skipped);
+    EXPECT_DOUBLE_EQ(a.last_step_report().loss_scale, 1);
+  }
+  for (const auto& p : b.consolidated_parameters())
+    EXPECT_EQ(p.value().scalar_type(), torch::kHalf);
+}
+
+// A scale that overflows fp16 gradients: each such step is skipped with the
+// parameters unchanged; with hysteresis 2 the first overflow keeps the scale
+// and every later one halves it, until the gradients fit.
+TEST(EngineFp16Test, AnOverflowSkipsTheStepAndLowersTheScale) {
+  ScratchDir dir;
+  const Config cfg =
+      parse(fp16_config(R"({"enabled": true, "initial_scale_power": 40})", dir.path().string()));
+  Engine<Chain> engine = chain_engine(cfg);
+  std::vector<double> scales;
+  std::uint64_t k = 0;
+  while (engine.skipped_steps() == k && k < 40) {
+    const auto before = parameters(engine);
+    chain_step(engine, k++, torch::kHalf);
+    scales.push_back(engine.last_step_report().loss_scale);
+    if (!engine.last_step_report().skipped) break;
+    for (const auto& [name, value] : parameters(engine))
+      ASSERT_TRUE(torch::equal(value, before.at(name))) << "a skipped step changed " << name;
+  }
+  ASSERT_GE(scales.size(), 4u);
+  EXPECT_DOUBLE_EQ(scales[0], std::ldexp(1.0, 40));
+  EXPECT_DOUBLE_EQ(scales[1], std::ldexp(1.0, 40)) << "hysteresis 2: the first overflow keeps it";
+  EXPECT_DOUBLE_EQ(scales[2], std::ldexp(1.0, 39));
+  EXPECT_DOUBLE_EQ(scales[3], std::ldexp(1.0, 38));
+  EXPECT_FALSE(engine.last_step_report().skipped) << "the scale came down to one that fits";
+  EXPECT_EQ(engine.global_steps(), k) << "skipped steps count as steps, as in DeepSpeed";
+  EXPECT_EQ(engine.skipped_steps(), k - 1);
+}
+
+TEST(EngineFp16Test, TheScaleDoublesAfterEachWindowOfCleanSteps) {
+  ScratchDir dir;
+  const Config cfg = parse(fp16_config(
+      R"({"enabled": true, "initial_scale_power": 8, "loss_scale_window": 2, "hysteresis": 1})",
+      dir.path().string()));
+  Engine<Chain> engine = chain_engine(cfg);
+  const double expected[] = {256, 256, 256, 512, 512, 1024};
+  for (std::uint64_t k = 0; k < std::size(expected); ++k) {
+    chain_step(engine, k, torch::kHalf);
+    EXPECT_DOUBLE_EQ(engine.last_step_report().loss_scale, expected[k]) << "step " << k + 1;
+    EXPECT_FALSE(engine.last_step_report().skipped);
+  }
+}
+
 }  // namespace
 }  // namespace zinf

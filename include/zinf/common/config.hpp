@@ -149,6 +149,7 @@ struct Fp16Config {
   int initial_scale_power = 16;
   int loss_scale_window = 1000;
   int hysteresis = 2;
+  bool consecutive_hysteresis = false;  // a clean step refills the hysteresis
   double min_loss_scale = 1.0;
 };
 

@@ -74,7 +74,8 @@ struct StepReport {
   std::uint64_t micro_steps = 0;
   bool skipped = false;  // a gradient was inf or nan: nothing was updated
   double grad_norm = 0;
-  double lr = 0;  // the learning rate this step ran with (the schedule's, if any)
+  double lr = 0;          // the learning rate this step ran with (the schedule's, if any)
+  double loss_scale = 1;  // fp16: the scale of this step's backward (1 without fp16)
   double wall_s = 0;
   // forward + backward of every micro-step, and the stages inside it
   double fwd_bwd_s = 0;
@@ -148,7 +149,9 @@ class EngineBase {
   EngineBase& operator=(const EngineBase&) = delete;
 
   // loss.backward() with the engine's hooks; the loss is divided by
-  // gradient_accumulation_steps (DeepSpeed's default).
+  // gradient_accumulation_steps (DeepSpeed's default) and, with fp16,
+  // multiplied by the current loss scale (see zinf/common/loss_scaler.hpp;
+  // an overflowing step is skipped, and an overflow at min_loss_scale throws).
   void backward(const torch::Tensor& loss);
   // On the last micro-step of an accumulation window: clips, updates, writes
   // the parameters back, and steps the config's "scheduler" (after an
