@@ -36,7 +36,7 @@ using json = nlohmann::json;
 
 struct Args {
   gpt::Options model;
-  int batch = 2;
+  int batch = 0;  // 0: the config's micro-batch, else 2
   std::string config = ZINF_CONFIGS_DIR "/zero3_nvme.json";
   std::string device = "auto";
   std::string device_budget = "auto";
@@ -387,8 +387,10 @@ int main(int argc, char** argv) {
   app.add_option("--hidden", a.model.hidden, "hidden size")->capture_default_str();
   app.add_option("--heads", a.model.heads, "attention heads")->capture_default_str();
   app.add_option("--seq", a.model.seq, "sequence length (tokens are bytes)")->capture_default_str();
-  app.add_option("--batch", a.batch, "micro-batch (train_micro_batch_size_per_gpu)")
-      ->capture_default_str();
+  app.add_option("--batch", a.batch,
+                 "micro-batch; default: the config's batch keys, else 2 (a value they "
+                 "contradict is an error)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--vocab", a.model.vocab, "vocabulary (256: every byte)")->capture_default_str();
   app.add_flag("--tied", a.model.tied, "tie the LM head to the token embedding");
   app.add_option("--config", a.config, "DeepSpeed JSON config")->capture_default_str();
@@ -436,8 +438,21 @@ int main(int argc, char** argv) {
     for (const auto* tier : {&zero.offload_param.nvme_path, &zero.offload_optimizer.nvme_path}) {
       if (!tier->empty()) std::filesystem::create_directories(*tier);
     }
-    cfg->train_micro_batch_size_per_gpu = static_cast<std::uint64_t>(a.batch);
-    zinf::throw_if_error(cfg->resolve_batch(1));
+    // The micro-batch is the config's where its batch keys give one.
+    if (cfg->train_batch_size || cfg->train_micro_batch_size_per_gpu) {
+      zinf::throw_if_error(cfg->resolve_batch(1));
+      const auto micro = static_cast<int>(*cfg->train_micro_batch_size_per_gpu);
+      if (a.batch != 0 && a.batch != micro) {
+        throw std::runtime_error("--batch " + std::to_string(a.batch) + " contradicts " +
+                                 cfg->source + ": its batch keys give a micro-batch of " +
+                                 std::to_string(micro) + " (train_micro_batch_size_per_gpu)");
+      }
+      a.batch = micro;
+    } else {
+      if (a.batch == 0) a.batch = 2;
+      cfg->train_micro_batch_size_per_gpu = static_cast<std::uint64_t>(a.batch);
+      zinf::throw_if_error(cfg->resolve_batch(1));
+    }
 
     const Run run =
         a.reference.empty() ? train_engine(a, *cfg, text) : train_reference(a, *cfg, text);
