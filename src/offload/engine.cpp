@@ -19,18 +19,17 @@
 //           gradients have all arrived is done. backward() returns when every
 //           gradient is on the host and every unit released.
 // step      at an accumulation boundary: the global norm over the host
-//           gradients (skip on inf/nan, clip), then the optimizer tier's
+//           gradients (inf/nan: skip, and with fp16 lower the loss scale;
+//           else unscale and clip), then the optimizer tier's
 //           pieces: the CPU kernel updates master and moments and writes the
 //           parameter in its dtype to its home (in place for cpu, through a
 //           pinned buffer written back to NVMe or copied to the device once
 //           its partition is complete). On any failure the tier keeps the old
-//           state and every home is rewritten from the old masters.
-#include <torch/csrc/autograd/variable.h>
-
+//           state and every home is rewritten from the old masters. After
+//           an applied update the scheduler steps.
 #include <algorithm>
 #include <cmath>
 #include <deque>
-#include <set>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -1160,7 +1159,6 @@ void EngineImpl::step() {
   const double loss_scale = scaler_.scale();
   r.loss_scale = loss_scale;
   (void)tier_->take_io_busy();
-  std::vector<Interval> writes;
   std::uint64_t param_written = 0;
   if (store_ && store_->nvme) {
     (void)store_->nvme->take_busy();
