@@ -72,8 +72,8 @@ endif()
 if(ZINF_BUILD_BENCH)
   zinf_require_package(benchmark libbenchmark-dev CONFIG)
 endif()
-if(ZINF_BUILD_EXAMPLES AND ZINF_HAVE_TORCH)
-  zinf_require_package(CLI11 libcli11-dev CONFIG)  # command lines of the examples
+if(ZINF_BUILD_TOOLS OR (ZINF_BUILD_EXAMPLES AND ZINF_HAVE_TORCH))
+  zinf_require_package(CLI11 libcli11-dev CONFIG)  # command lines of the tools and examples
 endif()
 
 function(zinf_print_summary)

@@ -262,8 +262,10 @@ Run train_reference(const Args& a, const zinf::Config& cfg, const std::string& t
   // The config's schedule, as the engine runs it (DeepSpeed's formulas).
   std::optional<zinf::LrScheduler> schedule;
   if (cfg.scheduler) schedule.emplace(zinf::LrScheduler::from_config(opt, cfg));
-  std::printf("train_gpt --reference torch: %lld parameters on %s, torch::optim::AdamW\n",
-              static_cast<long long>(a.model.parameters()), cuda ? "cuda" : "cpu");
+  std::printf(
+      "train_gpt --reference torch: %lld parameters on %s, torch::optim::AdamW, "
+      "clip_grad_norm_ %g\n",
+      static_cast<long long>(a.model.parameters()), cuda ? "cuda" : "cpu", cfg.gradient_clipping);
   const int gas = static_cast<int>(cfg.gradient_accumulation_steps.value_or(1));
   gpt::Batches data(text, a.batch, a.model.seq, a.seed);
   auto sync = [&] {
@@ -285,6 +287,8 @@ Run train_reference(const Args& a, const zinf::Config& cfg, const std::string& t
     const double fwd_bwd = seconds_since(t0);
     const auto t1 = std::chrono::steady_clock::now();
     const double lr = opt.param_groups().front().options().get_lr();
+    if (cfg.gradient_clipping > 0)
+      torch::nn::utils::clip_grad_norm_(model->parameters(), cfg.gradient_clipping);
     opt.step();
     sync();
     if (schedule) schedule->step();

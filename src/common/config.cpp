@@ -14,37 +14,83 @@ namespace {
 
 using json = nlohmann::json;
 
-// Top-level DeepSpeed keys zinf accepts but does not act on yet: a DeepSpeed
-// config keeps working, and the user is told what is ignored.
-const std::set<std::string, std::less<>> kDeepSpeedKeysNotImplemented = {
-    "activation_checkpointing",
-    "wall_clock_breakdown",
-    "memory_breakdown",
-    "flops_profiler",
-    "tensorboard",
-    "wandb",
-    "csv_monitor",
-    "comet",
-    "comms_logger",
-    "prescale_gradients",
-    "gradient_predivide_factor",
-    "communication_data_type",
-    "zero_allow_untested_optimizer",
-    "zero_force_ds_cpu_optimizer",
-    "amp",
-    "data_types",
-    "dump_state",
-    "sparse_gradients",
-    "elasticity",
-    "autotuning",
-    "checkpoint",
-    "data_efficiency",
-    "compression_training",
-    "pipeline",
-    "seq_parallel_communication_data_type",
-    "timers",
-    "disable_allgather",
-    "curriculum_learning"};
+// Top-level DeepSpeed keys zinf does not act on yet: a DeepSpeed config keeps
+// working, and Config::ignored lists them.
+const std::set<std::string, std::less<>> kTopLevelIgnored = {"activation_checkpointing",
+                                                             "wall_clock_breakdown",
+                                                             "memory_breakdown",
+                                                             "flops_profiler",
+                                                             "tensorboard",
+                                                             "wandb",
+                                                             "csv_monitor",
+                                                             "comet",
+                                                             "comms_logger",
+                                                             "prescale_gradients",
+                                                             "gradient_predivide_factor",
+                                                             "communication_data_type",
+                                                             "seq_parallel_comm_data_type",
+                                                             "zero_allow_untested_optimizer",
+                                                             "zero_force_ds_cpu_optimizer",
+                                                             "amp",
+                                                             "data_types",
+                                                             "dump_state",
+                                                             "sparse_gradients",
+                                                             "sparse_attention",
+                                                             "elasticity",
+                                                             "autotuning",
+                                                             "checkpoint",
+                                                             "data_efficiency",
+                                                             "compression_training",
+                                                             "pipeline",
+                                                             "timers",
+                                                             "disable_allgather",
+                                                             "curriculum_learning",
+                                                             "eigenvalue",
+                                                             "progressive_layer_drop",
+                                                             "quantize_training",
+                                                             "dataloader_drop_last",
+                                                             "nebula",
+                                                             "compile",
+                                                             "weight_quantization",
+                                                             "hybrid_engine",
+                                                             "aio_config",
+                                                             "graph_harvesting",
+                                                             "use_data_before_expert_parallelism"};
+
+// zero_optimization keys zinf does not act on yet. Most concern collectives
+// between ranks, which one process does not have (issue "many ranks").
+const std::set<std::string, std::less<>> kZeroIgnored = {
+    "overlap_comm",
+    "contiguous_gradients",
+    "reduce_scatter",
+    "reduce_bucket_size",
+    "use_multi_rank_bucket_allreduce",
+    "allgather_partitions",
+    "allgather_bucket_size",
+    "load_from_fp32_weights",
+    "elastic_checkpoint",
+    "module_granularity_threshold",
+    "stage3_module_granularity_threshold",
+    "use_all_reduce_for_fetch_params",
+    "stage3_use_all_reduce_for_fetch_params",
+    "gather_16bit_weights_on_model_save",
+    "stage3_gather_16bit_weights_on_model_save",
+    "stage3_gather_fp16_weights_on_model_save",
+    "ignore_unused_parameters",
+    "legacy_stage1",
+    "round_robin_gradients",
+    "zero_hpz_partition_size",
+    "zero_quantized_weights",
+    "zero_quantized_nontrainable_weights",
+    "zero_quantized_gradients",
+    "zeropp_loco_param",
+    "mics_shard_size",
+    "mics_hierarchical_params_gather",
+    "memory_efficient_linear",
+    "pipeline_loading_checkpoint",
+    "override_module_apply",
+    "log_trace_cache_warnings",
+    "cpu_offload_use_pin_memory"};
 
 std::string describe(const json& value) {
   std::string text = value.dump();
@@ -52,12 +98,19 @@ std::string describe(const json& value) {
   return text;
 }
 
+// What every reader of one parse shares.
+struct ParseContext {
+  std::string source;
+  std::vector<std::string>* ignored;
+};
+
 // Reads one JSON object, remembering which keys were read so that what is left
 // is reported as unknown. The first error wins; later reads become no-ops.
+// In DeepSpeed's blocks (not zinf's own), a value of "auto" is an error.
 class ObjectReader {
  public:
-  ObjectReader(const json& object, std::string path, const std::string& source)
-      : object_(object), path_(std::move(path)), source_(source) {
+  ObjectReader(const json& object, std::string path, ParseContext& context, bool deepspeed = true)
+      : object_(object), path_(std::move(path)), context_(context), deepspeed_(deepspeed) {
     if (!object_.is_object()) fail_at("", "expected an object, got " + describe(object_));
   }
 
@@ -90,6 +143,14 @@ class ObjectReader {
       return fail_at(key, msg.str());
     }
     out = d;
+  }
+
+  template <typename Number>
+  void read(std::string_view key, std::optional<Number>& out, double min) {
+    if (!has(key)) return;
+    Number value{};
+    read(key, value, min);
+    out = value;
   }
 
   template <typename Int>
@@ -138,13 +199,28 @@ class ObjectReader {
 
   // A nested object: `parse` is called with a reader for it.
   template <typename Fn>
-  void read_object(std::string_view key, Fn&& parse) {
+  void read_object(std::string_view key, Fn&& parse, bool deepspeed = true) {
     const json* v = take(key);
     if (v == nullptr) return;
-    ObjectReader child(*v, join(key), source_);
+    ObjectReader child(*v, join(key), context_, deepspeed && deepspeed_);
     if (child.ok()) parse(child);
     if (child.ok()) child.check_unknown();
     if (!child.ok() && status_.is_ok()) status_ = child.status_;
+  }
+
+  // The spelling of a key that has an alias (DeepSpeed's pydantic aliases,
+  // a deprecated name): whichever the file uses; both is an error.
+  std::string spelling(std::string_view name, std::string_view alias) {
+    if (has(name) && has(alias)) {
+      fail_at(alias, "is the same setting as " + join(name) + "; give one of them");
+    }
+    return std::string(has(alias) ? alias : name);
+  }
+
+  // A DeepSpeed key zinf accepts without acting on it: listed in Config::ignored.
+  void ignore(std::string_view key, std::string_view why) {
+    if (take(key) == nullptr) return;
+    context_.ignored->push_back(join(key) + " (" + std::string(why) + ")");
   }
 
   // A key that must be consumed without being read (handled elsewhere).
@@ -153,6 +229,12 @@ class ObjectReader {
     auto it = object_.find(key);
     if (it == object_.end()) return nullptr;
     seen_.insert(std::string(key));
+    if (deepspeed_ && it->is_string() && it->get<std::string>() == "auto") {
+      fail_at(key,
+              "\"auto\" is resolved by the HF Trainer before DeepSpeed reads the config; "
+              "put a value (or leave the key out for DeepSpeed's default)");
+      return nullptr;
+    }
     return &*it;
   }
 
@@ -160,7 +242,7 @@ class ObjectReader {
     if (!ok()) return;
     std::string where =
         key.empty() ? (path_.empty() ? std::string("top level") : path_) : join(key);
-    status_ = Status::invalid_argument(source_ + ": " + where + ": " + message);
+    status_ = Status::invalid_argument(context_.source + ": " + where + ": " + message);
   }
 
   void check_unknown() {
@@ -174,16 +256,17 @@ class ObjectReader {
   const Status& status() const { return status_; }
 
   // "file.json: aio.thread_count", for warnings.
-  std::string where(std::string_view key) const { return source_ + ": " + join(key); }
+  std::string where(std::string_view key) const { return context_.source + ": " + join(key); }
 
- private:
   std::string join(std::string_view key) const {
     return path_.empty() ? std::string(key) : path_ + "." + std::string(key);
   }
 
+ private:
   const json& object_;
   std::string path_;
-  const std::string& source_;
+  ParseContext& context_;
+  bool deepspeed_;
   std::set<std::string, std::less<>> seen_;
   Status status_;
 };
@@ -193,9 +276,8 @@ void parse_aio(ObjectReader& r, AioConfig& aio) {
   r.read_int("queue_depth", aio.queue_depth, 1, 65536);
   if (r.has("thread_count")) {
     ZINF_LOG(kWarn) << r.where("thread_count") << " is deprecated: use intra_op_parallelism";
-    r.read_int("thread_count", aio.intra_op_parallelism, 1, 256);
   }
-  r.read_int("intra_op_parallelism", aio.intra_op_parallelism, 1, 256);
+  r.read_int(r.spelling("intra_op_parallelism", "thread_count"), aio.intra_op_parallelism, 1, 256);
   r.read("single_submit", aio.single_submit);
   r.read("overlap_events", aio.overlap_events);
   r.read("use_gds", aio.use_gds);
@@ -244,10 +326,14 @@ void parse_offload_optimizer(ObjectReader& r, OffloadOptimizerConfig& o) {
   r.read("nvme_path", o.nvme_path);
   r.read_int("buffer_count", o.buffer_count, 1);
   r.read("pin_memory", o.pin_memory);
-  r.read("pipeline_read", o.pipeline_read);
-  r.read("pipeline_write", o.pipeline_write);
-  r.read("fast_init", o.fast_init);
-  r.read("ratio", o.ratio, 0.0, 1.0);
+  r.ignore("pipeline_read", "zinf always overlaps the reads with the update");
+  r.ignore("pipeline_write", "zinf always overlaps the writes with the update");
+  r.ignore("fast_init", "zinf writes the initial state once, in I/O-sized pieces");
+  double ratio = 1.0;
+  r.read("ratio", ratio, 0.0, 1.0);
+  if (r.ok() && ratio != 1.0) {
+    r.fail_at("ratio", "partial optimizer offload is not implemented by zinf; leave it at 1.0");
+  }
   if (r.ok() && o.device == OffloadDevice::kNvme && o.nvme_path.empty()) {
     r.fail_at("nvme_path", "is required when device is \"nvme\"");
   }
@@ -258,86 +344,129 @@ void parse_offload_param(ObjectReader& r, OffloadParamConfig& o) {
   r.read("nvme_path", o.nvme_path);
   r.read_int("buffer_count", o.buffer_count, 1, 1024);
   r.read_int("buffer_size", o.buffer_size, 1);
-  r.read_int("max_in_cpu", o.max_in_cpu, 0);
+  r.ignore("max_in_cpu", "zinf keeps no NVMe parameters in host memory beyond its pinned pool");
   r.read("pin_memory", o.pin_memory);
   if (r.ok() && o.device == OffloadDevice::kNvme && o.nvme_path.empty()) {
     r.fail_at("nvme_path", "is required when device is \"nvme\"");
   }
 }
 
+// The deprecated boolean for an offload block: true means device "cpu".
+// Together with the block it replaces, an error (as in DeepSpeed).
+template <typename Block>
+void read_deprecated_offload(ObjectReader& r, std::string_view key, std::string_view block,
+                             Block& out) {
+  if (!r.has(key)) return;
+  if (r.has(block)) {
+    return r.fail_at(
+        key, "is the deprecated spelling of " + r.join(block) + "; give only " + r.join(block));
+  }
+  bool on = false;
+  r.read(key, on);
+  ZINF_LOG(kWarn) << r.where(key) << " is deprecated: use " << r.join(block)
+                  << " {\"device\": \"cpu\"}";
+  if (on) out.device = OffloadDevice::kCpu;
+}
+
 void parse_zero(ObjectReader& r, ZeroConfig& z) {
   r.read_int("stage", z.stage, 0, 3);
-  if (r.has("overlap_comm")) {
-    bool v = false;
-    r.read("overlap_comm", v);
-    z.overlap_comm = v;
-  }
-  r.read("contiguous_gradients", z.contiguous_gradients);
-  r.read_int("reduce_bucket_size", z.reduce_bucket_size, 1);
-  r.read_int("allgather_bucket_size", z.allgather_bucket_size, 1);
   r.read_int("sub_group_size", z.sub_group_size, 1);
-  r.read_int("stage3_prefetch_bucket_size", z.stage3_prefetch_bucket_size, 0);
-  r.read_int("stage3_param_persistence_threshold", z.stage3_param_persistence_threshold, 0);
-  r.read_int("stage3_model_persistence_threshold", z.stage3_model_persistence_threshold, 0);
-  r.read_int("stage3_max_live_parameters", z.stage3_max_live_parameters, 0);
-  r.read_int("stage3_max_reuse_distance", z.stage3_max_reuse_distance, 0);
-  r.read("stage3_gather_16bit_weights_on_model_save", z.stage3_gather_16bit_weights_on_model_save);
-  // DeepSpeed's older spelling of the same switch.
-  r.read("stage3_gather_fp16_weights_on_model_save", z.stage3_gather_16bit_weights_on_model_save);
-  // Accepted by DeepSpeed, no effect in zinf (there is nothing to tune).
-  for (const char* key :
-       {"round_robin_gradients", "reduce_scatter", "allgather_partitions", "load_from_fp32_weights",
-        "elastic_checkpoint", "ignore_unused_parameters", "memory_efficient_linear",
-        "zero_hpz_partition_size", "zero_quantized_weights", "zero_quantized_gradients",
-        "mics_shard_size", "use_multi_rank_bucket_allreduce"}) {
-    if (r.take(key) != nullptr) ZINF_LOG(kWarn) << r.where(key) << " has no effect in zinf";
-  }
+  // DeepSpeed's field names are the short ones; the stage3_ spellings are
+  // its aliases (and what its docs show).
+  r.read_int(r.spelling("stage3_prefetch_bucket_size", "prefetch_bucket_size"),
+             z.stage3_prefetch_bucket_size);
+  r.read_int(r.spelling("stage3_param_persistence_threshold", "param_persistence_threshold"),
+             z.stage3_param_persistence_threshold);
+  r.read_int(r.spelling("stage3_model_persistence_threshold", "model_persistence_threshold"),
+             z.stage3_model_persistence_threshold);
+  r.read_int(r.spelling("stage3_max_live_parameters", "max_live_parameters"),
+             z.stage3_max_live_parameters);
+  r.read_int(r.spelling("stage3_max_reuse_distance", "max_reuse_distance"),
+             z.stage3_max_reuse_distance);
+  read_deprecated_offload(r, "cpu_offload", "offload_optimizer", z.offload_optimizer);
+  read_deprecated_offload(r, "cpu_offload_param", "offload_param", z.offload_param);
   r.read_object("offload_param", [&](ObjectReader& c) { parse_offload_param(c, z.offload_param); });
   r.read_object("offload_optimizer",
                 [&](ObjectReader& c) { parse_offload_optimizer(c, z.offload_optimizer); });
+  for (const auto& key : kZeroIgnored) {
+    r.ignore(key, key == "cpu_offload_use_pin_memory" ? "deprecated, no effect in DeepSpeed either"
+                                                      : "not implemented by zinf yet");
+  }
   if (r.ok() && z.offload_param.device != OffloadDevice::kNone && z.stage != 3) {
     r.fail_at("offload_param", "parameter offload needs stage 3 (zero_optimization.stage is " +
                                    std::to_string(z.stage) + ")");
   }
 }
 
+std::string lowercase(std::string_view text) {
+  std::string out;
+  for (char c : text) out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
 void parse_optimizer(ObjectReader& r, OptimizerConfig& o) {
   r.read("type", o.type);
-  static const std::set<std::string, std::less<>> kTypes = {"Adam", "AdamW", "Adagrad", "Lion"};
-  if (r.ok() && kTypes.count(o.type) == 0) {
-    // DeepSpeed's type names are case-insensitive.
-    std::string lower;
-    for (char c : o.type) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    for (const auto& t : kTypes) {
-      std::string tl;
-      for (char c : t) tl += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      if (tl == lower) o.type = t;
-    }
-    if (kTypes.count(o.type) == 0) {
-      return r.fail_at("type",
-                       "unsupported optimizer \"" + o.type + "\" (Adam, AdamW, Adagrad, Lion)");
-    }
+  if (!r.ok()) return;
+  // DeepSpeed's type names are case-insensitive.
+  const std::string type = lowercase(o.type);
+  if (type == "adam" || type == "adamw") {
+    o.type = type == "adam" ? "Adam" : "AdamW";
+  } else if (type == "adagrad") {
+    o.type = "Adagrad";
+    o.lr = 1e-2;  // DeepSpeedCPUAdagrad's defaults
+    o.eps = 1e-10;
+  } else if (type == "lion") {
+    o.type = "Lion";
+  } else {
+    return r.fail_at("type",
+                     "unsupported optimizer \"" + o.type + "\" (Adam, AdamW, Adagrad, Lion)");
   }
+  r.ignore("legacy_fusion", "no effect in zinf");
+  const bool adam = o.type == "Adam" || o.type == "AdamW";
   r.read_object("params", [&](ObjectReader& p) {
     p.read("lr", o.lr, 0.0);
-    if (const json* betas = p.take("betas")) {
-      if (!betas->is_array() || betas->size() != 2 || !(*betas)[0].is_number() ||
-          !(*betas)[1].is_number()) {
-        return p.fail_at("betas", "expected [beta1, beta2], got " + describe(*betas));
-      }
-      o.beta1 = (*betas)[0].get<double>();
-      o.beta2 = (*betas)[1].get<double>();
-      if (!(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1)) {
-        return p.fail_at("betas", "each beta must be in [0, 1), got " + describe(*betas));
+    if (p.has("max_grad_norm")) {
+      return p.fail_at("max_grad_norm",
+                       "is not an optimizer parameter (DeepSpeed refuses it too); use the "
+                       "top-level gradient_clipping");
+    }
+    if (o.type != "Adagrad") {
+      if (const json* betas = p.take("betas")) {
+        if (!betas->is_array() || betas->size() != 2 || !(*betas)[0].is_number() ||
+            !(*betas)[1].is_number()) {
+          return p.fail_at("betas", "expected [beta1, beta2], got " + describe(*betas));
+        }
+        o.beta1 = (*betas)[0].get<double>();
+        o.beta2 = (*betas)[1].get<double>();
+        if (!(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1)) {
+          return p.fail_at("betas", "each beta must be in [0, 1), got " + describe(*betas));
+        }
       }
     }
-    p.read("eps", o.eps, 0.0);
+    if (o.type != "Lion") p.read("eps", o.eps, 0.0);
     p.read("weight_decay", o.weight_decay, 0.0);
-    p.read("adam_w_mode", o.adam_w_mode);
-    p.read("bias_correction", o.bias_correction);
-    p.read("torch_adam", o.adam_w_mode);  // accepted for compatibility; the kernel is always zinf's
+    if (adam) {
+      p.read("adam_w_mode", o.adam_w_mode);
+      p.read("bias_correction", o.bias_correction);
+      p.read("torch_adam", o.torch_adam);
+    }
+    if (o.type != "Lion") {
+      bool amsgrad = false;
+      p.read("amsgrad", amsgrad);
+      if (p.ok() && amsgrad) p.fail_at("amsgrad", "AMSGrad is not implemented by zinf");
+    }
+    bool fp32_states = true;
+    p.read("fp32_optimizer_states", fp32_states);
+    if (p.ok() && !fp32_states) {
+      p.fail_at("fp32_optimizer_states", "zinf keeps optimizer states in fp32; leave it true");
+    }
   });
   if (o.type == "AdamW") o.adam_w_mode = true;
+  if (r.ok() && o.torch_adam) {
+    ZINF_LOG(kInfo) << r.where("params.torch_adam")
+                    << ": zinf runs its own CPU kernel, which computes torch.optim's "
+                    << (o.adam_w_mode ? "AdamW" : "Adam") << " update";
+  }
 }
 
 void parse_scheduler(ObjectReader& r, SchedulerConfig& c) {
@@ -356,11 +485,7 @@ void parse_scheduler(ObjectReader& r, SchedulerConfig& c) {
     const bool warmup = c.type == "WarmupLR" || c.type == "WarmupDecayLR";
     if (warmup) {
       p.read("warmup_min_lr", c.warmup_min_lr, 0.0);
-      if (p.has("warmup_max_lr")) {
-        double v = 0;
-        p.read("warmup_max_lr", v, 0.0);
-        c.warmup_max_lr = v;
-      }
+      p.read("warmup_max_lr", c.warmup_max_lr, 0.0);
     }
     if (warmup || c.type == "WarmupCosineLR") {
       p.read_int("warmup_num_steps", c.warmup_num_steps);
@@ -378,13 +503,8 @@ void parse_scheduler(ObjectReader& r, SchedulerConfig& c) {
       p.read("cos_min_ratio", c.cos_min_ratio, 0.0, 1.0);
     }
     if (c.type == "OneCycle") {
-      for (auto [key, out] : {std::pair{"cycle_min_lr", &c.cycle_min_lr},
-                              std::pair{"cycle_max_lr", &c.cycle_max_lr}}) {
-        if (!p.has(key)) continue;
-        double v = 0;
-        p.read(key, v, 0.0);
-        *out = v;
-      }
+      p.read("cycle_min_lr", c.cycle_min_lr, 0.0);
+      p.read("cycle_max_lr", c.cycle_max_lr, 0.0);
       p.read("decay_lr_rate", c.decay_lr_rate, 0.0);
       p.read_int("cycle_first_step_size", c.cycle_first_step_size, 1);
       p.read_int("cycle_second_step_size", c.cycle_second_step_size, 1);
@@ -433,8 +553,13 @@ void parse_fp16(ObjectReader& r, Fp16Config& f) {
   r.read_int("hysteresis", f.hysteresis, 1);
   r.read("min_loss_scale", f.min_loss_scale, 0.0);
   r.read("consecutive_hysteresis", f.consecutive_hysteresis);
-  if (r.take("auto_cast") != nullptr)
-    ZINF_LOG(kWarn) << r.where("auto_cast") << " has no effect in zinf (the model casts itself)";
+  r.ignore("auto_cast", "the model casts itself");
+  r.ignore("fp16_master_weights_and_grads", "zinf keeps fp32 masters");
+}
+
+void parse_bf16(ObjectReader& r, bool& enabled) {
+  r.read("enabled", enabled);
+  r.ignore("immediate_grad_update", "not implemented by zinf yet");
 }
 
 }  // namespace
@@ -499,7 +624,8 @@ Result<Config> Config::from_string(std::string_view text, std::string_view sourc
   } catch (const json::parse_error& e) {
     return Status::invalid_argument(cfg.source + ": invalid JSON: " + e.what());
   }
-  ObjectReader r(root, "", cfg.source);
+  ParseContext context{cfg.source, &cfg.ignored};
+  ObjectReader r(root, "", context);
   r.read_int("train_batch_size", cfg.train_batch_size, 1);
   r.read_int("train_micro_batch_size_per_gpu", cfg.train_micro_batch_size_per_gpu, 1);
   r.read_int("gradient_accumulation_steps", cfg.gradient_accumulation_steps, 1);
@@ -514,17 +640,25 @@ Result<Config> Config::from_string(std::string_view text, std::string_view sourc
     r.read_object("scheduler", [&](ObjectReader& c) { parse_scheduler(c, *cfg.scheduler); });
   }
   r.read_object("fp16", [&](ObjectReader& c) { parse_fp16(c, cfg.fp16); });
-  r.read_object("bf16", [&](ObjectReader& c) { c.read("enabled", cfg.bf16_enabled); });
+  r.read_object(r.spelling("bf16", "bfloat16"),
+                [&](ObjectReader& c) { parse_bf16(c, cfg.bf16_enabled); });
   r.read_object("aio", [&](ObjectReader& c) { parse_aio(c, cfg.aio); });
-  r.read_object("zero_optimization",
-                [&](ObjectReader& c) { parse_zero(c, cfg.zero_optimization); });
-  r.read_object("zinf", [&](ObjectReader& c) { parse_engine(c, cfg.zinf); });
+  if (r.has("zero_optimization") && root["zero_optimization"].is_boolean()) {
+    // DeepSpeed's oldest form: true is stage 1.
+    bool on = false;
+    r.read("zero_optimization", on);
+    cfg.zero_optimization.stage = on ? 1 : 0;
+    ZINF_LOG(kWarn) << r.where("zero_optimization")
+                    << ": a boolean is deprecated; use {\"stage\": " << (on ? 1 : 0) << "}";
+  } else {
+    r.read_object("zero_optimization",
+                  [&](ObjectReader& c) { parse_zero(c, cfg.zero_optimization); });
+  }
+  r.read_object(
+      "zinf", [&](ObjectReader& c) { parse_engine(c, cfg.zinf); }, /*deepspeed=*/false);
   if (r.ok() && root.is_object()) {
     for (const auto& [key, value] : root.items()) {
-      if (kDeepSpeedKeysNotImplemented.count(key) != 0 && r.take(key) != nullptr) {
-        ZINF_LOG(kWarn) << cfg.source << ": \"" << key
-                        << "\" is not implemented by zinf yet; ignored";
-      }
+      if (kTopLevelIgnored.count(key) != 0) r.ignore(key, "not implemented by zinf yet");
     }
   }
   r.check_unknown();
@@ -532,6 +666,11 @@ Result<Config> Config::from_string(std::string_view text, std::string_view sourc
     r.fail_at("bf16", "fp16.enabled and bf16.enabled cannot both be true");
   }
   if (!r.ok()) return r.status();
+  if (!cfg.ignored.empty()) {
+    std::string list;
+    for (const auto& key : cfg.ignored) list += (list.empty() ? "" : ", ") + key;
+    ZINF_LOG(kWarn) << cfg.source << ": ignored (DeepSpeed keys zinf does not act on): " << list;
+  }
   return cfg;
 }
 
@@ -655,72 +794,63 @@ std::string to_json(const Config& c, int indent) {
   const ZeroConfig& z = c.zero_optimization;
   const OffloadParamConfig& op = z.offload_param;
   const OffloadOptimizerConfig& oo = z.offload_optimizer;
-  json out = {
-      {"gradient_clipping", c.gradient_clipping},
-      {"steps_per_print", c.steps_per_print},
-      {"fp16",
-       {{"enabled", c.fp16.enabled},
-        {"loss_scale", c.fp16.loss_scale},
-        {"initial_scale_power", c.fp16.initial_scale_power},
-        {"loss_scale_window", c.fp16.loss_scale_window},
-        {"hysteresis", c.fp16.hysteresis},
-        {"consecutive_hysteresis", c.fp16.consecutive_hysteresis},
-        {"min_loss_scale", c.fp16.min_loss_scale}}},
-      {"bf16", {{"enabled", c.bf16_enabled}}},
-      {"aio", aio_json(c.aio)},
-      {"zero_optimization",
-       {{"stage", z.stage},
-        {"overlap_comm", z.overlap_comm_enabled()},
-        {"contiguous_gradients", z.contiguous_gradients},
-        {"reduce_bucket_size", z.reduce_bucket_size},
-        {"allgather_bucket_size", z.allgather_bucket_size},
-        {"sub_group_size", z.sub_group_size},
-        {"stage3_prefetch_bucket_size", z.stage3_prefetch_bucket_size},
-        {"stage3_param_persistence_threshold", z.stage3_param_persistence_threshold},
-        {"stage3_model_persistence_threshold", z.stage3_model_persistence_threshold},
-        {"stage3_max_live_parameters", z.stage3_max_live_parameters},
-        {"stage3_max_reuse_distance", z.stage3_max_reuse_distance},
-        {"stage3_gather_16bit_weights_on_model_save", z.stage3_gather_16bit_weights_on_model_save},
-        {"offload_param",
-         {{"device", to_string(op.device)},
-          {"nvme_path", op.nvme_path},
-          {"buffer_count", op.buffer_count},
-          {"buffer_size", op.buffer_size},
-          {"max_in_cpu", op.max_in_cpu},
-          {"pin_memory", op.pin_memory}}},
-        {"offload_optimizer",
-         {{"device", to_string(oo.device)},
-          {"nvme_path", oo.nvme_path},
-          {"pin_memory", oo.pin_memory},
-          {"pipeline_read", oo.pipeline_read},
-          {"pipeline_write", oo.pipeline_write},
-          {"fast_init", oo.fast_init},
-          {"ratio", oo.ratio}}}}},
-      {"zinf",
-       {{"io_backend", to_string(c.zinf.io_backend)},
-        {"nvme_paths", c.zinf.nvme_paths},
-        {"buffered_io_fallback", c.zinf.buffered_io_fallback},
-        {"sqpoll", c.zinf.sqpoll},
-        {"checksum", c.zinf.checksum},
-        {"threads", c.zinf.threads},
-        {"device", c.zinf.device},
-        {"device_budget", c.zinf.device_budget},
-        {"compute_threads", c.zinf.compute_threads}}}};
+  json out = {{"gradient_clipping", c.gradient_clipping},
+              {"steps_per_print", c.steps_per_print},
+              {"fp16",
+               {{"enabled", c.fp16.enabled},
+                {"loss_scale", c.fp16.loss_scale},
+                {"initial_scale_power", c.fp16.initial_scale_power},
+                {"loss_scale_window", c.fp16.loss_scale_window},
+                {"hysteresis", c.fp16.hysteresis},
+                {"consecutive_hysteresis", c.fp16.consecutive_hysteresis},
+                {"min_loss_scale", c.fp16.min_loss_scale}}},
+              {"bf16", {{"enabled", c.bf16_enabled}}},
+              {"aio", aio_json(c.aio)},
+              {"zero_optimization",
+               {{"stage", z.stage},
+                {"sub_group_size", z.sub_group_size},
+                {"stage3_prefetch_bucket_size", z.stage3_prefetch_bucket_size},
+                {"stage3_param_persistence_threshold", z.stage3_param_persistence_threshold},
+                {"stage3_model_persistence_threshold", z.stage3_model_persistence_threshold},
+                {"stage3_max_live_parameters", z.stage3_max_live_parameters},
+                {"stage3_max_reuse_distance", z.stage3_max_reuse_distance},
+                {"offload_param",
+                 {{"device", to_string(op.device)},
+                  {"nvme_path", op.nvme_path},
+                  {"buffer_count", op.buffer_count},
+                  {"buffer_size", op.buffer_size},
+                  {"pin_memory", op.pin_memory}}},
+                {"offload_optimizer",
+                 {{"device", to_string(oo.device)},
+                  {"nvme_path", oo.nvme_path},
+                  {"buffer_count", oo.buffer_count},
+                  {"pin_memory", oo.pin_memory}}}}},
+              {"zinf",
+               {{"io_backend", to_string(c.zinf.io_backend)},
+                {"nvme_paths", c.zinf.nvme_paths},
+                {"buffered_io_fallback", c.zinf.buffered_io_fallback},
+                {"sqpoll", c.zinf.sqpoll},
+                {"checksum", c.zinf.checksum},
+                {"threads", c.zinf.threads},
+                {"device", c.zinf.device},
+                {"device_budget", c.zinf.device_budget},
+                {"compute_threads", c.zinf.compute_threads}}}};
   put_if_set(out, "train_batch_size", c.train_batch_size);
   put_if_set(out, "train_micro_batch_size_per_gpu", c.train_micro_batch_size_per_gpu);
   put_if_set(out, "gradient_accumulation_steps", c.gradient_accumulation_steps);
-  put_if_set(out["zero_optimization"]["offload_optimizer"], "buffer_count", oo.buffer_count);
   if (c.scheduler) out["scheduler"] = scheduler_json(*c.scheduler);
   if (c.optimizer) {
+    // Each type's own params, so that the output parses again.
     const OptimizerConfig& o = *c.optimizer;
-    out["optimizer"] = {{"type", o.type},
-                        {"params",
-                         {{"lr", o.lr},
-                          {"betas", {o.beta1, o.beta2}},
-                          {"eps", o.eps},
-                          {"weight_decay", o.weight_decay},
-                          {"adam_w_mode", o.adam_w_mode},
-                          {"bias_correction", o.bias_correction}}}};
+    json p = {{"lr", o.lr}, {"weight_decay", o.weight_decay}};
+    if (o.type != "Adagrad") p["betas"] = {o.beta1, o.beta2};
+    if (o.type != "Lion") p["eps"] = o.eps;
+    if (o.type == "Adam" || o.type == "AdamW") {
+      p["adam_w_mode"] = o.adam_w_mode;
+      p["bias_correction"] = o.bias_correction;
+      p["torch_adam"] = o.torch_adam;
+    }
+    out["optimizer"] = {{"type", o.type}, {"params", p}};
   }
   return out.dump(indent);
 }

@@ -168,6 +168,12 @@ EngineImpl::~EngineImpl() {
 void EngineImpl::check_config() {
   const auto& z = config_.zero_optimization;
   const std::string& src = config_.source;
+  if (z.stage == 0) {
+    fail(Status::invalid_argument(
+        src +
+        ": zero_optimization.stage is 0 (ZeRO off), and zinf's engine is ZeRO with offload; "
+        "set stage 1, 2 or 3 (on one process they train the same)"));
+  }
   if (z.offload_optimizer.device == OffloadDevice::kNone) {
     fail(Status::invalid_argument(
         src +
@@ -1248,6 +1254,10 @@ void EngineImpl::step() {
   r.wall_s = seconds(window_.open ? window_.begin : t0, t1);
   report_ = r;
   zero_window();
+  if (global_steps_ % config_.steps_per_print == 0) {  // DeepSpeed's progress line
+    ZINF_LOG(kInfo) << "step=" << global_steps_ << ", skipped=" << skipped_steps_ << ", lr=" << r.lr
+                    << ", loss_scale=" << r.loss_scale << ", grad_norm=" << r.grad_norm;
+  }
 }
 
 torch::OrderedDict<std::string, torch::Tensor> EngineImpl::consolidated_parameters() const {

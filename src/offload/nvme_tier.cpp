@@ -1,5 +1,5 @@
 // The NVMe tier: each piece's state arrays are SwapStore values, in two slots
-// per piece ("p12/state1@1"), streamed through a pinned pool of K buffer
+// per piece ("p12/state1@1"), streamed through a pinned pool of K = 3 buffer
 // sets (one piece's states each), so host memory is the pool's size
 // whatever the sub-group size.
 //
@@ -29,12 +29,16 @@ double since(SteadyClock::time_point t) {
   return std::chrono::duration<double>(SteadyClock::now() - t).count();
 }
 
-constexpr int kMaxSets = 16;
+constexpr int kSets = 3;  // pieces in flight: read i+1, update i, write i-1
+
+std::uint64_t largest_group(const TierShape& shape) {
+  return shape.groups.empty() ? 1 : *std::max_element(shape.groups.begin(), shape.groups.end());
+}
 
 class NvmeTier final : public StateTier {
  public:
-  NvmeTier(const TierShape& shape, int sets)
-      : shape_(shape), pieces_(shape.pieces()), sets_(sets), slot_(pieces_.size(), 0) {}
+  explicit NvmeTier(const TierShape& shape)
+      : shape_(shape), pieces_(shape.pieces()), slot_(pieces_.size(), 0) {}
 
   Status open(const OffloadOptions& o) {
     swap::SwapStoreOptions so;
@@ -53,7 +57,7 @@ class NvmeTier final : public StateTier {
     ZINF_ASSIGN_OR_RETURN(
         pool_, gpu::PinnedPool::create(
                    nullptr, {"offload_optimizer buffers", array_bytes_,
-                             static_cast<std::size_t>(sets_ * shape_.num_states), o.pin_memory()}));
+                             static_cast<std::size_t>(kSets * shape_.num_states), o.pin_memory()}));
     for (std::size_t i = 0; i < pool_->count(); ++i) buffers_.push_back(pool_->acquire());
     if (Status s = store_->register_buffers(pool_->io_regions()); !s.is_ok())
       ZINF_LOG(kWarn) << "offload_optimizer: " << s.message() << "; using plain buffers";
@@ -62,7 +66,11 @@ class NvmeTier final : public StateTier {
                     << shape_.chunk << " elements through " << pool_->count() << " buffers of "
                     << format_bytes(array_bytes_) << " (" << format_bytes(b.host)
                     << ", pinned: " << (b.host_pinned ? "yes" : "no")
-                    << ", fixed buffers: " << (b.fixed_buffers ? "yes" : "no") << ")";
+                    << ", fixed buffers: " << (b.fixed_buffers ? "yes" : "no")
+                    << "; DeepSpeed's buffer_count " << o.buffer_count() << " would take "
+                    << format_bytes(std::uint64_t{o.buffer_count()} * largest_group(shape_) *
+                                    sizeof(float))
+                    << ")";
     return Status::ok();
   }
 
@@ -78,7 +86,7 @@ class NvmeTier final : public StateTier {
 
   Status update(const PieceFn& fn, StepStats& stats) override {
     const std::size_t n = pieces_.size();
-    const auto k = static_cast<std::size_t>(sets_);
+    const auto k = static_cast<std::size_t>(kSets);
     const swap::SwapStats before = store_->stats();
     Status error;
     auto note = [&](Status s) {
@@ -105,7 +113,7 @@ class NvmeTier final : public StateTier {
       if (error.is_ok()) note(write(i, set_of(i), 1 - slot_[i]));
     }
     const auto t_drain = SteadyClock::now();
-    for (int set = 0; set < sets_; ++set) note(wait(set));
+    for (int set = 0; set < kSets; ++set) note(wait(set));
     stats.write_s += since(t_drain);
     const swap::SwapStats after = store_->stats();
     stats.bytes_read += after.bytes_read - before.bytes_read;
@@ -142,7 +150,7 @@ class NvmeTier final : public StateTier {
  private:
   static constexpr const char* kStateNames[] = {"master", "state1", "state2"};
 
-  int set_of(std::size_t piece) const { return static_cast<int>(piece % sets_); }
+  int set_of(std::size_t piece) const { return static_cast<int>(piece % kSets); }
 
   float* buffer(int set, int state) const {
     return reinterpret_cast<float*>(
@@ -186,13 +194,12 @@ class NvmeTier final : public StateTier {
 
   TierShape shape_;
   std::vector<Piece> pieces_;
-  int sets_;
   std::vector<int> slot_;  // the current slot of each piece
   std::unique_ptr<swap::SwapStore> store_;
   std::unique_ptr<gpu::PinnedPool> pool_;
   std::vector<gpu::PinnedPool::Lease> buffers_;  // all of the pool, for the tier's lifetime
   std::size_t array_bytes_ = 0;
-  std::vector<swap::SwapTicket> pending_[kMaxSets];
+  std::vector<swap::SwapTicket> pending_[kSets];
   Worker helper_;  // last: joined before the store and buffers go
 };
 
@@ -204,32 +211,34 @@ Result<std::unique_ptr<StateTier>> make_nvme_tier(TierShape shape, const Offload
     return Status::invalid_argument(
         "offload_optimizer.nvme_path (OffloadOptions::nvme_path) is required for device nvme");
   }
-  // Two sets overlap I/O with compute; three also overlap the read of i+1
-  // with the write of i-1, so that is what an unset buffer_count gets.
+  // buffer_count is DeepSpeed's: fp32 buffers of the largest sub-group, of
+  // which one sub-group's update takes one per state and one for its
+  // gradient. Fewer cannot step in DeepSpeed either.
   const auto states = static_cast<std::uint32_t>(shape.num_states);
-  const std::uint32_t needed = 2 * states;
-  const std::uint32_t buffers = o.buffer_count() == 0 ? 3 * states : o.buffer_count();
-  if (buffers < needed) {
+  const std::uint32_t needed = states + 1;
+  if (o.buffer_count() < needed) {
     return Status::invalid_argument(
         "offload_optimizer.buffer_count (OffloadOptions::buffer_count) = " +
-        std::to_string(buffers) + " is too few for the pipelined " + algorithm +
-        " step on NVMe: it needs " + std::to_string(needed) + " (" + std::to_string(states) +
-        " fp32 state arrays for 2 pieces in flight); raise buffer_count to " +
+        std::to_string(o.buffer_count()) + " is too few for " + algorithm + ": a sub-group's " +
+        "update takes " + std::to_string(needed) + " buffers (one per fp32 state array and " +
+        "one for the gradient, as DeepSpeed counts them); raise buffer_count to " +
         std::to_string(needed) + " or more");
   }
-  const int sets = static_cast<int>(std::min<std::uint32_t>(buffers / states, kMaxSets));
-  // A piece fills every lane's queue with requests of one aio block and is
-  // at most a sub-group; the pool (sets pieces) stays under half of the
-  // state; pieces are whole pages (at least one).
+  // zinf streams each sub-group through kSets sets of pieces instead: read
+  // i+1, update i, write i-1. A piece fills every lane's queue with requests
+  // of one aio block, is at most a sub-group, keeps the pool under half of
+  // the state and within what DeepSpeed's buffers would take; pieces are
+  // whole pages (at least one).
   constexpr std::uint64_t kPage = kIoAlignment / sizeof(float);
   const std::uint64_t io = o.block_size() * o.queue_depth() *
                            std::max<std::uint32_t>(1, o.intra_op_parallelism()) / sizeof(float);
-  const std::uint64_t half = shape.elements() / (2 * static_cast<std::uint64_t>(sets));
-  const std::uint64_t largest =
-      shape.groups.empty() ? 1 : *std::max_element(shape.groups.begin(), shape.groups.end());
-  const std::uint64_t chunk = std::min({io, half / kPage * kPage, largest});
+  const std::uint64_t half = shape.elements() / (2 * kSets);
+  const std::uint64_t largest = largest_group(shape);
+  const std::uint64_t deepspeed_pool = std::uint64_t{o.buffer_count()} * largest;
+  const std::uint64_t within = deepspeed_pool / (kSets * states);
+  const std::uint64_t chunk = std::min({io, half / kPage * kPage, largest, within / kPage * kPage});
   shape.chunk = std::max(kPage, chunk);
-  auto tier = std::make_unique<NvmeTier>(shape, sets);
+  auto tier = std::make_unique<NvmeTier>(shape);
   ZINF_RETURN_IF_ERROR(tier->open(o));
   ZINF_RETURN_IF_ERROR(tier->initialize(init));
   return std::unique_ptr<StateTier>(std::move(tier));

@@ -9,7 +9,7 @@ OffloadOptions OffloadOptions::from_config(const Config& config) {
   OffloadOptions o;
   o.device(oo.device == OffloadDevice::kNvme ? "nvme" : "cpu");
   o.nvme_path(oo.nvme_path);
-  o.buffer_count(oo.buffer_count.value_or(0));
+  o.buffer_count(oo.buffer_count);
   o.sub_group_size(config.zero_optimization.sub_group_size);
   o.pin_memory(oo.pin_memory);
   o.max_grad_norm(config.gradient_clipping);

@@ -87,12 +87,14 @@ class StateTier {
 // `init` fills each piece's initial state (called once per piece, in order).
 Result<std::unique_ptr<StateTier>> make_host_tier(const TierShape& shape, bool pin,
                                                   const PieceFn& init);
-// The pool holds options.buffer_count buffers of one piece's state array
-// (0: three pieces of states, so reads, compute and writes all overlap;
-// fewer than two is an error naming the key). The piece size
-// (TierShape::chunk, which must be 0 on entry) is derived: large enough to
-// keep every lane's queue full, at most a sub-group, and never so large that
-// the pool holds more than half of the state.
+// The pool holds 3 sets of one piece's state arrays, so reads, compute and
+// writes all overlap. options.buffer_count is DeepSpeed's (buffers of the
+// largest sub-group, one per state and one for the gradient): fewer than
+// that is an error naming the key, and the pool stays within what it would
+// take. The piece size (TierShape::chunk, which must be 0 on entry) is
+// derived: large enough to keep every lane's queue full, at most a
+// sub-group, and never so large that the pool holds more than half of the
+// state.
 Result<std::unique_ptr<StateTier>> make_nvme_tier(TierShape shape, const OffloadOptions& options,
                                                   const char* algorithm, const PieceFn& init);
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -39,16 +40,16 @@ TEST(ConfigTest, DefaultsAreDeepSpeeds) {
   EXPECT_EQ(z.stage3_prefetch_bucket_size, 50000000u);
   EXPECT_EQ(z.stage3_param_persistence_threshold, 100000u);
   EXPECT_EQ(z.stage3_max_live_parameters, 1000000000u);
-  EXPECT_EQ(z.reduce_bucket_size, 500000000u);
-  EXPECT_FALSE(z.overlap_comm_enabled());
   EXPECT_EQ(z.offload_param.buffer_count, 5u);
   EXPECT_EQ(z.offload_param.buffer_size, 100000000u);
-  EXPECT_FALSE(z.offload_optimizer.buffer_count.has_value());
+  EXPECT_EQ(z.offload_optimizer.buffer_count, 4u);
   EXPECT_TRUE(z.offload_optimizer.pin_memory);
   EXPECT_EQ(c.fp16.initial_scale_power, 16);
   EXPECT_EQ(c.fp16.loss_scale_window, 1000);
   EXPECT_EQ(c.fp16.hysteresis, 2);
-  EXPECT_EQ(c.gradient_clipping, 0.0);
+  EXPECT_EQ(c.gradient_clipping, 1.0);
+  EXPECT_EQ(c.steps_per_print, 10u);
+  EXPECT_TRUE(c.ignored.empty());
   EXPECT_EQ(c.zinf.io_backend, IoBackend::kAuto);
   EXPECT_TRUE(c.zinf.checksum);
 }
@@ -76,7 +77,9 @@ TEST(ConfigTest, ReadsAFullDeepSpeedNvmeConfig) {
   EXPECT_DOUBLE_EQ(c.optimizer->beta2, 0.95);
   EXPECT_TRUE(c.bf16_enabled);
   EXPECT_EQ(c.zero_optimization.sub_group_size, 100000000u);
-  EXPECT_TRUE(c.zero_optimization.overlap_comm_enabled());
+  EXPECT_EQ(c.ignored,
+            std::vector<std::string>{"zero_optimization.offload_optimizer.pipeline_read (zinf "
+                                     "always overlaps the reads with the update)"});
   EXPECT_EQ(c.zero_optimization.offload_optimizer.device, OffloadDevice::kNvme);
   EXPECT_EQ(c.zero_optimization.offload_optimizer.buffer_count, 8u);
   EXPECT_EQ(c.aio.queue_depth, 32u);
@@ -125,9 +128,114 @@ TEST(ConfigTest, WrongTypesAndRangesAreErrors) {
   expect_error(R"({"aio": [1, 2]})", "aio: expected an object");
 }
 
-TEST(ConfigTest, DeepSpeedKeysNotImplementedAreAccepted) {
-  Config c = parse_ok(R"({"activation_checkpointing": {}, "wall_clock_breakdown": false})");
+// DeepSpeed keys zinf does not act on are accepted and listed, with the
+// path, wherever they are.
+TEST(ConfigTest, DeepSpeedKeysNotActedOnAreListedAsIgnored) {
+  Config c = parse_ok(R"({"activation_checkpointing": {}, "wall_clock_breakdown": false,
+    "zero_optimization": {"stage": 3, "overlap_comm": true, "reduce_bucket_size": 5e8,
+                          "stage3_gather_16bit_weights_on_model_save": true,
+                          "offload_param": {"device": "cpu", "max_in_cpu": 1e9}},
+    "fp16": {"enabled": true, "auto_cast": false}})");
   EXPECT_EQ(c.aio.queue_depth, 8u);
+  for (const char* key :
+       {"activation_checkpointing (", "wall_clock_breakdown (", "zero_optimization.overlap_comm (",
+        "zero_optimization.reduce_bucket_size (",
+        "zero_optimization.stage3_gather_16bit_weights_on_model_save (",
+        "zero_optimization.offload_param.max_in_cpu (", "fp16.auto_cast ("}) {
+    EXPECT_EQ(std::count_if(c.ignored.begin(), c.ignored.end(),
+                            [&](const std::string& e) { return e.rfind(key, 0) == 0; }),
+              1)
+        << key;
+  }
+  EXPECT_EQ(c.ignored.size(), 7u);
+}
+
+// DeepSpeed's pydantic aliases: the short name or the stage3_ one, not both.
+TEST(ConfigTest, Stage3AliasesAreTheSameKeys) {
+  Config c = parse_ok(R"({"zero_optimization": {"stage": 3, "prefetch_bucket_size": 123,
+    "param_persistence_threshold": 7, "model_persistence_threshold": 8,
+    "max_live_parameters": 9, "max_reuse_distance": 10}})");
+  const ZeroConfig& z = c.zero_optimization;
+  EXPECT_EQ(z.stage3_prefetch_bucket_size, 123u);
+  EXPECT_EQ(z.stage3_param_persistence_threshold, 7u);
+  EXPECT_EQ(z.stage3_model_persistence_threshold, 8u);
+  EXPECT_EQ(z.stage3_max_live_parameters, 9u);
+  EXPECT_EQ(z.stage3_max_reuse_distance, 10u);
+  expect_error(R"({"zero_optimization": {"prefetch_bucket_size": 1,
+                                         "stage3_prefetch_bucket_size": 2}})",
+               "zero_optimization.prefetch_bucket_size: is the same setting as "
+               "zero_optimization.stage3_prefetch_bucket_size");
+  expect_error(R"({"aio": {"thread_count": 2, "intra_op_parallelism": 2}})",
+               "aio.thread_count: is the same setting");
+  Config old = parse_ok(R"({"bfloat16": {"enabled": true}})");
+  EXPECT_TRUE(old.bf16_enabled);
+  expect_error(R"({"bf16": {"enabled": true}, "bfloat16": {"enabled": true}})", "bfloat16");
+}
+
+// The deprecated spellings DeepSpeed still accepts (and its tests use).
+TEST(ConfigTest, DeprecatedOffloadSpellingsStillWork) {
+  Config c = parse_ok(R"({"zero_optimization": {"stage": 2, "cpu_offload": true}})");
+  EXPECT_EQ(c.zero_optimization.offload_optimizer.device, OffloadDevice::kCpu);
+  Config p = parse_ok(R"({"zero_optimization": {"stage": 3, "cpu_offload_param": true,
+                                                "cpu_offload": false}})");
+  EXPECT_EQ(p.zero_optimization.offload_param.device, OffloadDevice::kCpu);
+  EXPECT_EQ(p.zero_optimization.offload_optimizer.device, OffloadDevice::kNone);
+  expect_error(R"({"zero_optimization": {"cpu_offload": true,
+                                         "offload_optimizer": {"device": "cpu"}}})",
+               "zero_optimization.cpu_offload: is the deprecated spelling of "
+               "zero_optimization.offload_optimizer");
+  EXPECT_EQ(parse_ok(R"({"zero_optimization": true})").zero_optimization.stage, 1);
+  EXPECT_EQ(parse_ok(R"({"zero_optimization": false})").zero_optimization.stage, 0);
+  EXPECT_EQ(parse_ok(R"({"zero_optimization": {"stage": 0}})").zero_optimization.stage, 0);
+}
+
+// HF-Trainer configs carry "auto", which the Trainer replaces; zinf has no
+// Trainer, so it says so instead of guessing.
+TEST(ConfigTest, AutoIsAnErrorSayingWhoResolvesIt) {
+  expect_error(R"({"train_batch_size": "auto"})",
+               "train_batch_size: \"auto\" is resolved by the HF Trainer");
+  expect_error(R"({"optimizer": {"type": "AdamW", "params": {"lr": "auto"}}})",
+               "optimizer.params.lr: \"auto\"");
+  expect_error(R"({"zero_optimization": {"stage3_prefetch_bucket_size": "auto"}})",
+               "zero_optimization.stage3_prefetch_bucket_size: \"auto\"");
+  EXPECT_EQ(parse_ok(R"({"zinf": {"device": "auto"}})").zinf.device, "auto");  // zinf's own value
+}
+
+// Each optimizer type takes its DeepSpeed CPU optimizer's params and defaults.
+TEST(ConfigTest, OptimizerParamsAndDefaultsFollowTheType) {
+  Config adagrad = parse_ok(R"({"optimizer": {"type": "Adagrad"}})");
+  EXPECT_DOUBLE_EQ(adagrad.optimizer->lr, 1e-2);
+  EXPECT_DOUBLE_EQ(adagrad.optimizer->eps, 1e-10);
+  expect_error(R"({"optimizer": {"type": "Adagrad", "params": {"betas": [0.9, 0.99]}}})",
+               "optimizer.params.betas: unknown key");
+  expect_error(R"({"optimizer": {"type": "Lion", "params": {"eps": 1e-8}}})",
+               "optimizer.params.eps: unknown key");
+  expect_error(R"({"optimizer": {"type": "Lion", "params": {"adam_w_mode": true}}})",
+               "optimizer.params.adam_w_mode: unknown key");
+  Config adam = parse_ok(R"({"optimizer": {"type": "Adam", "params": {"torch_adam": true}}})");
+  EXPECT_TRUE(adam.optimizer->adam_w_mode) << "DeepSpeed's adam_w_mode defaults to true";
+  EXPECT_TRUE(adam.optimizer->torch_adam);
+  Config l2 = parse_ok(R"({"optimizer": {"type": "Adam", "params": {"adam_w_mode": false}}})");
+  EXPECT_FALSE(l2.optimizer->adam_w_mode);
+  Config adamw = parse_ok(R"({"optimizer": {"type": "AdamW", "params": {"adam_w_mode": false}}})");
+  EXPECT_TRUE(adamw.optimizer->adam_w_mode) << "type AdamW is decoupled whatever adam_w_mode says";
+  expect_error(R"({"optimizer": {"type": "Adam", "params": {"max_grad_norm": 1.0}}})",
+               "optimizer.params.max_grad_norm: is not an optimizer parameter");
+  expect_error(R"({"optimizer": {"type": "Adam", "params": {"amsgrad": true}}})",
+               "optimizer.params.amsgrad");
+  for (const char* type : {"Adam", "AdamW", "Adagrad", "Lion"}) {
+    Config c = parse_ok(std::string(R"({"optimizer": {"type": ")") + type + R"("}})");
+    Config again = parse_ok(to_json(c));
+    EXPECT_EQ(to_json(again), to_json(c)) << type;
+  }
+}
+
+TEST(ConfigTest, PartialOffloadIsRefused) {
+  expect_error(R"({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu",
+                                                                            "ratio": 0.3}}})",
+               "offload_optimizer.ratio: partial optimizer offload is not implemented");
+  EXPECT_TRUE(
+      parse_ok(R"({"zero_optimization": {"offload_optimizer": {"ratio": 1.0}}})").ignored.empty());
 }
 
 TEST(ConfigTest, SyntaxErrorsNameTheFile) {
@@ -220,6 +328,36 @@ TEST(ConfigTest, EveryShippedConfigLoads) {
     ++n;
   }
   EXPECT_GE(n, 4u);
+}
+
+// Configs as DeepSpeed's docs and tests write them (tests/common/
+// deepspeed_configs): each loads and resolves its batch, or fails with the
+// key its first line names.
+TEST(ConfigTest, DeepSpeedCorpus) {
+  std::size_t n = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(ZINF_CORPUS_DIR)) {
+    if (entry.path().extension() != ".json") continue;
+    ++n;
+    std::ifstream in(entry.path());
+    std::string first;
+    std::getline(in, first);
+    const std::string tag = "// expect: ";
+    ASSERT_EQ(first.rfind(tag, 0), 0u) << entry.path() << " must open with \"" << tag << "\"";
+    const std::string expect = first.substr(tag.size());
+    auto c = Config::from_file(entry.path());
+    Status s = c.is_ok() ? c->resolve_batch(1) : c.status();
+    if (expect == "ok") {
+      EXPECT_TRUE(s.is_ok()) << entry.path() << ": " << s.message();
+      continue;
+    }
+    ASSERT_EQ(expect.rfind("error ", 0), 0u) << entry.path() << ": " << first;
+    const std::string key = expect.substr(6);
+    EXPECT_FALSE(s.is_ok()) << entry.path() << " loaded";
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << entry.path();
+    EXPECT_NE(s.message().find(entry.path().string() + ": " + key), std::string::npos)
+        << entry.path() << ": " << s.message();
+  }
+  EXPECT_GE(n, 20u);
 }
 
 }  // namespace

@@ -103,9 +103,12 @@ std::pair<torch::Tensor, torch::Tensor> micro_batch(const gpt::Options& o, std::
 }
 
 // Plain LibTorch: the model and torch::optim::AdamW, gradients summed over
-// `accumulation` micro-steps of loss / accumulation (DeepSpeed's scaling).
+// `accumulation` micro-steps of loss / accumulation (DeepSpeed's scaling),
+// clipped by torch::nn::utils::clip_grad_norm_ to `max_norm` (DeepSpeed's
+// default gradient_clipping, 1.0, unless given; 0: no clipping).
 Trace train_reference(const gpt::Options& o, int steps, int accumulation = 1,
-                      torch::Device device = torch::kCPU, const Config* schedule = nullptr) {
+                      torch::Device device = torch::kCPU, const Config* schedule = nullptr,
+                      double max_norm = 1.0) {
   // The threads the engine's emulated device computes with: BLAS results
   // depend on them, and Adam's first step turns the rounding noise of a
   // gradient that is zero in exact arithmetic (the key bias) into +-lr.
@@ -128,6 +131,7 @@ Trace train_reference(const gpt::Options& o, int steps, int accumulation = 1,
       (loss / accumulation).backward();
       loss_sum += loss.item<double>();
     }
+    if (max_norm > 0) torch::nn::utils::clip_grad_norm_(model->parameters(), max_norm);
     opt.step();
     if (scheduler) scheduler->step();
     t.losses.push_back(loss_sum / accumulation);
@@ -241,6 +245,25 @@ TEST(EngineTest, GradientAccumulationMatchesLibTorch) {
   const auto o = small_gpt();
   const Trace ref = train_reference(o, 8, 2);
   const Trace got = train_engine(o, parse(config_json(s, dir.path().string())), 8, true);
+  expect_params_close(got, ref);
+  expect_losses_close(got, ref);
+}
+
+// gradient_clipping scales the gradients by min(1, clip / (norm + 1e-6)) of
+// their global norm, as torch::nn::utils::clip_grad_norm_ does; a clip well
+// below the model's gradient norm makes every step clip.
+TEST(EngineTest, GradientClippingMatchesLibTorch) {
+  ScratchDir dir;
+  Homes s;
+  s.param = "cpu";
+  s.top_extra = R"(, "gradient_clipping": 0.05)";
+  const Config cfg = parse(config_json(s, dir.path().string()));
+  const auto o = small_gpt();
+  const Trace ref = train_reference(o, 8, 1, torch::kCPU, nullptr, 0.05);
+  Engine<gpt::GPT> engine(build(o, cfg, true), cfg);
+  micro_step(engine, o, 0);
+  EXPECT_GT(engine.last_step_report().grad_norm, 0.1);  // so every step clips
+  const Trace got = train_engine(o, cfg, 8, true);
   expect_params_close(got, ref);
   expect_losses_close(got, ref);
 }
@@ -410,7 +433,7 @@ TEST_P(EngineFaults, LeaveTheStateAsBeforeTheStep) {
   const Trace clean = train_engine(o, cfg, kSteps, false);
 
   std::set<std::string> phases;
-  for (std::uint64_t nth = 1; nth <= 60; nth += 2) {
+  for (std::uint64_t nth = 1; nth <= 200; nth += 3) {
     EngineOptions eo;
     swap::FaultSpec fault;
     fault.kind = swap::FaultKind::kEio;

@@ -1,13 +1,18 @@
 // The DeepSpeed JSON config, parsed into typed structs whose defaults are
 // DeepSpeed's runtime defaults (see docs/ARCHITECTURE.md, "Config").
 //
-// Strictness: inside the blocks zinf implements, an unknown key, a value of the
-// wrong type or out of range is an error naming the file and the key path
-// ("ds.json: aio.queue_depth: expected an integer >= 1, got \"8\""). Top-level
-// DeepSpeed keys that zinf does not implement yet are accepted with a warning,
-// so a DeepSpeed config runs as it is; a top-level key DeepSpeed does not know
-// either is an error. Integer keys accept JSON numbers with an integral value
-// (DeepSpeed configs write sizes as 5e8).
+// Every key is one of three kinds. Acted on: parsed into the structs below,
+// with DeepSpeed's accepted spellings (its stage3_ aliases, the deprecated
+// cpu_offload, cpu_offload_param and "zero_optimization": true/false, "bfloat16"),
+// where a wrong type, an out-of-range value or a spelling together with its
+// alias is an error naming the file and the key path ("ds.json:
+// aio.queue_depth: expected an integer >= 1, got \"8\""). Ignored: DeepSpeed
+// keys zinf does not act on yet, accepted so that a DeepSpeed config runs as
+// it is, collected in Config::ignored and logged once by the parse.
+// Unknown to DeepSpeed too: an error. A DeepSpeed value of "auto" (which the
+// HF Trainer replaces before DeepSpeed sees it) is an error saying so.
+// Integer keys accept JSON numbers with an integral value (DeepSpeed configs
+// write sizes as 5e8).
 //
 // zinf's own settings live in a top-level "zinf" block, so the DeepSpeed blocks
 // keep exactly DeepSpeed's keys.
@@ -63,15 +68,13 @@ struct EngineConfig {
 struct OffloadOptimizerConfig {
   OffloadDevice device = OffloadDevice::kNone;
   std::string nvme_path;
-  // Buffers of sub_group_size fp32 elements in the swap pool (DeepSpeed's
-  // meaning). Unset: zinf takes 3 sub-groups of states (reads, compute and
-  // writes all overlap); below 2 sub-groups of states is an error.
-  std::optional<std::uint32_t> buffer_count;
+  // DeepSpeed's meaning: the swap pool may hold this many fp32 buffers of the
+  // largest sub-group, and one sub-group's update takes one per state plus
+  // one for its gradient (4 for Adam), so fewer is an error. zinf streams
+  // sub-groups through the pool in smaller pieces and takes at most that
+  // much host memory (see make_nvme_tier).
+  std::uint32_t buffer_count = 4;
   bool pin_memory = true;
-  bool pipeline_read = false;
-  bool pipeline_write = false;
-  bool fast_init = false;
-  double ratio = 1.0;
 };
 
 struct OffloadParamConfig {
@@ -79,38 +82,39 @@ struct OffloadParamConfig {
   std::string nvme_path;
   std::uint32_t buffer_count = 5;
   std::uint64_t buffer_size = 100000000;  // elements
-  std::uint64_t max_in_cpu = 1000000000;  // elements
   bool pin_memory = true;
 };
 
+// zero_optimization, under the names zinf acts on (DeepSpeed's stage3_
+// spellings; the short names are accepted as the same keys).
 struct ZeroConfig {
   int stage = 0;
-  std::optional<bool> overlap_comm;  // unset: true for stage 3, false otherwise
-  bool contiguous_gradients = true;
-  std::uint64_t reduce_bucket_size = 500000000;
-  std::uint64_t allgather_bucket_size = 500000000;
   std::uint64_t sub_group_size = 1000000000;
   std::uint64_t stage3_prefetch_bucket_size = 50000000;
   std::uint64_t stage3_param_persistence_threshold = 100000;
   std::uint64_t stage3_model_persistence_threshold = UINT64_MAX;
   std::uint64_t stage3_max_live_parameters = 1000000000;
   std::uint64_t stage3_max_reuse_distance = 1000000000;
-  bool stage3_gather_16bit_weights_on_model_save = false;
   OffloadParamConfig offload_param;
   OffloadOptimizerConfig offload_optimizer;
-
-  bool overlap_comm_enabled() const { return overlap_comm.value_or(stage == 3); }
 };
 
+// The "optimizer" block. Each type takes only the params its DeepSpeed CPU
+// optimizer takes, with that optimizer's defaults (Adagrad: lr 1e-2, eps 1e-10).
 struct OptimizerConfig {
-  std::string type = "AdamW";  // Adam, AdamW, Adagrad, Lion
+  std::string type = "AdamW";  // Adam, AdamW, Adagrad, Lion (case-insensitive in the file)
   double lr = 1e-3;
   double beta1 = 0.9;
   double beta2 = 0.999;
   double eps = 1e-8;
   double weight_decay = 0.0;
-  bool adam_w_mode = true;  // Adam only: decoupled weight decay
+  // Decoupled weight decay: type AdamW, or type Adam with adam_w_mode (true
+  // by default, as in DeepSpeed; false is Adam's L2 penalty).
+  bool adam_w_mode = true;
   bool bias_correction = true;
+  // DeepSpeed's switch to torch.optim's Adam/AdamW; the same update, so zinf
+  // keeps its own kernel and says so.
+  bool torch_adam = false;
 };
 
 // The DeepSpeed "scheduler" block: a type and its params, with DeepSpeed's
@@ -158,7 +162,7 @@ struct Config {
   std::optional<std::uint64_t> train_batch_size;
   std::optional<std::uint64_t> train_micro_batch_size_per_gpu;
   std::optional<std::uint64_t> gradient_accumulation_steps;
-  double gradient_clipping = 0.0;  // global L2 norm; 0 = off
+  double gradient_clipping = 1.0;  // global L2 norm; 0 = off (DeepSpeed's default is 1.0)
   std::uint64_t steps_per_print = 10;
   std::optional<OptimizerConfig> optimizer;
   std::optional<SchedulerConfig> scheduler;
@@ -167,6 +171,9 @@ struct Config {
   AioConfig aio;
   ZeroConfig zero_optimization;
   EngineConfig zinf;
+  // The DeepSpeed keys in the file that zinf does not act on, each as
+  // "key.path (why)".
+  std::vector<std::string> ignored;
 
   static Result<Config> from_file(const std::filesystem::path& path);
   static Result<Config> from_string(std::string_view json, std::string_view source = "<string>");

@@ -1,7 +1,7 @@
 // Where and how OffloadAdamW and friends keep the optimizer state: a
 // chainable builder in LibTorch's style, or the keys of a DeepSpeed config.
 //
-//   zinf::OffloadOptions().device("nvme").nvme_path("/mnt/nvme").buffer_count(6)
+//   zinf::OffloadOptions().device("nvme").nvme_path("/mnt/nvme")
 //   zinf::OffloadOptions::from_json_file("ds_config.json")
 #pragma once
 
@@ -20,12 +20,12 @@ struct OffloadOptions {
   // "cpu": states in host memory; "nvme": states on NVMe through SwapStore.
   TORCH_ARG(std::string, device) = "cpu";
   TORCH_ARG(std::string, nvme_path) = "";
-  // fp32 buffers of one piece's state array in the NVMe swap pool
-  // (offload_optimizer.buffer_count; a piece is at most a sub-group, sized to
-  // the aio queue). The pipeline needs at least 2 pieces of states (6 for
-  // Adam/AdamW, 4 for Adagrad/Lion; fewer is an error); 3 also overlap reads
-  // with writes. 0: 3 pieces of states.
-  TORCH_ARG(std::uint32_t, buffer_count) = 0;
+  // offload_optimizer.buffer_count, with DeepSpeed's meaning and default:
+  // fp32 buffers of the largest sub-group, one per state array and one for
+  // the gradient (at least 4 for Adam/AdamW, 3 for Adagrad/Lion; fewer is an
+  // error). zinf streams each sub-group through its pinned pool in pieces and
+  // never takes more host memory than these buffers would.
+  TORCH_ARG(std::uint32_t, buffer_count) = 4;
   // Elements per optimizer sub-group (zero_optimization.sub_group_size).
   TORCH_ARG(std::uint64_t, sub_group_size) = 1000000000;
   // mlock the host buffers; if RLIMIT_MEMLOCK forbids it, warn and go on.
