@@ -47,6 +47,7 @@ struct Args {
   std::string data = ZINF_EXAMPLE_DATA;
   std::string nvme_path;
   int print_every = 1;
+  bool checkpoint_units = false;
 };
 
 // "64M", "1.5G", "1048576": bytes (K, M, G are powers of 1024).
@@ -416,6 +417,9 @@ int main(int argc, char** argv) {
   app.add_option("--nvme-path", a.nvme_path,
                  "overrides offload_param and offload_optimizer nvme_path (created if missing)");
   app.add_option("--print-every", a.print_every, "print every N steps")->check(CLI::PositiveNumber);
+  app.add_flag("--checkpoint-units", a.checkpoint_units,
+               "activation checkpointing: each block's backward recomputes its forward "
+               "(zinf.checkpoint_units)");
   CLI11_PARSE(app, argc, argv);
   if (a.model.hidden % a.model.heads != 0) {
     std::cerr << "train_gpt: --hidden " << a.model.hidden << " is not a multiple of --heads "
@@ -434,6 +438,7 @@ int main(int argc, char** argv) {
       throw std::runtime_error("--data " + a.data + " is shorter than --seq");
     auto cfg = zinf::Config::from_file(a.config);
     zinf::throw_if_error(cfg.status());
+    if (a.checkpoint_units) cfg->zinf.checkpoint_units = true;
     auto& zero = cfg->zero_optimization;
     if (!a.nvme_path.empty()) {
       zero.offload_param.nvme_path = a.nvme_path;

@@ -16,8 +16,7 @@ using json = nlohmann::json;
 
 // Top-level DeepSpeed keys zinf does not act on yet: a DeepSpeed config keeps
 // working, and Config::ignored lists them.
-const std::set<std::string, std::less<>> kTopLevelIgnored = {"activation_checkpointing",
-                                                             "wall_clock_breakdown",
+const std::set<std::string, std::less<>> kTopLevelIgnored = {"wall_clock_breakdown",
                                                              "memory_breakdown",
                                                              "flops_profiler",
                                                              "tensorboard",
@@ -318,7 +317,17 @@ void parse_engine(ObjectReader& r, EngineConfig& e) {
               "expected \"auto\", \"cpu\" (host-emulated) or \"cuda\", got \"" + e.device + "\"");
   }
   r.read_int("device_budget", e.device_budget);
+  r.read("checkpoint_units", e.checkpoint_units);
   r.read_int("compute_threads", e.compute_threads, 0, 4096);
+}
+
+void parse_activation_checkpointing(ObjectReader& r, ActivationCheckpointingConfig& a) {
+  r.read("cpu_checkpointing", a.cpu_checkpointing);
+  r.read("synchronize_checkpoint_boundary", a.synchronize_checkpoint_boundary);
+  r.ignore("partition_activations", "one process has no model-parallel ranks to partition over");
+  r.ignore("contiguous_memory_optimization", "zinf's allocator needs no checkpoint buffers");
+  r.ignore("number_checkpoints", "zinf's allocator needs no checkpoint buffers");
+  r.ignore("profile", "not implemented by zinf yet");
 }
 
 void parse_offload_optimizer(ObjectReader& r, OffloadOptimizerConfig& o) {
@@ -643,6 +652,9 @@ Result<Config> Config::from_string(std::string_view text, std::string_view sourc
   r.read_object(r.spelling("bf16", "bfloat16"),
                 [&](ObjectReader& c) { parse_bf16(c, cfg.bf16_enabled); });
   r.read_object("aio", [&](ObjectReader& c) { parse_aio(c, cfg.aio); });
+  r.read_object("activation_checkpointing", [&](ObjectReader& c) {
+    parse_activation_checkpointing(c, cfg.activation_checkpointing);
+  });
   if (r.has("zero_optimization") && root["zero_optimization"].is_boolean()) {
     // DeepSpeed's oldest form: true is stage 1.
     bool on = false;
@@ -805,6 +817,10 @@ std::string to_json(const Config& c, int indent) {
                 {"consecutive_hysteresis", c.fp16.consecutive_hysteresis},
                 {"min_loss_scale", c.fp16.min_loss_scale}}},
               {"bf16", {{"enabled", c.bf16_enabled}}},
+              {"activation_checkpointing",
+               {{"cpu_checkpointing", c.activation_checkpointing.cpu_checkpointing},
+                {"synchronize_checkpoint_boundary",
+                 c.activation_checkpointing.synchronize_checkpoint_boundary}}},
               {"aio", aio_json(c.aio)},
               {"zero_optimization",
                {{"stage", z.stage},
@@ -834,6 +850,7 @@ std::string to_json(const Config& c, int indent) {
                 {"threads", c.zinf.threads},
                 {"device", c.zinf.device},
                 {"device_budget", c.zinf.device_budget},
+                {"checkpoint_units", c.zinf.checkpoint_units},
                 {"compute_threads", c.zinf.compute_threads}}}};
   put_if_set(out, "train_batch_size", c.train_batch_size);
   put_if_set(out, "train_micro_batch_size_per_gpu", c.train_micro_batch_size_per_gpu);

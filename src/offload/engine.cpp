@@ -851,6 +851,127 @@ void EngineImpl::pre_backward(std::size_t unit) {
   use(unit);
 }
 
+// --- activation checkpointing --------------------------------------------
+//
+// Recompute is the autograd node of a checkpointed unit call: its forward
+// runs the unit with gradients off (a Function's forward always does), so
+// only the inputs are kept; its backward runs after PreBackward gathered
+// the unit again, replays the forward with gradients on and the random
+// state it first ran with, hooks the parameters' gradients as the forward
+// of an ordinary call does, and back-propagates through the replay (a
+// re-entrant backward, as PyTorch's checkpoint does).
+
+namespace {
+
+// `anchor` requires a gradient, so that the node is in the graph even when
+// no input needs one (the first unit's, say): its parameters still do.
+struct Recompute : torch::autograd::Function<Recompute> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                at::TensorList inputs,
+                                                const torch::Tensor& /*anchor*/,
+                                                std::int64_t state) {
+    auto held = c10::intrusive_ptr<CheckpointState>::unsafe_reclaim_from_nonowning(
+        reinterpret_cast<CheckpointState*>(state));
+    ctx->saved_data["state"] = c10::IValue::make_capsule(held);
+    return held->engine->checkpoint_forward(*held, inputs.vec());
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto held = ctx->saved_data["state"].toCapsule();
+    auto& state = static_cast<CheckpointState&>(*held);
+    auto out = state.engine->checkpoint_backward(state, std::move(grads));
+    out.push_back(torch::Tensor());  // the anchor
+    out.push_back(torch::Tensor());  // the state
+    return out;
+  }
+};
+
+// Swaps `generator`'s state with `state`.
+void swap_rng(at::Generator generator, torch::Tensor& state) {
+  std::lock_guard lock(generator.mutex());
+  torch::Tensor now = generator.get_state();
+  generator.set_state(state);
+  state = std::move(now);
+}
+
+}  // namespace
+
+bool EngineImpl::checkpoints() const {
+  return config_.zinf.checkpoint_units && torch::GradMode::is_enabled();
+}
+
+std::vector<torch::Tensor> EngineImpl::checkpoint(std::size_t unit, detail::FlatForward forward,
+                                                  std::vector<torch::Tensor> inputs) {
+  auto state = c10::make_intrusive<CheckpointState>();
+  state->engine = this;
+  state->unit = unit;
+  state->forward = std::move(forward);
+  static const torch::Tensor anchor = torch::empty({0}).requires_grad_();
+  return Recompute::apply(at::TensorList(inputs), anchor,
+                          reinterpret_cast<std::int64_t>(state.get()));
+}
+
+std::vector<torch::Tensor> EngineImpl::checkpoint_forward(CheckpointState& state,
+                                                          std::vector<torch::Tensor> inputs) {
+  const auto& ac = config_.activation_checkpointing;
+  if (ac.synchronize_checkpoint_boundary) throw_if_error(device_->compute_stream().synchronize());
+  for (const torch::Tensor& t : inputs) {
+    state.requires_grad.push_back(t.requires_grad());
+    if (!ac.cpu_checkpointing) {
+      state.saved.push_back(t.detach());
+    } else if (torch_device_.is_cuda()) {
+      state.saved.push_back(
+          torch::empty(t.sizes(), t.options().device(torch::kCPU).pinned_memory(true)).copy_(t));
+    } else {
+      ChargeScope host(nullptr);  // the emulated device's host memory is not its budget
+      state.saved.push_back(t.detach().clone());
+    }
+  }
+  state.cpu_rng = at::detail::getDefaultCPUGenerator().get_state();
+  if (torch_device_.is_cuda())
+    state.device_rng = at::globalContext().defaultGenerator(torch_device_).get_state();
+  auto outputs = state.forward(std::move(inputs));
+  if (ac.synchronize_checkpoint_boundary) throw_if_error(device_->compute_stream().synchronize());
+  return outputs;
+}
+
+std::vector<torch::Tensor> EngineImpl::checkpoint_backward(CheckpointState& state,
+                                                           std::vector<torch::Tensor> grads) {
+  const auto& ac = config_.activation_checkpointing;
+  if (ac.synchronize_checkpoint_boundary) throw_if_error(device_->compute_stream().synchronize());
+  std::vector<torch::Tensor> inputs;
+  for (std::size_t i = 0; i < state.saved.size(); ++i) {
+    torch::Tensor t = state.saved[i];
+    if (ac.cpu_checkpointing) t = torch_device_.is_cuda() ? t.to(torch_device_) : t.clone();
+    inputs.push_back(t.detach().requires_grad_(state.requires_grad[i]));
+  }
+  state.saved.clear();
+  swap_rng(at::detail::getDefaultCPUGenerator(), state.cpu_rng);
+  if (state.device_rng.defined())
+    swap_rng(at::globalContext().defaultGenerator(torch_device_), state.device_rng);
+  std::vector<torch::Tensor> outputs;
+  {
+    torch::AutoGradMode replay(true);
+    outputs = state.forward(inputs);
+    hook_grads(state.unit);
+  }
+  swap_rng(at::detail::getDefaultCPUGenerator(), state.cpu_rng);
+  if (state.device_rng.defined())
+    swap_rng(at::globalContext().defaultGenerator(torch_device_), state.device_rng);
+  std::vector<torch::Tensor> roots, root_grads;
+  for (std::size_t k = 0; k < outputs.size() && k < grads.size(); ++k) {
+    if (!grads[k].defined() || !outputs[k].requires_grad()) continue;
+    roots.push_back(outputs[k]);
+    root_grads.push_back(grads[k]);
+  }
+  if (!roots.empty()) torch::autograd::backward(roots, root_grads);
+  std::vector<torch::Tensor> input_grads;
+  for (std::size_t i = 0; i < inputs.size(); ++i)
+    input_grads.push_back(state.requires_grad[i] ? inputs[i].grad() : torch::Tensor());
+  if (ac.synchronize_checkpoint_boundary) throw_if_error(device_->compute_stream().synchronize());
+  return input_grads;
+}
+
 // A gradient is complete on the device: it leaves through pinned buffers
 // (D2H after the compute stream), and the gradient worker adds it into the
 // fp32 host gradients; the device copy is dropped once it has left.
@@ -1322,6 +1443,25 @@ UnitCall::~UnitCall() {
   if (unit_ == nullptr || finished_) return;
   auto* entry = static_cast<UnitEntry*>(unit_);
   entry->engine->unit_abort(entry->index);
+}
+
+bool UnitCall::checkpointed() const {
+  return unit_ != nullptr && static_cast<UnitEntry*>(unit_)->engine->checkpoints();
+}
+
+std::vector<torch::Tensor> UnitCall::checkpoint(FlatForward forward,
+                                                std::vector<torch::Tensor> inputs) {
+  auto* entry = static_cast<UnitEntry*>(unit_);
+  return entry->engine->checkpoint(entry->index, std::move(forward), std::move(inputs));
+}
+
+void UnitCall::refuse_checkpoint() const {
+  if (!checkpointed()) return;
+  auto* entry = static_cast<UnitEntry*>(unit_);
+  throw Error(Status::invalid_argument(
+      "unit '" + entry->engine->unit_name(entry->index) +
+      "' takes arguments other than tensors, so zinf.checkpoint_units cannot replay its "
+      "forward from saved inputs"));
 }
 
 std::vector<torch::Tensor> UnitCall::hand_over(std::vector<torch::Tensor> out) {

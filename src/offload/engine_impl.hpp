@@ -26,7 +26,19 @@
 
 namespace zinf::offload {
 
+class EngineImpl;
+
 enum class Home : std::uint8_t { kDevice, kHost, kNvme };
+
+// One checkpointed unit call, from its forward to its backward.
+struct CheckpointState : torch::CustomClassHolder {
+  EngineImpl* engine = nullptr;
+  std::size_t unit = 0;
+  detail::FlatForward forward;
+  std::vector<torch::Tensor> saved;  // the inputs, detached (in host memory with cpu_checkpointing)
+  std::vector<bool> requires_grad;
+  torch::Tensor cpu_rng, device_rng;  // the generators' states the forward ran with
+};
 
 class EngineImpl final : public Coordinator::Actions {
  public:
@@ -56,6 +68,16 @@ class EngineImpl final : public Coordinator::Actions {
   void unit_abort(std::size_t unit);
   void pre_backward(std::size_t unit);
   void on_grad(std::size_t param);
+
+  // Activation checkpointing (zinf.checkpoint_units).
+  bool checkpoints() const;
+  std::vector<torch::Tensor> checkpoint(std::size_t unit, detail::FlatForward forward,
+                                        std::vector<torch::Tensor> inputs);
+  std::vector<torch::Tensor> checkpoint_forward(CheckpointState& state,
+                                                std::vector<torch::Tensor> inputs);
+  std::vector<torch::Tensor> checkpoint_backward(CheckpointState& state,
+                                                 std::vector<torch::Tensor> grads);
+  const std::string& unit_name(std::size_t unit) const { return units_[unit].name; }
 
   // Coordinator::Actions.
   Status fetch(std::size_t unit) override;

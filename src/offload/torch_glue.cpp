@@ -212,9 +212,8 @@ DeviceCharges::~DeviceCharges() {
   target_->unref();
 }
 
-ChargeScope::ChargeScope(DeviceCharges* charges) : previous_(t_charged) {
-  if (charges != nullptr) t_charged = charges->target_;
-}
+ChargeScope::ChargeScope(DeviceCharges* charges)
+    : previous_(std::exchange(t_charged, charges != nullptr ? charges->target_ : nullptr)) {}
 
 ChargeScope::~ChargeScope() { t_charged = previous_; }
 

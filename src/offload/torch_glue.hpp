@@ -70,7 +70,7 @@ class DeviceCharges {
 };
 
 // While alive, LibTorch CPU allocations on this thread are charged to
-// `charges`. Nests; null charges nothing.
+// `charges`. Nests; null charges nothing, also inside an outer scope.
 class ChargeScope {
  public:
   explicit ChargeScope(DeviceCharges* charges);

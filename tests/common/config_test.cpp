@@ -131,15 +131,17 @@ TEST(ConfigTest, WrongTypesAndRangesAreErrors) {
 // DeepSpeed keys zinf does not act on are accepted and listed, with the
 // path, wherever they are.
 TEST(ConfigTest, DeepSpeedKeysNotActedOnAreListedAsIgnored) {
-  Config c = parse_ok(R"({"activation_checkpointing": {}, "wall_clock_breakdown": false,
+  Config c = parse_ok(R"({"activation_checkpointing": {"partition_activations": true,
+                                                        "cpu_checkpointing": true},
+    "wall_clock_breakdown": false,
     "zero_optimization": {"stage": 3, "overlap_comm": true, "reduce_bucket_size": 5e8,
                           "stage3_gather_16bit_weights_on_model_save": true,
                           "offload_param": {"device": "cpu", "max_in_cpu": 1e9}},
     "fp16": {"enabled": true, "auto_cast": false}})");
-  EXPECT_EQ(c.aio.queue_depth, 8u);
+  EXPECT_TRUE(c.activation_checkpointing.cpu_checkpointing);
   for (const char* key :
-       {"activation_checkpointing (", "wall_clock_breakdown (", "zero_optimization.overlap_comm (",
-        "zero_optimization.reduce_bucket_size (",
+       {"activation_checkpointing.partition_activations (", "wall_clock_breakdown (",
+        "zero_optimization.overlap_comm (", "zero_optimization.reduce_bucket_size (",
         "zero_optimization.stage3_gather_16bit_weights_on_model_save (",
         "zero_optimization.offload_param.max_in_cpu (", "fp16.auto_cast ("}) {
     EXPECT_EQ(std::count_if(c.ignored.begin(), c.ignored.end(),

@@ -56,6 +56,7 @@ struct Homes {
   std::uint64_t budget = 0;    // zinf.device_budget
   std::string device = "cpu";  // zinf.device
   std::string top_extra;       // more top-level keys, with a leading comma
+  std::string zinf_extra;      // more zinf keys, with a leading comma
 };
 
 std::string config_json(const Homes& s, const std::string& nvme) {
@@ -76,7 +77,8 @@ std::string config_json(const Homes& s, const std::string& nvme) {
          s.optim + R"(", "nvme_path": ")" + nvme + R"("})" + s.zero_extra + R"(
     },
     "zinf": {"device": ")" +
-         s.device + R"(", "device_budget": )" + std::to_string(s.budget) + R"(})" + s.top_extra +
+         s.device + R"(", "device_budget": )" + std::to_string(s.budget) + s.zinf_extra + "}" +
+         s.top_extra +
          R"(
   })";
 }
@@ -266,6 +268,99 @@ TEST(EngineTest, GradientClippingMatchesLibTorch) {
   const Trace got = train_engine(o, cfg, 8, true);
   expect_params_close(got, ref);
   expect_losses_close(got, ref);
+}
+
+// zinf.checkpoint_units: each unit's backward gathers it again and
+// recomputes its forward. The run is the plain run, bit for bit, and the
+// device holds fewer activations; with cpu_checkpointing the saved inputs
+// wait in host memory, and fewer still.
+TEST(EngineTest, CheckpointedUnitsTrainAsPlainOnesWithFewerActivations) {
+  ScratchDir dir;
+  auto o = small_gpt();
+  o.seq = 64;
+  struct Run {
+    Trace trace;
+    std::uint64_t peak = 0;
+  };
+  auto train = [&](const std::string& zinf_extra, const std::string& top_extra) {
+    Homes s;
+    s.param = "nvme";
+    s.zinf_extra = zinf_extra;
+    s.top_extra = top_extra;
+    const Config cfg = parse(config_json(s, dir.path().string()));
+    Engine<gpt::GPT> engine(build(o, cfg, true), cfg);
+    Run r;
+    for (std::uint64_t k = 0; k < 4; ++k) r.trace.losses.push_back(micro_step(engine, o, k, 8));
+    r.trace.last = parameters(engine);
+    r.peak = engine.memory_report().device_peak;
+    return r;
+  };
+  const Run plain = train("", "");
+  const Run ckpt = train(R"(, "checkpoint_units": true)", "");
+  const Run host = train(R"(, "checkpoint_units": true)",
+                         R"(, "activation_checkpointing": {"cpu_checkpointing": true,
+                                                           "synchronize_checkpoint_boundary": true})");
+  for (const Run* r : {&ckpt, &host}) {
+    EXPECT_EQ(r->trace.losses, plain.trace.losses);
+    for (const auto& [name, value] : plain.trace.last)
+      EXPECT_TRUE(torch::equal(value, r->trace.last.at(name))) << name;
+  }
+  EXPECT_LT(ckpt.peak, plain.peak * 3 / 4)
+      << "plain " << plain.peak << ", checkpointed " << ckpt.peak;
+  EXPECT_LT(host.peak, ckpt.peak) << "on the device " << ckpt.peak << ", in host memory "
+                                  << host.peak;
+}
+
+// Units with dropout: the replay in backward draws the masks the forward
+// drew, so checkpointing changes nothing, and the random stream after a
+// step is the one a plain run leaves.
+struct NoisyImpl : torch::nn::Module {
+  NoisyImpl() : fc(register_module("fc", torch::nn::Linear(32, 32))) {}
+  torch::Tensor forward(torch::Tensor x) {
+    return torch::dropout(torch::relu(fc(x)), 0.5, is_training());
+  }
+  torch::nn::Linear fc;
+};
+TORCH_MODULE(Noisy);
+
+struct NoisyNetImpl : torch::nn::Module {
+  NoisyNetImpl() : head(register_module("head", torch::nn::Linear(32, 1))) {
+    for (int i = 0; i < 3; ++i)
+      blocks.push_back(register_module("b" + std::to_string(i), zinf::Unit<Noisy>()));
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    for (auto& b : blocks) x = b(x);
+    return head(x);
+  }
+  std::vector<zinf::Unit<Noisy>> blocks;
+  torch::nn::Linear head;
+};
+TORCH_MODULE(NoisyNet);
+
+TEST(EngineTest, CheckpointedUnitsReplayTheirDropoutMasks) {
+  ScratchDir dir;
+  auto train = [&](const std::string& zinf_extra) {
+    Homes s;
+    s.param = "cpu";
+    s.persistence = 100;
+    s.zinf_extra = zinf_extra;
+    const Config cfg = parse(config_json(s, dir.path().string()));
+    torch::manual_seed(11);
+    Engine<NoisyNet> engine(NoisyNet(), cfg);
+    std::vector<double> losses;
+    for (int k = 0; k < 3; ++k) {
+      auto loss = engine(torch::randn({16, 32})).pow(2).mean();
+      engine.backward(loss);
+      engine.step();
+      losses.push_back(loss.item<double>());
+    }
+    losses.push_back(torch::rand({1}).item<double>());  // where the random stream is
+    return std::pair{losses, parameters(engine)};
+  };
+  const auto [plain_losses, plain] = train("");
+  const auto [ckpt_losses, ckpt] = train(R"(, "checkpoint_units": true)");
+  EXPECT_EQ(ckpt_losses, plain_losses);
+  for (const auto& [name, value] : plain) EXPECT_TRUE(torch::equal(value, ckpt.at(name))) << name;
 }
 
 // The config's scheduler steps after each applied update, as DeepSpeed's

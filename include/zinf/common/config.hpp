@@ -59,6 +59,12 @@ struct EngineConfig {
   std::uint32_t threads = 0;        // CPU optimizer threads (0 = all cores)
   std::string device = "auto";      // the engine's device: "auto", "cpu" (host-emulated), "cuda"
   std::uint64_t device_budget = 0;  // bytes the device may hold; 0: cpu unlimited, cuda all free
+  // Activation checkpointing of every unit: its forward runs without saving
+  // activations, and its backward gathers the unit again, recomputes the
+  // forward and back-propagates through it (DeepSpeed's checkpoint(), which a
+  // C++ model cannot call on a Python function). activation_checkpointing
+  // configures it.
+  bool checkpoint_units = false;
   // LibTorch's compute threads on the emulated device (intra-op and BLAS);
   // 0: one core fewer than the process may use (at least one), so that the
   // I/O, copy and optimizer threads keep a core, as a GPU leaves them.
@@ -157,6 +163,13 @@ struct Fp16Config {
   double min_loss_scale = 1.0;
 };
 
+// The DeepSpeed "activation_checkpointing" block, for checkpointed units
+// (zinf.checkpoint_units).
+struct ActivationCheckpointingConfig {
+  bool cpu_checkpointing = false;                // saved unit inputs wait in host memory
+  bool synchronize_checkpoint_boundary = false;  // device sync around each recompute
+};
+
 struct Config {
   std::string source = "<defaults>";  // the file (or "<string>") it was read from
   std::optional<std::uint64_t> train_batch_size;
@@ -168,6 +181,7 @@ struct Config {
   std::optional<SchedulerConfig> scheduler;
   Fp16Config fp16;
   bool bf16_enabled = false;
+  ActivationCheckpointingConfig activation_checkpointing;
   AioConfig aio;
   ZeroConfig zero_optimization;
   EngineConfig zinf;

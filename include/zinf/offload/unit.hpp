@@ -21,14 +21,18 @@
 // ones), runs the module's forward, registers the gradient hooks and wraps
 // the outputs so that backward re-gathers the unit before its gradients are
 // computed, and releases it (unless it is used again soon). Outside an
-// Engine, or before one is built, a Unit is the plain module.
+// Engine, or before one is built, a Unit is the plain module. With
+// zinf.checkpoint_units the forward keeps only the unit's inputs, and
+// backward, once the unit is gathered again, recomputes the forward (with
+// the random-number state it first ran with) and back-propagates through it.
 //
 // Contracts:
 //  - Call the unit through its holder (`blocks[i](x)`); `blocks[i]->forward(x)`
 //    bypasses the gather and, under an Engine, fails on released parameters
 //    (the engine's error names the released units).
 //  - A unit's forward returns a Tensor, a std::vector<Tensor> or a std::tuple
-//    of Tensors. Units do not nest. A parameter belongs to one unit: weights
+//    of Tensors; a checkpointed one takes only Tensors and returns floating
+//    point tensors. Units do not nest. A parameter belongs to one unit: weights
 //    shared between units (a tied LM head) belong in their common parent.
 //  - Inside a PartitionScope (DeepSpeed's zero.Init) a unit's parameters are
 //    moved to their home tier (offload_param.device) as soon as the unit is
@@ -43,6 +47,7 @@
 #include <torch/nn/pimpl.h>
 #include <torch/types.h>
 
+#include <functional>
 #include <memory>
 #include <tuple>
 #include <type_traits>
@@ -93,6 +98,9 @@ struct Outputs<std::tuple<T...>> {
   }
 };
 
+// A unit's forward over its tensor arguments, as flat lists.
+using FlatForward = std::function<std::vector<torch::Tensor>(std::vector<torch::Tensor>)>;
+
 // One call of a unit: gathers in the constructor if an engine owns the unit;
 // finish() hands the outputs to the engine; destroyed without finish() (an
 // exception in forward), it releases the unit.
@@ -102,6 +110,14 @@ class UnitCall {
   ~UnitCall();
   UnitCall(const UnitCall&) = delete;
   UnitCall& operator=(const UnitCall&) = delete;
+
+  // Whether the engine checkpoints this call (zinf.checkpoint_units).
+  bool checkpointed() const;
+  // Runs `forward` without keeping its activations; backward recomputes it.
+  std::vector<torch::Tensor> checkpoint(FlatForward forward, std::vector<torch::Tensor> inputs);
+  // Throws if checkpointed: a forward with arguments other than tensors
+  // cannot be replayed from saved tensors.
+  void refuse_checkpoint() const;
 
   template <typename Out>
   Out finish(Out out) {
@@ -139,7 +155,27 @@ class Unit : public Holder {
   template <typename... Args>
   auto operator()(Args&&... args) {
     detail::UnitCall call(*this->get());
+    using Out = std::decay_t<decltype(this->get()->forward(std::forward<Args>(args)...))>;
+    if constexpr ((std::is_same_v<std::decay_t<Args>, torch::Tensor> && ...)) {
+      if (call.checkpointed()) {
+        Impl* impl = this->get();
+        auto forward = [impl](std::vector<torch::Tensor> in) {
+          return detail::Outputs<Out>::flatten(
+              forward_of(impl, in, std::index_sequence_for<Args...>{}));
+        };
+        return call.finish(detail::Outputs<Out>::unflatten(
+            call.checkpoint(forward, {std::forward<Args>(args)...})));
+      }
+    } else {
+      call.refuse_checkpoint();
+    }
     return call.finish(this->get()->forward(std::forward<Args>(args)...));
+  }
+
+ private:
+  template <std::size_t... I>
+  static auto forward_of(Impl* impl, std::vector<torch::Tensor>& in, std::index_sequence<I...>) {
+    return impl->forward(in[I]...);
   }
 };
 
