@@ -807,7 +807,6 @@ std::string to_json(const Config& c, int indent) {
   const OffloadParamConfig& op = z.offload_param;
   const OffloadOptimizerConfig& oo = z.offload_optimizer;
   json out = {{"gradient_clipping", c.gradient_clipping},
-              {"steps_per_print", c.steps_per_print},
               {"fp16",
                {{"enabled", c.fp16.enabled},
                 {"loss_scale", c.fp16.loss_scale},
@@ -853,6 +852,7 @@ std::string to_json(const Config& c, int indent) {
                 {"checkpoint_units", c.zinf.checkpoint_units},
                 {"compute_threads", c.zinf.compute_threads}}}};
   put_if_set(out, "train_batch_size", c.train_batch_size);
+  put_if_set(out, "steps_per_print", c.steps_per_print);
   put_if_set(out, "train_micro_batch_size_per_gpu", c.train_micro_batch_size_per_gpu);
   put_if_set(out, "gradient_accumulation_steps", c.gradient_accumulation_steps);
   if (c.scheduler) out["scheduler"] = scheduler_json(*c.scheduler);

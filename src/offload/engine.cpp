@@ -1375,7 +1375,8 @@ void EngineImpl::step() {
   r.wall_s = seconds(window_.open ? window_.begin : t0, t1);
   report_ = r;
   zero_window();
-  if (global_steps_ % config_.steps_per_print == 0) {  // DeepSpeed's progress line
+  const auto every = config_.steps_per_print;
+  if (every && global_steps_ % *every == 0) {  // DeepSpeed's progress line
     ZINF_LOG(kInfo) << "step=" << global_steps_ << ", skipped=" << skipped_steps_ << ", lr=" << r.lr
                     << ", loss_scale=" << r.loss_scale << ", grad_norm=" << r.grad_norm;
   }

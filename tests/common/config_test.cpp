@@ -48,7 +48,7 @@ TEST(ConfigTest, DefaultsAreDeepSpeeds) {
   EXPECT_EQ(c.fp16.loss_scale_window, 1000);
   EXPECT_EQ(c.fp16.hysteresis, 2);
   EXPECT_EQ(c.gradient_clipping, 1.0);
-  EXPECT_EQ(c.steps_per_print, 10u);
+  EXPECT_FALSE(c.steps_per_print.has_value());
   EXPECT_TRUE(c.ignored.empty());
   EXPECT_EQ(c.zinf.io_backend, IoBackend::kAuto);
   EXPECT_TRUE(c.zinf.checksum);

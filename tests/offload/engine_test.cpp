@@ -251,6 +251,48 @@ TEST(EngineTest, GradientAccumulationMatchesLibTorch) {
   expect_losses_close(got, ref);
 }
 
+// N micro-batches with accumulation train as one batch N times larger: the
+// mean of the micro-batches' mean losses is the large batch's mean loss.
+// Adam's eps is raised, and clipping is off, so that a wrong gradient scale
+// shows, and the rounding noise of gradients that are zero in exact
+// arithmetic (it differs between the two sums) stays far below the update
+// instead of becoming +-lr.
+TEST(EngineTest, AccumulationEqualsOneLargerBatch) {
+  ScratchDir dir;
+  const auto o = small_gpt();
+  auto config = [&](int accumulation) {
+    Homes s;
+    s.param = "cpu";
+    s.accumulation = accumulation;
+    Config c = parse(config_json(s, dir.path().string()));
+    c.optimizer->eps = 1e-3;
+    c.gradient_clipping = 0;  // clipping would hide a wrong gradient scale
+    return c;
+  };
+  const Config two = config(2), one = config(1);
+  Engine<gpt::GPT> accumulated(build(o, two, true), two);
+  Engine<gpt::GPT> large(build(o, one, true), one);
+  for (std::uint64_t s = 0; s < 4; ++s) {
+    auto [x0, y0] = micro_batch(o, 2 * s);
+    auto [x1, y1] = micro_batch(o, 2 * s + 1);
+    for (auto* xy : {&x0, &x1}) {
+      const torch::Tensor& y = xy == &x0 ? y0 : y1;
+      accumulated.backward(gpt::loss(accumulated(*xy), y));
+      accumulated.step();
+    }
+    large.backward(gpt::loss(large(torch::cat({x0, x1})), torch::cat({y0, y1})));
+    large.step();
+  }
+  EXPECT_EQ(accumulated.global_steps(), 4u);
+  // Within 1e-6 of each tensor's largest value: the two sums round apart
+  // by an ulp or so.
+  const auto b = parameters(large);
+  for (const auto& [name, x] : parameters(accumulated)) {
+    const auto& y = b.at(name);
+    EXPECT_LE((x - y).abs().max().item<double>(), 1e-6 * y.abs().max().item<double>()) << name;
+  }
+}
+
 // gradient_clipping scales the gradients by min(1, clip / (norm + 1e-6)) of
 // their global norm, as torch::nn::utils::clip_grad_norm_ does; a clip well
 // below the model's gradient norm makes every step clip.

@@ -176,7 +176,7 @@ struct Config {
   std::optional<std::uint64_t> train_micro_batch_size_per_gpu;
   std::optional<std::uint64_t> gradient_accumulation_steps;
   double gradient_clipping = 1.0;  // global L2 norm; 0 = off (DeepSpeed's default is 1.0)
-  std::uint64_t steps_per_print = 10;
+  std::optional<std::uint64_t> steps_per_print;  // unset: no progress line (DeepSpeed's None)
   std::optional<OptimizerConfig> optimizer;
   std::optional<SchedulerConfig> scheduler;
   Fp16Config fp16;
