@@ -16,6 +16,7 @@
 #include <torch/torch.h>
 
 #include <fstream>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -108,9 +109,19 @@ std::pair<torch::Tensor, torch::Tensor> micro_batch(const gpt::Options& o, std::
 // `accumulation` micro-steps of loss / accumulation (DeepSpeed's scaling),
 // clipped by torch::nn::utils::clip_grad_norm_ to `max_norm` (DeepSpeed's
 // default gradient_clipping, 1.0, unless given; 0: no clipping).
+using OptimizerFactory =
+    std::function<std::unique_ptr<torch::optim::Optimizer>(std::vector<torch::Tensor>)>;
+
+// The optimizer of config_json's block: AdamW, lr 1e-3, weight decay 0.01.
+std::unique_ptr<torch::optim::Optimizer> adamw(std::vector<torch::Tensor> params) {
+  return std::make_unique<torch::optim::AdamW>(
+      std::move(params),
+      torch::optim::AdamWOptions(1e-3).betas({0.9, 0.999}).eps(1e-8).weight_decay(0.01));
+}
+
 Trace train_reference(const gpt::Options& o, int steps, int accumulation = 1,
                       torch::Device device = torch::kCPU, const Config* schedule = nullptr,
-                      double max_norm = 1.0) {
+                      double max_norm = 1.0, const OptimizerFactory& make_optimizer = adamw) {
   // The threads the engine's emulated device computes with: BLAS results
   // depend on them, and Adam's first step turns the rounding noise of a
   // gradient that is zero in exact arithmetic (the key bias) into +-lr.
@@ -118,9 +129,8 @@ Trace train_reference(const gpt::Options& o, int steps, int accumulation = 1,
   torch::manual_seed(7);
   gpt::GPT model(o);
   model->to(device);
-  torch::optim::AdamW opt(
-      model->parameters(),
-      torch::optim::AdamWOptions(1e-3).betas({0.9, 0.999}).eps(1e-8).weight_decay(0.01));
+  const auto optimizer = make_optimizer(model->parameters());
+  torch::optim::Optimizer& opt = *optimizer;
   std::optional<LrScheduler> scheduler;
   if (schedule != nullptr) scheduler.emplace(LrScheduler::from_config(opt, *schedule));
   Trace t;
@@ -249,6 +259,38 @@ TEST(EngineTest, GradientAccumulationMatchesLibTorch) {
   const Trace got = train_engine(o, parse(config_json(s, dir.path().string())), 8, true);
   expect_params_close(got, ref);
   expect_losses_close(got, ref);
+}
+
+// The optimizer block's other types train as LibTorch's optimizers with the
+// same update: Adam with adam_w_mode false is torch::optim::Adam (an L2
+// penalty), Adagrad is torch::optim::Adagrad (DeepSpeed's CPU Adagrad, with
+// its defaults lr 1e-2 and eps 1e-10).
+TEST(EngineTest, AdamL2AndAdagradMatchLibTorch) {
+  ScratchDir dir;
+  const auto o = small_gpt();
+  auto config = [&](const std::string& block) {
+    Homes s;
+    s.param = "cpu";
+    Config c = parse(config_json(s, dir.path().string()));
+    const Config typed = parse(R"({"optimizer": )" + block + "}");
+    c.optimizer = typed.optimizer;
+    return c;
+  };
+  const Config adam = config(R"({"type": "Adam", "params": {"lr": 1e-3, "weight_decay": 0.01,
+                                                           "adam_w_mode": false}})");
+  const Trace adam_ref =
+      train_reference(o, 8, 1, torch::kCPU, nullptr, 1.0, [](std::vector<torch::Tensor> p) {
+        return std::make_unique<torch::optim::Adam>(
+            std::move(p), torch::optim::AdamOptions(1e-3).weight_decay(0.01));
+      });
+  expect_params_close(train_engine(o, adam, 8, true), adam_ref);
+  const Config adagrad = config(R"({"type": "adagrad", "params": {"weight_decay": 0.01}})");
+  const Trace adagrad_ref =
+      train_reference(o, 8, 1, torch::kCPU, nullptr, 1.0, [](std::vector<torch::Tensor> p) {
+        return std::make_unique<torch::optim::Adagrad>(
+            std::move(p), torch::optim::AdagradOptions(1e-2).eps(1e-10).weight_decay(0.01));
+      });
+  expect_params_close(train_engine(o, adagrad, 8, true), adagrad_ref);
 }
 
 // N micro-batches with accumulation train as one batch N times larger: the
