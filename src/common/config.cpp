@@ -219,7 +219,11 @@ class ObjectReader {
   // A DeepSpeed key zinf accepts without acting on it: listed in Config::ignored.
   void ignore(std::string_view key, std::string_view why) {
     if (take(key) == nullptr) return;
-    context_.ignored->push_back(join(key) + " (" + std::string(why) + ")");
+    list_ignored(key, why);
+  }
+  // The same for a key already read (and checked).
+  void list_ignored(std::string_view key, std::string_view why) {
+    if (has(key)) context_.ignored->push_back(join(key) + " (" + std::string(why) + ")");
   }
 
   // A key that must be consumed without being read (handled elsewhere).
@@ -324,9 +328,25 @@ void parse_engine(ObjectReader& r, EngineConfig& e) {
 void parse_activation_checkpointing(ObjectReader& r, ActivationCheckpointingConfig& a) {
   r.read("cpu_checkpointing", a.cpu_checkpointing);
   r.read("synchronize_checkpoint_boundary", a.synchronize_checkpoint_boundary);
-  r.ignore("partition_activations", "one process has no model-parallel ranks to partition over");
-  r.ignore("contiguous_memory_optimization", "zinf's allocator needs no checkpoint buffers");
-  r.ignore("number_checkpoints", "zinf's allocator needs no checkpoint buffers");
+  // Checked as DeepSpeed's configure() checks them, then not acted on.
+  bool partition = false, contiguous = false;
+  r.read("partition_activations", partition);
+  r.read("contiguous_memory_optimization", contiguous);
+  std::optional<std::uint64_t> number;
+  if (r.has("number_checkpoints") && !r.take("number_checkpoints")->is_null())
+    r.read_int("number_checkpoints", number, 1);
+  if (r.ok() && contiguous && !partition) {
+    return r.fail_at("contiguous_memory_optimization",
+                     "needs partition_activations, as in DeepSpeed");
+  }
+  if (r.ok() && contiguous && !number) {
+    return r.fail_at("contiguous_memory_optimization",
+                     "needs number_checkpoints (the number of checkpointed layers), as in "
+                     "DeepSpeed");
+  }
+  r.list_ignored("partition_activations", "one process has no model-parallel ranks to split over");
+  r.list_ignored("contiguous_memory_optimization", "zinf's allocator needs no checkpoint buffers");
+  r.list_ignored("number_checkpoints", "zinf's allocator needs no checkpoint buffers");
   r.ignore("profile", "not implemented by zinf yet");
 }
 

@@ -232,6 +232,26 @@ TEST(ConfigTest, OptimizerParamsAndDefaultsFollowTheType) {
   }
 }
 
+// DeepSpeed's checkpointing.configure() checks, and zinf's listing of the
+// keys it does not act on.
+TEST(ConfigTest, ActivationCheckpointingKeysAreCheckedAsInDeepSpeed) {
+  Config c = parse_ok(R"({"activation_checkpointing": {"partition_activations": true,
+    "contiguous_memory_optimization": true, "number_checkpoints": 24, "profile": false}})");
+  EXPECT_EQ(c.ignored.size(), 4u);
+  expect_error(R"({"activation_checkpointing": {"contiguous_memory_optimization": true,
+                                                "number_checkpoints": 4}})",
+               "activation_checkpointing.contiguous_memory_optimization: needs "
+               "partition_activations");
+  expect_error(R"({"activation_checkpointing": {"contiguous_memory_optimization": true,
+                                                "partition_activations": true}})",
+               "activation_checkpointing.contiguous_memory_optimization: needs number_checkpoints");
+  expect_error(R"({"activation_checkpointing": {"number_checkpoints": "all"}})",
+               "activation_checkpointing.number_checkpoints: expected an integer");
+  EXPECT_TRUE(
+      parse_ok(R"({"activation_checkpointing": {"number_checkpoints": null}})").ignored.size() ==
+      1);
+}
+
 TEST(ConfigTest, PartialOffloadIsRefused) {
   expect_error(R"({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu",
                                                                             "ratio": 0.3}}})",
