@@ -38,6 +38,25 @@ double since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
+// A gradient must be its parameter's shape, dtype and device (what
+// autograd gives, and LibTorch's optimizers assume); one set by hand that
+// is not would be read past its end or reinterpreted.
+Status check_gradient(const torch::Tensor& param, const torch::Tensor& grad,
+                      const std::string& name) {
+  auto describe = [](const torch::Tensor& t) {
+    std::string dims;
+    for (auto d : t.sizes()) dims += (dims.empty() ? "" : ", ") + std::to_string(d);
+    return std::string(c10::toString(t.scalar_type())) + "[" + dims + "] on " + t.device().str();
+  };
+  if (grad.sizes() == param.sizes() && grad.scalar_type() == param.scalar_type() &&
+      grad.device() == param.device()) {
+    return Status::ok();
+  }
+  return Status::invalid_argument(
+      name + ": its gradient is " + describe(grad) + ", the parameter " + describe(param) +
+      "; a gradient must match its parameter's shape, dtype and device");
+}
+
 Result<ca::Dtype> dtype_of(const torch::Tensor& t, const std::string& what) {
   switch (t.scalar_type()) {
     case torch::kFloat:
@@ -269,6 +288,7 @@ torch::Tensor OffloadOptimizer::step(LossClosure closure) {
     if (g.is_sparse())
       throw Error(
           Status::invalid_argument(m.params[i].name + ": sparse gradients are not supported"));
+    throw_if_error(check_gradient(m.params[i].tensor, g, m.params[i].name));
     grads[i] = g.device().is_cpu() ? g.contiguous() : g.to(torch::kCPU).contiguous();
     auto dtype = dtype_of(grads[i], m.params[i].name + "'s gradient");
     throw_if_error(dtype.status());

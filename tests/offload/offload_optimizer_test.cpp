@@ -500,6 +500,32 @@ TEST_F(NvmeOffloadTest, ConstructionErrorsNameTheKey) {
                    options().buffer_count(3));  // Lion keeps 2 states: 3 is enough
 }
 
+// A gradient set by hand that does not match its parameter is refused by
+// name before anything changes (it would be read past its end).
+TEST_F(NvmeOffloadTest, AGradientThatDoesNotMatchItsParameterIsAnError) {
+  for (const char* device : {"cpu", "nvme"}) {
+    auto p = torch::randn({10}).requires_grad_();
+    const auto before = p.detach().clone();
+    OffloadAdamW opt({p}, torch::optim::AdamWOptions(1e-2), options().device(device));
+    for (const auto& [grad, needle] :
+         {std::pair{torch::ones({5}), "its gradient is Float[5] on cpu, the parameter Float[10]"},
+          std::pair{torch::ones({2, 5}), "its gradient is Float[2, 5]"},
+          std::pair{torch::ones({10}, torch::kDouble), "its gradient is Double[10]"}}) {
+      p.mutable_grad() = grad;
+      try {
+        opt.step();
+        ADD_FAILURE() << device << ": accepted " << needle;
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      }
+      EXPECT_TRUE(torch::equal(p.detach(), before)) << device;
+    }
+    p.mutable_grad() = torch::ones({10});
+    opt.step();  // and a matching one still steps
+    EXPECT_FALSE(torch::equal(p.detach(), before)) << device;
+  }
+}
+
 TEST_F(NvmeOffloadTest, OptionsFromADeepSpeedConfig) {
   const auto path = dir_.path() / "ds.json";
   std::ofstream(path) << R"({"gradient_clipping": 1.5,
