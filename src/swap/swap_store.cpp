@@ -19,6 +19,7 @@
 
 #include <fcntl.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -97,9 +98,68 @@ struct PathState {
   std::filesystem::path root;  // the user's path
   std::filesystem::path dir;   // our private directory in it
   std::filesystem::path file;
+  FileDescriptor owner;  // dir/lock, flock()ed for the store's life
   OpenedFile fd;
   ExtentAllocator allocator{kIoAlignment, kGrowStep};
 };
+
+// Ownership of a private swap directory ("zinf-swap-XXXXXX"): its file
+// "lock" is flock()ed by the store that uses it, and the kernel drops the
+// lock when that process ends, however it ends. The lock file is locked
+// under another name and renamed in, so a "lock" that can be locked is one
+// whose owner is gone.
+constexpr std::string_view kDirPrefix = "zinf-swap-";
+constexpr std::string_view kLockName = "lock";
+constexpr std::string_view kSwapName = "swap";
+
+Result<FileDescriptor> claim(const std::filesystem::path& dir) {
+  const auto pending = dir / "lock.pending";
+  FileDescriptor fd(::open(pending.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  if (!fd.valid()) return Status::from_errno(errno, "cannot create " + pending.string());
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0)
+    return Status::from_errno(errno, "cannot lock " + pending.string());
+  if (::rename(pending.c_str(), (dir / kLockName).c_str()) != 0)
+    return Status::from_errno(errno, "cannot rename " + pending.string());
+  return fd;
+}
+
+// Removes the private directories under `root` whose owners are gone (say
+// so), and nothing else: a directory must be named like ours, hold its lock
+// file unlocked, and contain only our two files.
+void remove_stale(const std::filesystem::path& root) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(root, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.size() != kDirPrefix.size() + 6 || name.rfind(kDirPrefix, 0) != 0 ||
+        !entry.is_directory(ec) || entry.is_symlink(ec)) {
+      continue;
+    }
+    const auto dir = entry.path();
+    FileDescriptor lock(::open((dir / kLockName).c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
+    if (!lock.valid() || ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0)
+      continue;  // alive, or not ours
+    std::uint64_t bytes = 0;
+    bool ours = true;
+    for (const auto& f : std::filesystem::directory_iterator(dir, ec)) {
+      const std::string file = f.path().filename().string();
+      ours = ours && (file == kLockName || file == kSwapName) && f.is_regular_file(ec) &&
+             !f.is_symlink(ec);
+      if (file == kSwapName) bytes = f.file_size(ec);
+    }
+    if (!ours || ec) {
+      ZINF_LOG(kWarn)
+          << "swap path " << root.string() << ": " << name
+          << " looks like a stale zinf swap directory but holds other files; left as is";
+      continue;
+    }
+    std::filesystem::remove(dir / kSwapName, ec);
+    std::filesystem::remove(dir / kLockName, ec);
+    std::filesystem::remove(dir, ec);
+    ZINF_LOG(kWarn) << "swap path " << root.string() << ": removed " << name << " ("
+                    << format_bytes(bytes) << "), left by a zinf process that is gone"
+                    << (ec ? " (partly: " + ec.message() + ")" : std::string());
+  }
+}
 
 // Calls fn(path index in layout, file offset, offset in the value, length)
 // for each stripe unit of a value of `size` bytes, in order.
@@ -135,6 +195,7 @@ class SwapStoreImpl final : public SwapStore {
       p.fd.fd.reset();
       std::error_code ec;
       std::filesystem::remove(p.file, ec);
+      std::filesystem::remove(p.dir / kLockName, ec);
       std::filesystem::remove(p.dir, ec);
     }
   }
@@ -348,22 +409,28 @@ class SwapStoreImpl final : public SwapStore {
     }
     if (::access(root.c_str(), W_OK | X_OK) != 0)
       return Status::from_errno(errno, "swap path " + root.string() + " is not writable");
+    remove_stale(root);
     PathState p;
     p.root = root;
-    std::string pattern = (root / "zinf-swap-XXXXXX").string();
+    std::string pattern = (root / (std::string(kDirPrefix) + "XXXXXX")).string();
     if (::mkdtemp(pattern.data()) == nullptr) {
       return Status::from_errno(errno,
                                 "cannot create a private directory in swap path " + root.string());
     }
     p.dir = pattern;
-    p.file = p.dir / "swap";
-    auto opened =
-        open_direct(p.file, O_RDWR | O_CREAT | O_EXCL, 0600, options_.buffered_io_fallback);
+    p.file = p.dir / kSwapName;
+    auto owner = claim(p.dir);
+    auto opened = owner.is_ok() ? open_direct(p.file, O_RDWR | O_CREAT | O_EXCL, 0600,
+                                              options_.buffered_io_fallback)
+                                : Result<OpenedFile>(owner.status());
     if (!opened.is_ok()) {
       std::filesystem::remove(p.file, ec);
+      std::filesystem::remove(p.dir / "lock.pending", ec);
+      std::filesystem::remove(p.dir / kLockName, ec);
       std::filesystem::remove(p.dir, ec);
       return opened.status();
     }
+    p.owner = std::move(*owner);
     p.fd = std::move(*opened);
     paths_.push_back(std::move(p));
     if (options_.initial_file_size > 0) {

@@ -5,8 +5,10 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -457,6 +459,56 @@ TEST_P(SwapStoreTest, FilesArePrivateAndRemovedLeavingOthersUntouched) {
   std::getline(in, text);
   EXPECT_EQ(text, "keep me");
   EXPECT_EQ(std::distance(std::filesystem::directory_iterator(root), {}), 1);
+}
+
+std::set<std::string> swap_dirs(const std::filesystem::path& root) {
+  std::set<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(root)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("zinf-swap-", 0) == 0) out.insert(name);
+  }
+  return out;
+}
+
+// A process killed with its store open leaves the store's directory; the
+// next store opened on the path removes it, and nothing else: not a live
+// store's directory, not one holding a file that is not zinf's, not one
+// without a lock file (an older zinf's, whose owner cannot be known).
+TEST_P(SwapStoreTest, DirectoriesOfDeadProcessesAreRemovedAndNothingElse) {
+  auto o = options(1);
+  const auto root = o.paths[0];
+  auto live = open(o);
+  ASSERT_NE(live, nullptr);
+  std::filesystem::create_directories(root / "zinf-swap-notes1");
+  std::ofstream(root / "zinf-swap-notes1" / "lock");
+  std::ofstream(root / "zinf-swap-notes1" / "notes.txt") << "mine";
+  std::filesystem::create_directories(root / "zinf-swap-legacy");
+  std::ofstream(root / "zinf-swap-legacy" / "swap") << "old";
+  std::ofstream(root / "sentinel") << "keep me";
+  const auto before = swap_dirs(root);
+  const pid_t child = ::fork();
+  if (child == 0) {  // opens a store, writes, and dies without cleaning up
+    auto store = SwapStore::open(o);
+    AlignedBuffer v = pattern(1 << 20, 5);
+    if (!store.is_ok() || !put(**store, "a", v, 1 << 20).is_ok()) ::_exit(3);
+    ::kill(::getpid(), SIGKILL);
+    ::_exit(4);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "child status " << status;
+  const auto with_dead = swap_dirs(root);
+  ASSERT_EQ(with_dead.size(), before.size() + 1) << "the killed store left its directory";
+  {
+    auto next = open(o);
+    ASSERT_NE(next, nullptr);
+  }
+  EXPECT_EQ(swap_dirs(root), before);
+  EXPECT_TRUE(std::filesystem::exists(root / "zinf-swap-notes1" / "notes.txt"));
+  EXPECT_TRUE(std::filesystem::exists(root / "zinf-swap-legacy" / "swap"));
+  EXPECT_TRUE(std::filesystem::exists(root / "sentinel"));
+  AlignedBuffer v = pattern(4096, 1);
+  EXPECT_TRUE(put(*live, "still", v, 4096).is_ok()) << "the live store kept its files";
 }
 
 TEST_P(SwapStoreTest, BadPathsAndBuffersAreClearErrors) {

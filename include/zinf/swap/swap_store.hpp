@@ -3,7 +3,12 @@
 // One preallocated swap file per path (fallocate, grown in steps), created
 // 0600 with O_EXCL inside a fresh private directory `zinf-swap-XXXXXX` under the
 // path; the directory and files are removed when the store is destroyed.
-// Nothing else under the path is touched. Extents are allocated from the file
+// The store holds an flock() on the directory's `lock` file for its life; a
+// process that dies (SIGKILL, a crash) leaves its directory behind with that
+// lock released, and the next store opened on the path removes such
+// directories, with a warning naming each. Nothing else under the path is
+// touched: not a directory holding files other than zinf's two, not one
+// whose lock is held (a store alive in any process). Extents are allocated from the file
 // with reuse of freed space; an extent larger than the stripe unit
 // (aio.block_size) is striped round-robin over all paths.
 //
