@@ -30,6 +30,7 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <variant>
 
 #include "swap/crc32c.hpp"
 #include "swap/extent_allocator.hpp"
@@ -100,6 +101,8 @@ struct PathState {
   std::filesystem::path file;
   FileDescriptor owner;  // dir/lock, flock()ed for the store's life
   OpenedFile fd;
+  std::unique_ptr<std::mutex> grow_mutex =
+      std::make_unique<std::mutex>();  // one fallocate at a time
   ExtentAllocator allocator{kIoAlignment, kGrowStep};
 };
 
@@ -243,9 +246,17 @@ class SwapStoreImpl final : public SwapStore {
     op->buffer = const_cast<std::byte*>(data.data());  // only read from: the engines take void*
     op->size = data.size();
     if (options_.checksum) op->crc = crc32c(data);
-    {
-      std::lock_guard lock(meta_mutex_);
-      ZINF_ASSIGN_OR_RETURN(op->layout, allocate(data.size()));
+    // Growing a file (fallocate can take a while) happens outside the lock,
+    // so other operations go on meanwhile.
+    for (;;) {
+      std::unique_lock lock(meta_mutex_);
+      auto layout = allocate(data.size());
+      if (auto* ready = std::get_if<Layout>(&layout)) {
+        op->layout = std::move(*ready);
+        break;
+      }
+      lock.unlock();
+      ZINF_RETURN_IF_ERROR(grow(std::get<Growth>(layout)));
     }
     return start(std::move(op));
   }
@@ -434,13 +445,30 @@ class SwapStoreImpl final : public SwapStore {
     p.fd = std::move(*opened);
     paths_.push_back(std::move(p));
     if (options_.initial_file_size > 0) {
-      ZINF_RETURN_IF_ERROR(grow(paths_.back(), align_up(options_.initial_file_size, kIoAlignment)));
+      const auto path = static_cast<std::uint32_t>(paths_.size() - 1);
+      ZINF_RETURN_IF_ERROR(grow({path, align_up(options_.initial_file_size, kIoAlignment), 0}));
     }
     return Status::ok();
   }
 
-  Status grow(PathState& p, std::uint64_t bytes) {
-    const auto offset = static_cast<off_t>(p.allocator.file_size());
+  // A path whose file must grow before an allocation fits.
+  struct Growth {
+    std::uint32_t path;
+    std::uint64_t bytes;
+    std::uint64_t from;  // the file size the allocation saw
+  };
+
+  // Called without meta_mutex_; one growth at a time per path. A file that
+  // another thread grew meanwhile is left as it is (the caller allocates again).
+  Status grow(const Growth& g) {
+    PathState& p = paths_[g.path];
+    std::lock_guard growing(*p.grow_mutex);
+    {
+      std::lock_guard lock(meta_mutex_);
+      if (p.allocator.file_size() != g.from) return Status::ok();
+    }
+    const auto offset = static_cast<off_t>(g.from);
+    const auto bytes = g.bytes;
     if (::fallocate(p.fd.fd.get(), 0, offset, static_cast<off_t>(bytes)) != 0) {
       const int err = errno;
       if (err != EOPNOTSUPP) {
@@ -452,20 +480,14 @@ class SwapStoreImpl final : public SwapStore {
         return Status::from_errno(errno, "cannot extend swap file " + p.file.string());
       }
     }
+    std::lock_guard lock(meta_mutex_);
     p.allocator.grow(bytes);
     return Status::ok();
   }
 
-  Result<Extent> allocate_on(std::uint32_t path, std::uint64_t bytes) {
-    PathState& p = paths_[path];
-    if (auto e = p.allocator.allocate(bytes)) return *e;
-    ZINF_RETURN_IF_ERROR(grow(p, p.allocator.growth_for(bytes)));
-    if (auto e = p.allocator.allocate(bytes)) return *e;
-    return Status::internal("swap store: allocation failed after growing " + p.file.string());
-  }
-
-  // Called with meta_mutex_ held.
-  Result<Layout> allocate(std::uint64_t size) {
+  // Called with meta_mutex_ held: the extents for a value of `size` bytes,
+  // or the growth a path needs first (nothing is allocated then).
+  std::variant<Layout, Growth> allocate(std::uint64_t size) {
     Layout layout;
     layout.unit = options_.aio.block_size;
     const std::uint64_t padded = align_up(std::max<std::uint64_t>(size, 1), kIoAlignment);
@@ -481,10 +503,11 @@ class SwapStoreImpl final : public SwapStore {
       std::uint64_t bytes = 0;
       for (std::uint64_t k = i; k < units; k += n)
         bytes += std::min(layout.unit, padded - k * layout.unit);
-      auto extent = allocate_on(path, bytes);
-      if (!extent.is_ok()) {
+      ExtentAllocator& allocator = paths_[path].allocator;
+      auto extent = allocator.allocate(bytes);
+      if (!extent) {
         release(layout);
-        return extent.status();
+        return Growth{path, allocator.growth_for(bytes), allocator.file_size()};
       }
       layout.paths.push_back(path);
       layout.extents.push_back(*extent);
