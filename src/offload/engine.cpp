@@ -1333,9 +1333,13 @@ void EngineImpl::step() {
                            "optimizer state failed too (" +
                            restored.to_string() + "); the engine cannot continue"));
       }
-      fail(
-          s.with_context("step failed; parameters and optimizer state are as before it "
-                         "(the gradients are kept, so step() may be called again)"));
+      fail(s.with_context(
+          tier_->atomic()
+              ? "step failed; parameters and optimizer state are as before it (the gradients "
+                "are kept, so step() may be called again)"
+              : "step failed partway: offload_optimizer cpu updates in place, so the "
+                "sub-groups before the failure hold this step, and the parameters were "
+                "rewritten to match them (the gradients are kept)"));
     }
     for (Param& p : params_) {
       if (p.has_grad) ++p.step;

@@ -41,10 +41,12 @@ class HostTier final : public StateTier {
   Status read(const PieceFn& fn) override {
     for (Piece p : pieces_) {
       for (int k = 0; k < shape_.num_states; ++k) p.state[k] = arrays_[k].as<float>() + p.begin;
-      ZINF_RETURN_IF_ERROR(fn(p));
+      ZINF_RETURN_IF_ERROR(call_piece_fn(fn, p));
     }
     return Status::ok();
   }
+
+  bool atomic() const override { return false; }
 
   TierBytes bytes() const override {
     TierBytes b;

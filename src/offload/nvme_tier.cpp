@@ -107,7 +107,7 @@ class NvmeTier final : public StateTier {
       });
       Piece piece = view(pieces_[i], set_of(i));
       const auto t_compute = SteadyClock::now();
-      note(fn(piece));
+      note(call_piece_fn(fn, piece));
       stats.compute_s += since(t_compute);
       note(helper.get());
       if (error.is_ok()) note(write(i, set_of(i), 1 - slot_[i]));
@@ -124,12 +124,14 @@ class NvmeTier final : public StateTier {
     return Status::ok();
   }
 
+  bool atomic() const override { return true; }
+
   Status read(const PieceFn& fn) override {
     for (const Piece& p : pieces_) {
       ZINF_RETURN_IF_ERROR(read(p.index, 0, slot_[p.index]));
       ZINF_RETURN_IF_ERROR(wait(0));
       Piece piece = view(p, 0);
-      ZINF_RETURN_IF_ERROR(fn(piece));
+      ZINF_RETURN_IF_ERROR(call_piece_fn(fn, piece));
     }
     return Status::ok();
   }

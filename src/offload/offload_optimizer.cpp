@@ -391,8 +391,12 @@ torch::Tensor OffloadOptimizer::step(LossClosure closure) {
                                  "too (" +
                                  restored.to_string() + ")"));
     }
-    throw Error(s.with_context(std::string(m.algorithm_name()) +
-                               " step failed; parameters and state are as before"));
+    throw Error(s.with_context(
+        std::string(m.algorithm_name()) +
+        (m.tier->atomic() ? " step failed; parameters and state are as before"
+                          : " step failed partway; the cpu tier updates in place, so the "
+                            "sub-groups before the failure hold this step, and the parameters "
+                            "were rewritten to match them")));
   }
   for (std::size_t i = 0; i < m.params.size(); ++i) {
     if (grads[i].defined()) ++m.params[i].step;

@@ -1,9 +1,26 @@
 #include "offload/state_tier.hpp"
 
+#include <c10/util/Exception.h>
+
 #include <algorithm>
+#include <new>
 #include <numeric>
 
 namespace zinf::offload {
+
+Status call_piece_fn(const PieceFn& fn, Piece& piece) noexcept {
+  try {
+    return fn(piece);
+  } catch (const Error& e) {
+    return e.status();
+  } catch (const c10::Error& e) {
+    return Status::internal(std::string("LibTorch: ") + e.what_without_backtrace());
+  } catch (const std::bad_alloc&) {
+    return Status::resource_exhausted("out of host memory during the optimizer's update");
+  } catch (const std::exception& e) {
+    return Status::internal(e.what());
+  }
+}
 
 std::vector<std::uint64_t> TierShape::even_groups(std::uint64_t elements,
                                                   std::uint64_t group_size) {

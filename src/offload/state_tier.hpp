@@ -29,6 +29,11 @@ struct Piece {
 
 using PieceFn = std::function<Status(Piece&)>;
 
+// fn(piece), with an exception (a c10::Error from a device copy, a
+// std::bad_alloc) turned into the error it reports, so that a tier can drain
+// its I/O and keep its guarantees instead of unwinding past them.
+Status call_piece_fn(const PieceFn& fn, Piece& piece) noexcept;
+
 // The part of an item (a parameter) inside a piece.
 struct Segment {
   std::size_t item;
@@ -73,9 +78,12 @@ class StateTier {
  public:
   virtual ~StateTier() = default;
   // Visits every piece in order with its state loaded; what `fn` changes is
-  // kept. All or nothing: if `fn` or any I/O fails, the stored state stays
-  // exactly as before and the first error is returned.
+  // kept. If `fn` (or a throw from it) or any I/O fails, the first error is
+  // returned, and on an atomic() tier the stored state stays exactly as
+  // before; a tier that is not atomic (host memory, updated in place) keeps
+  // what `fn` changed in the pieces before the failure.
   virtual Status update(const PieceFn& fn, StepStats& stats) = 0;
+  virtual bool atomic() const = 0;
   // Visits every piece in order, read only.
   virtual Status read(const PieceFn& fn) = 0;
   virtual TierBytes bytes() const = 0;

@@ -1,0 +1,101 @@
+// The optimizer-state tiers' update contract when the update itself fails,
+// by an error or by a throw (a c10::Error from a device copy, a bad_alloc):
+// the error comes back as a Status after the tier's I/O has drained; the
+// NVMe tier keeps the previous state whole, the host tier (updated in place)
+// keeps what the pieces before the failure computed.
+#include "offload/state_tier.hpp"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <new>
+#include <vector>
+
+#include "swap/swap_test_util.hpp"
+
+namespace zinf::offload {
+namespace {
+
+using swap::testing::ScratchDir;
+
+TierShape shape() {
+  TierShape s;
+  s.groups = {6144, 6144};
+  s.num_states = 3;
+  return s;
+}
+
+// Element e of state k starts as k * 1e6 + e.
+Status init(Piece& p) {
+  for (int k = 0; k < 3; ++k)
+    for (std::uint64_t i = 0; i < p.count; ++i) p.state[k][i] = float(k * 1e6 + p.begin + i);
+  return Status::ok();
+}
+
+std::vector<float> snapshot(StateTier& tier) {
+  std::vector<float> out(3 * shape().elements());
+  EXPECT_TRUE(tier.read([&](Piece& p) {
+                    for (int k = 0; k < 3; ++k)
+                      std::copy(p.state[k], p.state[k] + p.count,
+                                out.begin() + k * shape().elements() + p.begin);
+                    return Status::ok();
+                  })
+                  .is_ok());
+  return out;
+}
+
+// Adds 1 to every state of each piece, and fails in the third piece.
+template <typename Failure>
+PieceFn failing_at_third(Failure fail) {
+  return [fail](Piece& p) -> Status {
+    for (int k = 0; k < 3; ++k)
+      for (std::uint64_t i = 0; i < p.count; ++i) p.state[k][i] += 1;
+    if (p.index == 2) return fail();
+    return Status::ok();
+  };
+}
+
+void expect_contract(StateTier& tier, const PieceFn& fn, const std::string& needle) {
+  const auto before = snapshot(tier);
+  ASSERT_GT(tier.pieces(), 3u);
+  StepStats stats;
+  Status s = tier.update(fn, stats);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_NE(s.message().find(needle), std::string::npos) << s.to_string();
+  const auto after = snapshot(tier);
+  if (tier.atomic()) {
+    EXPECT_EQ(after, before);
+  } else {
+    std::size_t changed = 0;
+    for (std::size_t i = 0; i < after.size(); ++i) changed += after[i] != before[i];
+    EXPECT_GT(changed, 0u) << "the host tier updates in place";
+  }
+  EXPECT_TRUE(tier.update([](Piece&) { return Status::ok(); }, stats).is_ok()) << "usable again";
+}
+
+TEST(StateTierTest, AFailedOrThrowingUpdateIsAStatusAndNvmeKeepsThePreviousState) {
+  ScratchDir dir;
+  const std::vector<std::pair<PieceFn, std::string>> failures = {
+      {failing_at_third([]() -> Status { return Status::internal("copy failed"); }), "copy failed"},
+      {failing_at_third([]() -> Status { throw std::bad_alloc(); }), "out of host memory"},
+      {failing_at_third([]() -> Status { TORCH_CHECK(false, "device lost"); }),
+       "LibTorch: device lost"}};
+  auto nvme =
+      make_nvme_tier(shape(), OffloadOptions().device("nvme").nvme_path(dir.path()), "AdamW", init);
+  ASSERT_TRUE(nvme.is_ok()) << nvme.status().to_string();
+  auto host = make_host_tier(
+      [] {
+        TierShape s = shape();
+        s.chunk = 2048;
+        return s;
+      }(),
+      false, init);
+  ASSERT_TRUE(host.is_ok()) << host.status().to_string();
+  for (const auto& [fn, needle] : failures) {
+    expect_contract(**nvme, fn, needle);
+    expect_contract(**host, fn, needle);
+  }
+}
+
+}  // namespace
+}  // namespace zinf::offload
