@@ -17,6 +17,7 @@
 #include <torch/torch.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -48,6 +49,9 @@ struct Args {
   std::string nvme_path;
   int print_every = 1;
   bool checkpoint_units = false;
+  std::string checkpoint_dir;
+  int checkpoint_every = 0;  // 0: no checkpoints
+  bool resume = false;
 };
 
 // "64M", "1.5G", "1048576": bytes (K, M, G are powers of 1024).
@@ -193,9 +197,18 @@ Run train_engine(const Args& a, zinf::Config cfg, const std::string& text) {
 
   const int gas = static_cast<int>(engine.config().gradient_accumulation_steps.value_or(1));
   gpt::Batches data(text, a.batch, a.model.seq, a.seed);
+  // --steps counts from the start of training, so a resumed run ends where
+  // an uninterrupted one does, and reads the data from where it stopped.
+  int start = 0;
+  if (a.resume) {
+    engine.load_checkpoint(a.checkpoint_dir);
+    start = static_cast<int>(engine.global_steps());
+    std::printf("train_gpt: resumed from %s at step %d\n", a.checkpoint_dir.c_str(), start);
+  }
+  const int ran = std::max(a.steps - start, 0);
   Run run;
   double total = 0;
-  for (int s = 0; s < a.steps; ++s) {
+  for (int s = start; s < a.steps; ++s) {
     double loss_sum = 0;
     for (int micro = 0; micro < gas; ++micro) {
       auto [x, y] = data.get(static_cast<std::uint64_t>(s * gas + micro));
@@ -208,7 +221,9 @@ Run train_engine(const Args& a, zinf::Config cfg, const std::string& text) {
     const double loss = loss_sum / gas;
     run.losses.push_back(loss);
     run.steps.push_back(step_json(r, loss));
-    if (s > 0 || a.steps == 1) total += r.wall_s;  // step 1 records the trace
+    if (s > start || ran == 1) total += r.wall_s;  // the first step records the trace
+    if (a.checkpoint_every > 0 && (s + 1) % a.checkpoint_every == 0)
+      engine.save_checkpoint(a.checkpoint_dir);
     if ((s + 1) % a.print_every == 0 || s + 1 == a.steps) {
       const auto [stage, busy] = busiest(r);
       std::printf(
@@ -219,8 +234,9 @@ Run train_engine(const Args& a, zinf::Config cfg, const std::string& text) {
       std::fflush(stdout);
     }
   }
-  const int timed = a.steps > 1 ? a.steps - 1 : 1;
-  run.tokens_per_s = static_cast<double>(timed) * gas * a.batch * a.model.seq / total;
+  const int timed = ran > 1 ? ran - 1 : 1;
+  run.tokens_per_s =
+      total > 0 ? static_cast<double>(timed) * gas * a.batch * a.model.seq / total : 0.0;
   const zinf::MemoryReport m = engine.memory_report();
   run.memory = {{"device_budget_bytes", m.device_budget == UINT64_MAX ? 0 : m.device_budget},
                 {"peak_device_bytes", m.device_peak},
@@ -417,10 +433,27 @@ int main(int argc, char** argv) {
   app.add_option("--nvme-path", a.nvme_path,
                  "overrides offload_param and offload_optimizer nvme_path (created if missing)");
   app.add_option("--print-every", a.print_every, "print every N steps")->check(CLI::PositiveNumber);
+  app.add_option("--checkpoint-dir", a.checkpoint_dir,
+                 "engine checkpoints: DIR/global_step<N>/ and DIR/latest, as DeepSpeed");
+  app.add_option("--checkpoint-every", a.checkpoint_every,
+                 "save a checkpoint every N steps (needs --checkpoint-dir)")
+      ->check(CLI::PositiveNumber);
+  app.add_flag("--resume", a.resume,
+               "continue from DIR/latest (needs --checkpoint-dir): the step count, the data "
+               "position, the optimizer, scheduler and loss scaler go on from there");
   app.add_flag("--checkpoint-units", a.checkpoint_units,
                "activation checkpointing: each block's backward recomputes its forward "
                "(zinf.checkpoint_units)");
   CLI11_PARSE(app, argc, argv);
+  if ((a.resume || a.checkpoint_every > 0) && a.checkpoint_dir.empty()) {
+    std::cerr << "train_gpt: --resume and --checkpoint-every need --checkpoint-dir\n";
+    return 2;
+  }
+  if (!a.reference.empty() && !a.checkpoint_dir.empty()) {
+    std::cerr
+        << "train_gpt: --checkpoint-dir is the engine's; --reference torch does not take it\n";
+    return 2;
+  }
   if (a.model.hidden % a.model.heads != 0) {
     std::cerr << "train_gpt: --hidden " << a.model.hidden << " is not a multiple of --heads "
               << a.model.heads << "\n";

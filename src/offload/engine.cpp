@@ -870,15 +870,15 @@ struct Recompute : torch::autograd::Function<Recompute> {
                                                 at::TensorList inputs,
                                                 const torch::Tensor& /*anchor*/,
                                                 std::int64_t state) {
-    auto held = c10::intrusive_ptr<CheckpointState>::unsafe_reclaim_from_nonowning(
-        reinterpret_cast<CheckpointState*>(state));
+    auto held = c10::intrusive_ptr<RecomputeState>::unsafe_reclaim_from_nonowning(
+        reinterpret_cast<RecomputeState*>(state));
     ctx->saved_data["state"] = c10::IValue::make_capsule(held);
     return held->engine->checkpoint_forward(*held, inputs.vec());
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     auto held = ctx->saved_data["state"].toCapsule();
-    auto& state = static_cast<CheckpointState&>(*held);
+    auto& state = static_cast<RecomputeState&>(*held);
     auto out = state.engine->checkpoint_backward(state, std::move(grads));
     out.push_back(torch::Tensor());  // the anchor
     out.push_back(torch::Tensor());  // the state
@@ -902,7 +902,7 @@ bool EngineImpl::checkpoints() const {
 
 std::vector<torch::Tensor> EngineImpl::checkpoint(std::size_t unit, detail::FlatForward forward,
                                                   std::vector<torch::Tensor> inputs) {
-  auto state = c10::make_intrusive<CheckpointState>();
+  auto state = c10::make_intrusive<RecomputeState>();
   state->engine = this;
   state->unit = unit;
   state->forward = std::move(forward);
@@ -911,7 +911,7 @@ std::vector<torch::Tensor> EngineImpl::checkpoint(std::size_t unit, detail::Flat
                           reinterpret_cast<std::int64_t>(state.get()));
 }
 
-std::vector<torch::Tensor> EngineImpl::checkpoint_forward(CheckpointState& state,
+std::vector<torch::Tensor> EngineImpl::checkpoint_forward(RecomputeState& state,
                                                           std::vector<torch::Tensor> inputs) {
   const auto& ac = config_.activation_checkpointing;
   if (ac.synchronize_checkpoint_boundary) throw_if_error(device_->compute_stream().synchronize());
@@ -935,7 +935,7 @@ std::vector<torch::Tensor> EngineImpl::checkpoint_forward(CheckpointState& state
   return outputs;
 }
 
-std::vector<torch::Tensor> EngineImpl::checkpoint_backward(CheckpointState& state,
+std::vector<torch::Tensor> EngineImpl::checkpoint_backward(RecomputeState& state,
                                                            std::vector<torch::Tensor> grads) {
   const auto& ac = config_.activation_checkpointing;
   if (ac.synchronize_checkpoint_boundary) throw_if_error(device_->compute_stream().synchronize());
@@ -1486,6 +1486,12 @@ EngineBase::~EngineBase() = default;
 void EngineBase::backward(const torch::Tensor& loss) { impl_->backward(loss); }
 void EngineBase::step() { impl_->step(); }
 bool EngineBase::is_gradient_accumulation_boundary() const { return impl_->boundary(); }
+void EngineBase::save_checkpoint(const std::filesystem::path& dir, const std::string& tag) {
+  impl_->save_checkpoint(dir, tag);
+}
+void EngineBase::load_checkpoint(const std::filesystem::path& dir, const std::string& tag) {
+  impl_->load_checkpoint(dir, tag);
+}
 torch::Device EngineBase::device() const { return impl_->torch_device(); }
 const Config& EngineBase::config() const { return impl_->config(); }
 std::uint64_t EngineBase::global_steps() const { return impl_->global_steps(); }

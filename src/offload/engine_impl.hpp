@@ -31,7 +31,7 @@ class EngineImpl;
 enum class Home : std::uint8_t { kDevice, kHost, kNvme };
 
 // One checkpointed unit call, from its forward to its backward.
-struct CheckpointState : torch::CustomClassHolder {
+struct RecomputeState : torch::CustomClassHolder {
   EngineImpl* engine = nullptr;
   std::size_t unit = 0;
   detail::FlatForward forward;
@@ -51,6 +51,8 @@ class EngineImpl final : public Coordinator::Actions {
   [[noreturn]] void fail_forward(const std::exception& error);
   void backward(const torch::Tensor& loss);
   void step();
+  void save_checkpoint(const std::filesystem::path& dir, std::string tag);
+  void load_checkpoint(const std::filesystem::path& dir, std::string tag);
   bool boundary() const { return micro_steps_ >= gas_; }
   torch::Device torch_device() const { return torch_device_; }
   const Config& config() const { return config_; }
@@ -73,9 +75,9 @@ class EngineImpl final : public Coordinator::Actions {
   bool checkpoints() const;
   std::vector<torch::Tensor> checkpoint(std::size_t unit, detail::FlatForward forward,
                                         std::vector<torch::Tensor> inputs);
-  std::vector<torch::Tensor> checkpoint_forward(CheckpointState& state,
+  std::vector<torch::Tensor> checkpoint_forward(RecomputeState& state,
                                                 std::vector<torch::Tensor> inputs);
-  std::vector<torch::Tensor> checkpoint_backward(CheckpointState& state,
+  std::vector<torch::Tensor> checkpoint_backward(RecomputeState& state,
                                                  std::vector<torch::Tensor> grads);
   const std::string& unit_name(std::size_t unit) const { return units_[unit].name; }
 

@@ -447,6 +447,98 @@ TEST(EngineTest, CheckpointedUnitsReplayTheirDropoutMasks) {
   for (const auto& [name, value] : plain) EXPECT_TRUE(torch::equal(value, ckpt.at(name))) << name;
 }
 
+// Resume equals no interruption: 6 steps, or 3 steps + save + load into a
+// fresh engine over a model initialised otherwise + 3 steps, end with the
+// same parameters bit for bit, at the same lr (the schedule's position) and
+// global step, with the optimizer state in host memory or on NVMe, in fp32
+// and bf16.
+class EngineCheckpoints : public ::testing::TestWithParam<std::tuple<std::string, bool>> {};
+
+TEST_P(EngineCheckpoints, ResumeEqualsNoInterruption) {
+  ScratchDir dir;
+  Homes s;
+  s.param = "nvme";
+  s.optim = std::get<0>(GetParam());
+  s.top_extra = R"(, "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 8}})";
+  if (std::get<1>(GetParam())) s.top_extra += R"(, "bf16": {"enabled": true})";
+  const Config cfg = parse(config_json(s, dir.path().string()));
+  const auto o = small_gpt();
+  Engine<gpt::GPT> straight(build(o, cfg, true), cfg);
+  for (std::uint64_t k = 0; k < 6; ++k) micro_step(straight, o, k);
+  const auto ckpt = dir.path() / "ckpt";
+  {
+    Engine<gpt::GPT> first(build(o, cfg, true), cfg);
+    for (std::uint64_t k = 0; k < 3; ++k) micro_step(first, o, k);
+    first.save_checkpoint(ckpt);
+  }
+  std::ifstream latest(ckpt / "latest");
+  std::string tag;
+  std::getline(latest, tag);
+  EXPECT_EQ(tag, "global_step3");
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(ckpt), {}), 2)
+      << "tag and latest only";
+  torch::manual_seed(99);
+  Engine<gpt::GPT> resumed(zinf::partitioned(cfg, [&] { return gpt::GPT(o); }), cfg);
+  resumed.load_checkpoint(ckpt);
+  EXPECT_EQ(resumed.global_steps(), 3u);
+  for (std::uint64_t k = 3; k < 6; ++k) micro_step(resumed, o, k);
+  EXPECT_EQ(resumed.global_steps(), straight.global_steps());
+  EXPECT_EQ(resumed.last_step_report().lr, straight.last_step_report().lr);
+  const auto expected = parameters(straight);
+  for (const auto& [name, value] : parameters(resumed))
+    EXPECT_TRUE(torch::equal(value, expected.at(name))) << name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Tiers, EngineCheckpoints,
+                         ::testing::Combine(::testing::Values("cpu", "nvme"), ::testing::Bool()),
+                         [](const auto& p) {
+                           return "optim_" + std::get<0>(p.param) +
+                                  (std::get<1>(p.param) ? "_bf16" : "_fp32");
+                         });
+
+// A checkpoint that does not fit the engine (another model, a corrupt file,
+// no checkpoint) is refused saying what differs, and nothing changes.
+TEST(EngineTest, ACheckpointThatDoesNotFitIsRefusedWithNothingChanged) {
+  ScratchDir dir;
+  Homes s;
+  s.param = "cpu";
+  s.optim = "nvme";
+  const Config cfg = parse(config_json(s, dir.path().string()));
+  const auto o = small_gpt();
+  const auto ckpt = dir.path() / "ckpt";
+  {
+    Engine<gpt::GPT> saver(build(o, cfg, true), cfg);
+    micro_step(saver, o, 0);
+    saver.save_checkpoint(ckpt, "mine");
+  }
+  auto expect_refused = [&](const gpt::Options& model, const std::string& needle) {
+    Engine<gpt::GPT> engine(build(model, cfg, true), cfg);
+    micro_step(engine, model, 0);
+    micro_step(engine, model, 1);
+    const auto before = parameters(engine);
+    try {
+      engine.load_checkpoint(ckpt);
+      ADD_FAILURE() << "loaded; expected: " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(engine.global_steps(), 2u);
+    for (const auto& [name, value] : parameters(engine))
+      EXPECT_TRUE(torch::equal(value, before.at(name))) << name;
+  };
+  auto wider = o;
+  wider.hidden = 32;
+  expect_refused(wider, "in the checkpoint, '");
+  {
+    std::fstream f(ckpt / "mine" / "rank0.state", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(4096);
+    f.put('\x5a');
+  }
+  expect_refused(o, "fails its CRC32C");
+  std::filesystem::remove(ckpt / "latest");
+  expect_refused(o, "latest not found");
+}
+
 // The config's scheduler steps after each applied update, as DeepSpeed's
 // engine does: update k runs with the schedule's lr(k - 2), lr(-1) being what
 // its constructor sets; and the engine trains as LibTorch's AdamW driven by

@@ -34,6 +34,21 @@ class LossScaler {
   // scaler is then unchanged.
   Status update(bool overflow);
 
+  // What a checkpoint keeps: with the config, the scaler's whole state.
+  struct State {
+    double scale = 1.0;
+    int hysteresis = 0;
+    std::int64_t iteration = 0;
+    std::int64_t last_overflow = -1;
+  };
+  State state() const { return {scale_, hysteresis_, iteration_, last_overflow_}; }
+  void restore(const State& s) {
+    scale_ = s.scale;
+    hysteresis_ = s.hysteresis;
+    iteration_ = s.iteration;
+    last_overflow_ = s.last_overflow;
+  }
+
  private:
   Fp16Config config_;
   bool dynamic_ = false;

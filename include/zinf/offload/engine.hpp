@@ -47,6 +47,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -159,6 +160,21 @@ class EngineBase {
   // micro-step.
   void step();
   bool is_gradient_accumulation_boundary() const;
+
+  // DeepSpeed's save_checkpoint(dir, tag): at an accumulation boundary,
+  // writes dir/tag/ (tag "" is "global_step<N>") and then dir/latest, so
+  // that a crash at any instant leaves the previous checkpoint or this one
+  // whole. The fp32 optimizer state (parameters are their masters rounded),
+  // the step counters, the scheduler's position, the loss scaler and the
+  // random generators' states; each file with its CRC32C. NVMe-resident
+  // state streams through the tier's buffers.
+  void save_checkpoint(const std::filesystem::path& dir, const std::string& tag = "");
+  // Loads dir/tag (tag "": the one dir/latest names) into this engine, built
+  // from the same model and config: world size, optimizer, every
+  // parameter's name, shape and dtype, sizes and checksums are checked first,
+  // and any mismatch is an error saying what differs, with nothing changed.
+  // Training on from it equals never having stopped, bit for bit.
+  void load_checkpoint(const std::filesystem::path& dir, const std::string& tag = "");
 
   // Where inputs go: the device's torch::Device.
   torch::Device device() const;

@@ -1,0 +1,364 @@
+// Engine checkpoints (EngineBase::save_checkpoint / load_checkpoint).
+//
+// A checkpoint is DeepSpeed's layout of folders: DIR/TAG/ and DIR/latest
+// (the tag, no newline). TAG/ holds manifest.json (what was saved: world
+// size, stage, optimizer, every parameter's name, shape, dtype and step,
+// the counters, the scheduler's position, the loss scaler, the generators'
+// states, and each state file's size and CRC32C) and rank0.state: the fp32
+// optimizer state in a layout that does not depend on sub-groups or
+// pieces, state k (master weights first) over the whole flattened space at
+// offset k x elements x 4. Parameters are not saved: each is its master
+// rounded to its dtype, so loading rewrites them from the masters.
+//
+// Crash safety: TAG/ is written as a fresh folder next to it, every file
+// and the folder fsync'ed, then renamed over TAG (exchanged atomically when
+// TAG exists), and the parent fsync'ed; `latest` is written the same way,
+// last. A crash at any instant leaves the old checkpoint or the new one.
+// The state streams piece by piece through the tier (no copy of the whole
+// state in host memory).
+//
+// Loading checks everything (format, world size, optimizer, parameters,
+// sizes, checksums: a first read pass) before it changes anything; the state
+// then goes in through the tier's update (atomic on NVMe).
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "offload/engine_impl.hpp"
+#include "swap/crc32c.hpp"
+#include "zinf/common/logging.hpp"
+#include "zinf/swap/file.hpp"
+
+namespace zinf::offload {
+namespace {
+
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+constexpr const char* kFormat = "zinf-checkpoint";
+constexpr int kVersion = 1;
+constexpr const char* kStateFile = "rank0.state";
+
+[[noreturn]] void fail(Status status) { throw Error(std::move(status)); }
+
+Status sync_path(const fs::path& path, int flags) {
+  swap::FileDescriptor fd(::open(path.c_str(), flags | O_CLOEXEC));
+  if (!fd.valid()) return Status::from_errno(errno, "cannot open " + path.string());
+  if (::fsync(fd.get()) != 0) return Status::from_errno(errno, "cannot fsync " + path.string());
+  return Status::ok();
+}
+
+Status write_file(const fs::path& path, const std::string& text) {
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << text;
+    out.flush();
+    if (!out) return Status::from_errno(errno, "cannot write " + path.string());
+  }
+  return sync_path(path, O_RDONLY);
+}
+
+// Renames `from` onto `to`, atomically replacing what `to` was.
+Status replace(const fs::path& from, const fs::path& to, bool directory) {
+  std::error_code ec;
+  if (directory && fs::exists(to, ec)) {
+    if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_EXCHANGE) != 0)
+      return Status::from_errno(errno, "cannot replace " + to.string());
+    fs::remove_all(from, ec);  // the old checkpoint, now under the temporary name
+  } else if (::rename(from.c_str(), to.c_str()) != 0) {
+    return Status::from_errno(errno, "cannot rename " + from.string() + " to " + to.string());
+  }
+  return sync_path(to.parent_path(), O_RDONLY | O_DIRECTORY);
+}
+
+std::string hex(const torch::Tensor& bytes) {
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  const auto* p = bytes.data_ptr<std::uint8_t>();
+  for (std::int64_t i = 0; i < bytes.numel(); ++i) {
+    out += digits[p[i] >> 4];
+    out += digits[p[i] & 15];
+  }
+  return out;
+}
+
+Result<torch::Tensor> unhex(const std::string& text) {
+  if (text.size() % 2 != 0) return Status::data_loss("odd length");
+  auto out = torch::empty({static_cast<std::int64_t>(text.size() / 2)}, torch::kUInt8);
+  auto* p = out.data_ptr<std::uint8_t>();
+  auto digit = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  for (std::size_t i = 0; i < text.size(); i += 2) {
+    const int hi = digit(text[i]), lo = digit(text[i + 1]);
+    if (hi < 0 || lo < 0) return Status::data_loss("not hexadecimal");
+    p[i / 2] = static_cast<std::uint8_t>(hi * 16 + lo);
+  }
+  return out;
+}
+
+std::string shape_text(const std::vector<std::int64_t>& shape, const std::string& dtype) {
+  std::string dims;
+  for (auto d : shape) dims += (dims.empty() ? "" : ", ") + std::to_string(d);
+  return dtype + "[" + dims + "]";
+}
+
+}  // namespace
+
+void EngineImpl::save_checkpoint(const fs::path& dir, std::string tag) {
+  if (phase_ != Phase::kIdle || micro_steps_ != 0) {
+    fail(Status::failed_precondition(
+        "save_checkpoint needs an accumulation boundary (after step(), before the next "
+        "forward)"));
+  }
+  if (tag.empty()) tag = "global_step" + std::to_string(global_steps_);
+  if (tag.find('/') != std::string::npos || tag == "." || tag == ".." || tag == "latest")
+    fail(Status::invalid_argument("checkpoint tag \"" + tag + "\" is not a folder name"));
+  auto context = [&](const Status& s) {
+    return s.with_context("save_checkpoint " + (dir / tag).string());
+  };
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) fail(context(Status::from_errno(ec.value(), "cannot create " + dir.string())));
+  const fs::path staging = dir / ("." + tag + ".saving-" + std::to_string(::getpid()));
+  fs::remove_all(staging, ec);
+  fs::create_directory(staging, ec);
+  if (ec) fail(context(Status::from_errno(ec.value(), "cannot create " + staging.string())));
+  auto abandon = [&](const Status& s) {
+    fs::remove_all(staging, ec);
+    fail(context(s));
+  };
+
+  // The state, piece by piece, at its place in the layout.
+  const fs::path state_path = staging / kStateFile;
+  swap::FileDescriptor fd(
+      ::open(state_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  if (!fd.valid()) abandon(Status::from_errno(errno, "cannot create " + state_path.string()));
+  std::vector<std::uint32_t> crcs(static_cast<std::size_t>(num_states_), 0);
+  Status s = tier_->read([&](Piece& piece) -> Status {
+    for (int k = 0; k < num_states_; ++k) {
+      const std::size_t bytes = piece.count * sizeof(float);
+      const auto offset = static_cast<off_t>((k * elements_ + piece.begin) * sizeof(float));
+      const auto* data = reinterpret_cast<const std::byte*>(piece.state[k]);
+      crcs[k] = swap::crc32c({data, bytes}, crcs[k]);
+      for (std::size_t done = 0; done < bytes;) {
+        const ssize_t n = ::pwrite(fd.get(), data + done, bytes - done, offset + done);
+        if (n < 0) return Status::from_errno(errno, "cannot write " + state_path.string());
+        done += static_cast<std::size_t>(n);
+      }
+    }
+    return Status::ok();
+  });
+  if (s.is_ok() && ::fsync(fd.get()) != 0)
+    s = Status::from_errno(errno, "cannot fsync " + state_path.string());
+  fd.reset();
+  if (!s.is_ok()) abandon(s);
+
+  json params = json::array();
+  for (const Param& p : params_) {
+    params.push_back({{"name", p.name},
+                      {"shape", p.storage.shape()},
+                      {"dtype", c10::toString(p.dtype)},
+                      {"flat", p.flat},
+                      {"step", p.step}});
+  }
+  const LossScaler::State scaler = scaler_.state();
+  json manifest = {
+      {"format", kFormat},
+      {"version", kVersion},
+      {"tag", tag},
+      {"world_size", 1},
+      {"zero_stage", config_.zero_optimization.stage},
+      {"optimizer", config_.optimizer->type},
+      {"num_states", num_states_},
+      {"elements", elements_},
+      {"global_steps", global_steps_},
+      {"skipped_steps", skipped_steps_},
+      {"scheduler",
+       {{"type", config_.scheduler ? config_.scheduler->type : ""},
+        {"last_batch_iteration", schedule_t_}}},
+      {"loss_scaler",
+       {{"scale", scaler.scale},
+        {"hysteresis", scaler.hysteresis},
+        {"iteration", scaler.iteration},
+        {"last_overflow", scaler.last_overflow}}},
+      {"rng", {{"cpu", hex(at::detail::getDefaultCPUGenerator().get_state())}}},
+      {"params", params},
+      {"files",
+       {{kStateFile,
+         {{"bytes", static_cast<std::uint64_t>(num_states_) * elements_ * sizeof(float)},
+          {"crc32c", crcs}}}}},
+      {"config", json::parse(to_json(config_))}};
+  if (torch_device_.is_cuda())
+    manifest["rng"]["device"] =
+        hex(at::globalContext().defaultGenerator(torch_device_).get_state());
+  s = write_file(staging / "manifest.json", manifest.dump(1));
+  if (s.is_ok()) s = sync_path(staging, O_RDONLY | O_DIRECTORY);
+  if (s.is_ok()) s = replace(staging, dir / tag, /*directory=*/true);
+  if (!s.is_ok()) abandon(s);
+  const fs::path latest = dir / ".latest.saving";
+  s = write_file(latest, tag);
+  if (s.is_ok()) s = replace(latest, dir / "latest", /*directory=*/false);
+  if (!s.is_ok()) fail(context(s));
+  ZINF_LOG(kInfo) << "checkpoint " << (dir / tag).string() << ": step " << global_steps_ << ", "
+                  << format_bytes(manifest["files"][kStateFile]["bytes"].get<std::uint64_t>())
+                  << " of optimizer state";
+}
+
+void EngineImpl::load_checkpoint(const fs::path& dir, std::string tag) {
+  if (phase_ != Phase::kIdle || micro_steps_ != 0) {
+    fail(Status::failed_precondition(
+        "load_checkpoint needs an accumulation boundary (not inside a forward, backward or "
+        "accumulation window)"));
+  }
+  if (tag.empty()) {
+    std::ifstream in(dir / "latest");
+    if (!in)
+      fail(Status::not_found("load_checkpoint: " + (dir / "latest").string() + " not found"));
+    std::getline(in, tag);
+  }
+  const fs::path folder = dir / tag;
+  auto bad = [&](const std::string& why) {
+    fail(Status::invalid_argument("load_checkpoint " + folder.string() + ": " + why +
+                                  "; nothing was changed"));
+  };
+  json m;
+  {
+    std::ifstream in(folder / "manifest.json");
+    if (!in)
+      fail(Status::not_found("load_checkpoint: " + (folder / "manifest.json").string() +
+                             " not found"));
+    try {
+      m = json::parse(in);
+    } catch (const json::exception& e) {
+      bad(std::string("manifest.json is not valid JSON: ") + e.what());
+    }
+  }
+  try {
+    if (m.at("format") != kFormat || m.at("version") != kVersion)
+      bad("manifest.json is not a zinf checkpoint of version " + std::to_string(kVersion));
+    if (m.at("world_size") != 1)
+      bad("saved by " + m.at("world_size").dump() + " ranks; this engine runs 1");
+    if (m.at("optimizer") != config_.optimizer->type || m.at("num_states") != num_states_)
+      bad("saved with optimizer " + m.at("optimizer").get<std::string>() + ", this engine runs " +
+          config_.optimizer->type);
+    const auto& saved = m.at("params");
+    if (saved.size() != params_.size()) {
+      bad("saved " + std::to_string(saved.size()) + " parameters; the model has " +
+          std::to_string(params_.size()));
+    }
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      const Param& p = params_[i];
+      const auto& q = saved[i];
+      const auto shape = q.at("shape").get<std::vector<std::int64_t>>();
+      const auto dtype = q.at("dtype").get<std::string>();
+      if (q.at("name") != p.name || shape != p.storage.shape() || dtype != c10::toString(p.dtype) ||
+          q.at("flat") != p.flat) {
+        bad("parameter " + std::to_string(i) + " is '" + q.at("name").get<std::string>() + "' " +
+            shape_text(shape, dtype) + " in the checkpoint, '" + p.name + "' " +
+            shape_text(p.storage.shape(), c10::toString(p.dtype)) + " in the model");
+      }
+    }
+    if (m.at("elements") != elements_)
+      bad("saved " + m.at("elements").dump() + " elements; the model has " +
+          std::to_string(elements_));
+  } catch (const json::exception& e) {
+    bad(std::string("manifest.json: ") + e.what());
+  }
+
+  // Every byte checked before any state changes.
+  const fs::path state_path = folder / kStateFile;
+  const auto& file = m["files"][kStateFile];
+  const std::uint64_t bytes = static_cast<std::uint64_t>(num_states_) * elements_ * sizeof(float);
+  std::error_code ec;
+  if (file.value("bytes", std::uint64_t{0}) != bytes || fs::file_size(state_path, ec) != bytes ||
+      ec)
+    bad(state_path.string() + " is not " + std::to_string(bytes) + " bytes");
+  swap::FileDescriptor fd(::open(state_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) bad(Status::from_errno(errno, "cannot open " + state_path.string()).message());
+  auto read_at = [&](void* out, std::size_t n, std::uint64_t offset) -> Status {
+    for (std::size_t done = 0; done < n;) {
+      const ssize_t r = ::pread(fd.get(), static_cast<std::byte*>(out) + done, n - done,
+                                static_cast<off_t>(offset + done));
+      if (r <= 0)
+        return Status::from_errno(r < 0 ? errno : EIO, "cannot read " + state_path.string());
+      done += static_cast<std::size_t>(r);
+    }
+    return Status::ok();
+  };
+  {
+    std::vector<std::byte> buffer(4 << 20);
+    for (int k = 0; k < num_states_; ++k) {
+      std::uint32_t crc = 0;
+      const std::uint64_t begin = k * elements_ * sizeof(float),
+                          end = begin + elements_ * sizeof(float);
+      for (std::uint64_t at = begin; at < end; at += buffer.size()) {
+        const std::size_t n = std::min<std::uint64_t>(buffer.size(), end - at);
+        Status s = read_at(buffer.data(), n, at);
+        if (!s.is_ok()) bad(s.message());
+        crc = swap::crc32c({buffer.data(), n}, crc);
+      }
+      if (file["crc32c"].at(static_cast<std::size_t>(k)) != crc)
+        bad(state_path.string() + ": state " + std::to_string(k) + " fails its CRC32C (corrupt)");
+    }
+  }
+  torch::Tensor cpu_rng, device_rng;
+  {
+    auto r = unhex(m["rng"].value("cpu", ""));
+    if (!r.is_ok()) bad("manifest.json: rng.cpu: " + r.status().message());
+    cpu_rng = *r;
+    if (torch_device_.is_cuda() && m["rng"].contains("device")) {
+      auto d = unhex(m["rng"]["device"].get<std::string>());
+      if (!d.is_ok()) bad("manifest.json: rng.device: " + d.status().message());
+      device_rng = *d;
+    }
+  }
+
+  // Now the state goes in: through the tier's update (on NVMe, all or
+  // nothing), then every parameter from its master.
+  StepStats stats;
+  Status s = tier_->update(
+      [&](Piece& piece) -> Status {
+        for (int k = 0; k < num_states_; ++k) {
+          ZINF_RETURN_IF_ERROR(read_at(piece.state[k], piece.count * sizeof(float),
+                                       (k * elements_ + piece.begin) * sizeof(float)));
+        }
+        return Status::ok();
+      },
+      stats);
+  if (!s.is_ok()) {
+    fail(s.with_context("load_checkpoint " + folder.string() +
+                        (tier_->atomic() ? " (nothing was changed)"
+                                         : " (the optimizer state is partly loaded: load again)")));
+  }
+  s = restore_homes();
+  if (!s.is_ok()) {
+    broken_ = true;
+    fail(s.with_context("load_checkpoint " + folder.string() +
+                        ": writing the parameters from the loaded state failed"));
+  }
+  for (std::size_t i = 0; i < params_.size(); ++i) params_[i].step = m["params"][i]["step"];
+  global_steps_ = m["global_steps"];
+  skipped_steps_ = m["skipped_steps"];
+  const auto& ls = m["loss_scaler"];
+  scaler_.restore({ls["scale"], ls["hysteresis"], ls["iteration"], ls["last_overflow"]});
+  if (schedule_) {
+    schedule_t_ = m["scheduler"]["last_batch_iteration"];
+    apply_schedule();
+  }
+  auto set_rng = [](at::Generator generator, const torch::Tensor& state) {
+    std::lock_guard lock(generator.mutex());
+    generator.set_state(state);
+  };
+  set_rng(at::detail::getDefaultCPUGenerator(), cpu_rng);
+  if (device_rng.defined())
+    set_rng(at::globalContext().defaultGenerator(torch_device_), device_rng);
+  ZINF_LOG(kInfo) << "checkpoint " << folder.string() << " loaded: step " << global_steps_;
+}
+
+}  // namespace zinf::offload
