@@ -27,6 +27,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "offload/checkpoint_file.hpp"
 #include "offload/engine_impl.hpp"
 #include "swap/crc32c.hpp"
 #include "zinf/common/logging.hpp"
@@ -38,9 +39,7 @@ namespace {
 using json = nlohmann::json;
 namespace fs = std::filesystem;
 
-constexpr const char* kFormat = "zinf-checkpoint";
-constexpr int kVersion = 1;
-constexpr const char* kStateFile = "rank0.state";
+constexpr const char* kStateFile = kCheckpointStateFile;
 
 [[noreturn]] void fail(Status status) { throw Error(std::move(status)); }
 
@@ -169,8 +168,8 @@ void EngineImpl::save_checkpoint(const fs::path& dir, std::string tag) {
   }
   const LossScaler::State scaler = scaler_.state();
   json manifest = {
-      {"format", kFormat},
-      {"version", kVersion},
+      {"format", kCheckpointFormat},
+      {"version", kCheckpointVersion},
       {"tag", tag},
       {"world_size", 1},
       {"zero_stage", config_.zero_optimization.stage},
@@ -216,107 +215,52 @@ void EngineImpl::load_checkpoint(const fs::path& dir, std::string tag) {
         "load_checkpoint needs an accumulation boundary (not inside a forward, backward or "
         "accumulation window)"));
   }
-  if (tag.empty()) {
-    std::ifstream in(dir / "latest");
-    if (!in)
-      fail(Status::not_found("load_checkpoint: " + (dir / "latest").string() + " not found"));
-    std::getline(in, tag);
-  }
-  const fs::path folder = dir / tag;
+  auto read = read_checkpoint(dir, std::move(tag));
+  if (!read.is_ok()) fail(read.status().with_context("load_checkpoint (nothing was changed)"));
+  const Checkpoint& c = *read;
   auto bad = [&](const std::string& why) {
-    fail(Status::invalid_argument("load_checkpoint " + folder.string() + ": " + why +
+    fail(Status::invalid_argument("load_checkpoint " + c.folder.string() + ": " + why +
                                   "; nothing was changed"));
   };
-  json m;
-  {
-    std::ifstream in(folder / "manifest.json");
-    if (!in)
-      fail(Status::not_found("load_checkpoint: " + (folder / "manifest.json").string() +
-                             " not found"));
-    try {
-      m = json::parse(in);
-    } catch (const json::exception& e) {
-      bad(std::string("manifest.json is not valid JSON: ") + e.what());
+  if (c.world_size != 1)
+    bad("saved by " + std::to_string(c.world_size) + " ranks; this engine runs 1");
+  if (c.optimizer != config_.optimizer->type || c.num_states != num_states_)
+    bad("saved with optimizer " + c.optimizer + ", this engine runs " + config_.optimizer->type);
+  if (c.params.size() != params_.size()) {
+    bad("saved " + std::to_string(c.params.size()) + " parameters; the model has " +
+        std::to_string(params_.size()));
+  }
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    const Param& p = params_[i];
+    const CheckpointParam& q = c.params[i];
+    const std::string dtype = c10::toString(p.dtype);
+    if (q.name != p.name || q.shape != p.storage.shape() || q.dtype != dtype || q.flat != p.flat) {
+      bad("parameter " + std::to_string(i) + " is '" + q.name + "' " +
+          shape_text(q.shape, q.dtype) + " in the checkpoint, '" + p.name + "' " +
+          shape_text(p.storage.shape(), dtype) + " in the model");
     }
   }
-  try {
-    if (m.at("format") != kFormat || m.at("version") != kVersion)
-      bad("manifest.json is not a zinf checkpoint of version " + std::to_string(kVersion));
-    if (m.at("world_size") != 1)
-      bad("saved by " + m.at("world_size").dump() + " ranks; this engine runs 1");
-    if (m.at("optimizer") != config_.optimizer->type || m.at("num_states") != num_states_)
-      bad("saved with optimizer " + m.at("optimizer").get<std::string>() + ", this engine runs " +
-          config_.optimizer->type);
-    const auto& saved = m.at("params");
-    if (saved.size() != params_.size()) {
-      bad("saved " + std::to_string(saved.size()) + " parameters; the model has " +
-          std::to_string(params_.size()));
-    }
-    for (std::size_t i = 0; i < params_.size(); ++i) {
-      const Param& p = params_[i];
-      const auto& q = saved[i];
-      const auto shape = q.at("shape").get<std::vector<std::int64_t>>();
-      const auto dtype = q.at("dtype").get<std::string>();
-      if (q.at("name") != p.name || shape != p.storage.shape() || dtype != c10::toString(p.dtype) ||
-          q.at("flat") != p.flat) {
-        bad("parameter " + std::to_string(i) + " is '" + q.at("name").get<std::string>() + "' " +
-            shape_text(shape, dtype) + " in the checkpoint, '" + p.name + "' " +
-            shape_text(p.storage.shape(), c10::toString(p.dtype)) + " in the model");
-      }
-    }
-    if (m.at("elements") != elements_)
-      bad("saved " + m.at("elements").dump() + " elements; the model has " +
-          std::to_string(elements_));
-  } catch (const json::exception& e) {
-    bad(std::string("manifest.json: ") + e.what());
-  }
-
+  if (c.elements != elements_)
+    bad("saved " + std::to_string(c.elements) + " elements; the model has " +
+        std::to_string(elements_));
   // Every byte checked before any state changes.
-  const fs::path state_path = folder / kStateFile;
-  const auto& file = m["files"][kStateFile];
-  const std::uint64_t bytes = static_cast<std::uint64_t>(num_states_) * elements_ * sizeof(float);
-  std::error_code ec;
-  if (file.value("bytes", std::uint64_t{0}) != bytes || fs::file_size(state_path, ec) != bytes ||
-      ec)
-    bad(state_path.string() + " is not " + std::to_string(bytes) + " bytes");
-  swap::FileDescriptor fd(::open(state_path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) bad(Status::from_errno(errno, "cannot open " + state_path.string()).message());
-  auto read_at = [&](void* out, std::size_t n, std::uint64_t offset) -> Status {
-    for (std::size_t done = 0; done < n;) {
-      const ssize_t r = ::pread(fd.get(), static_cast<std::byte*>(out) + done, n - done,
-                                static_cast<off_t>(offset + done));
-      if (r <= 0)
-        return Status::from_errno(r < 0 ? errno : EIO, "cannot read " + state_path.string());
-      done += static_cast<std::size_t>(r);
-    }
-    return Status::ok();
-  };
-  {
-    std::vector<std::byte> buffer(4 << 20);
-    for (int k = 0; k < num_states_; ++k) {
-      std::uint32_t crc = 0;
-      const std::uint64_t begin = k * elements_ * sizeof(float),
-                          end = begin + elements_ * sizeof(float);
-      for (std::uint64_t at = begin; at < end; at += buffer.size()) {
-        const std::size_t n = std::min<std::uint64_t>(buffer.size(), end - at);
-        Status s = read_at(buffer.data(), n, at);
-        if (!s.is_ok()) bad(s.message());
-        crc = swap::crc32c({buffer.data(), n}, crc);
-      }
-      if (file["crc32c"].at(static_cast<std::size_t>(k)) != crc)
-        bad(state_path.string() + ": state " + std::to_string(k) + " fails its CRC32C (corrupt)");
-    }
-  }
+  if (Status v = verify_checkpoint(c); !v.is_ok()) bad(v.message());
   torch::Tensor cpu_rng, device_rng;
-  {
-    auto r = unhex(m["rng"].value("cpu", ""));
+  try {
+    const auto& rng = c.manifest.at("rng");
+    auto r = unhex(rng.at("cpu").get<std::string>());
     if (!r.is_ok()) bad("manifest.json: rng.cpu: " + r.status().message());
     cpu_rng = *r;
-    if (torch_device_.is_cuda() && m["rng"].contains("device")) {
-      auto d = unhex(m["rng"]["device"].get<std::string>());
+    if (torch_device_.is_cuda() && rng.contains("device")) {
+      auto d = unhex(rng["device"].get<std::string>());
       if (!d.is_ok()) bad("manifest.json: rng.device: " + d.status().message());
       device_rng = *d;
     }
+    (void)c.manifest.at("loss_scaler").at("scale").get<double>();
+    (void)c.manifest.at("scheduler").at("last_batch_iteration").get<std::int64_t>();
+    (void)c.manifest.at("skipped_steps").get<std::uint64_t>();
+  } catch (const nlohmann::json::exception& e) {
+    bad(std::string("manifest.json: ") + e.what());
   }
 
   // Now the state goes in: through the tier's update (on NVMe, all or
@@ -324,26 +268,26 @@ void EngineImpl::load_checkpoint(const fs::path& dir, std::string tag) {
   StepStats stats;
   Status s = tier_->update(
       [&](Piece& piece) -> Status {
-        for (int k = 0; k < num_states_; ++k) {
-          ZINF_RETURN_IF_ERROR(read_at(piece.state[k], piece.count * sizeof(float),
-                                       (k * elements_ + piece.begin) * sizeof(float)));
-        }
+        for (int k = 0; k < num_states_; ++k)
+          ZINF_RETURN_IF_ERROR(
+              read_checkpoint_state(c, k, piece.begin, piece.state[k], piece.count));
         return Status::ok();
       },
       stats);
   if (!s.is_ok()) {
-    fail(s.with_context("load_checkpoint " + folder.string() +
+    fail(s.with_context("load_checkpoint " + c.folder.string() +
                         (tier_->atomic() ? " (nothing was changed)"
                                          : " (the optimizer state is partly loaded: load again)")));
   }
   s = restore_homes();
   if (!s.is_ok()) {
     broken_ = true;
-    fail(s.with_context("load_checkpoint " + folder.string() +
+    fail(s.with_context("load_checkpoint " + c.folder.string() +
                         ": writing the parameters from the loaded state failed"));
   }
-  for (std::size_t i = 0; i < params_.size(); ++i) params_[i].step = m["params"][i]["step"];
-  global_steps_ = m["global_steps"];
+  const auto& m = c.manifest;
+  for (std::size_t i = 0; i < params_.size(); ++i) params_[i].step = c.params[i].step;
+  global_steps_ = c.global_steps;
   skipped_steps_ = m["skipped_steps"];
   const auto& ls = m["loss_scaler"];
   scaler_.restore({ls["scale"], ls["hysteresis"], ls["iteration"], ls["last_overflow"]});
@@ -358,7 +302,7 @@ void EngineImpl::load_checkpoint(const fs::path& dir, std::string tag) {
   set_rng(at::detail::getDefaultCPUGenerator(), cpu_rng);
   if (device_rng.defined())
     set_rng(at::globalContext().defaultGenerator(torch_device_), device_rng);
-  ZINF_LOG(kInfo) << "checkpoint " << folder.string() << " loaded: step " << global_steps_;
+  ZINF_LOG(kInfo) << "checkpoint " << c.folder.string() << " loaded: step " << global_steps_;
 }
 
 }  // namespace zinf::offload

@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 #include <malloc.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <torch/torch.h>
 
 #include <fstream>
@@ -495,6 +496,57 @@ INSTANTIATE_TEST_SUITE_P(Tiers, EngineCheckpoints,
                            return "optim_" + std::get<0>(p.param) +
                                   (std::get<1>(p.param) ? "_bf16" : "_fp32");
                          });
+
+// zinf-ckpt: inspect and verify a checkpoint, and consolidate it into one
+// fp32 file that a plain LibTorch program loads with torch::load, holding
+// the engine's parameters (DeepSpeed's zero_to_fp32); a corrupt one fails
+// verify, naming the file.
+TEST(EngineTest, ZinfCkptInspectsVerifiesAndConsolidates) {
+  ScratchDir dir;
+  Homes s;
+  s.param = "nvme";
+  s.optim = "nvme";
+  const Config cfg = parse(config_json(s, dir.path().string()));
+  const auto o = small_gpt();
+  Engine<gpt::GPT> engine(build(o, cfg, true), cfg);
+  for (std::uint64_t k = 0; k < 2; ++k) micro_step(engine, o, k);
+  const auto ckpt = dir.path() / "ckpt";
+  engine.save_checkpoint(ckpt);
+  auto run = [](const std::string& args) {
+    std::string out;
+    FILE* pipe = ::popen((std::string(ZINF_CKPT_PATH) + " " + args + " 2>&1").c_str(), "r");
+    char buf[4096];
+    std::size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
+    const int status = ::pclose(pipe);
+    return std::pair{WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+  };
+  auto [inspect_status, inspected] = run("inspect " + ckpt.string());
+  EXPECT_EQ(inspect_status, 0) << inspected;
+  EXPECT_NE(inspected.find("tag global_step2, step 2"), std::string::npos) << inspected;
+  EXPECT_NE(inspected.find("h0.attn.qkv.weight"), std::string::npos) << inspected;
+  auto [verify_status, verified] = run("verify " + ckpt.string());
+  EXPECT_EQ(verify_status, 0) << verified;
+  const auto out = dir.path() / "fp32.pt";
+  auto [status, said] = run("consolidate " + ckpt.string() + " " + out.string());
+  ASSERT_EQ(status, 0) << said;
+  torch::manual_seed(5);
+  gpt::GPT plain(o);
+  torch::load(plain, out.string());
+  const auto expected = parameters(engine);
+  for (const auto& p : plain->named_parameters())
+    EXPECT_TRUE(torch::equal(p.value(), expected.at(p.key()))) << p.key();
+  {
+    std::fstream f(ckpt / "global_step2" / "rank0.state",
+                   std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(100);
+    f.put('\x11');
+  }
+  auto [corrupt_status, complaint] = run("verify " + ckpt.string());
+  EXPECT_EQ(corrupt_status, 1) << complaint;
+  EXPECT_NE(complaint.find("rank0.state: state 0 fails its CRC32C"), std::string::npos)
+      << complaint;
+}
 
 // A checkpoint that does not fit the engine (another model, a corrupt file,
 // no checkpoint) is refused saying what differs, and nothing changes.

@@ -1,0 +1,130 @@
+// zinf-ckpt: engine checkpoints from the outside (DeepSpeed's zero_to_fp32
+// and friends).
+//
+//   zinf-ckpt inspect DIR [--tag TAG]       what the checkpoint holds
+//   zinf-ckpt verify DIR [--tag TAG]        sizes and checksums; exit 1 if bad
+//   zinf-ckpt consolidate DIR OUT [--tag TAG]
+//       every parameter's fp32 master, nested by name as Module::save nests
+//       it, in one file a plain LibTorch program loads with
+//       torch::load(module, OUT) (a module with buffers reads them elsewhere)
+//
+// TAG defaults to the one DIR/latest names. Errors print "error: ..." and
+// exit 1.
+#include <torch/serialize.h>
+#include <torch/torch.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <map>
+#include <string>
+
+#include "offload/checkpoint_file.hpp"
+#include "zinf/common/logging.hpp"
+
+namespace {
+
+using zinf::offload::Checkpoint;
+
+void inspect(const Checkpoint& c) {
+  const auto& m = c.manifest;
+  std::printf("%s: tag %s, step %llu (%llu skipped), world size %d, stage %d\n",
+              c.folder.string().c_str(), c.tag.c_str(),
+              static_cast<unsigned long long>(c.global_steps),
+              static_cast<unsigned long long>(m.value("skipped_steps", 0ull)), c.world_size,
+              m.value("zero_stage", 0));
+  std::printf("  optimizer %s, %d fp32 state arrays over %llu elements (%s in %s)\n",
+              c.optimizer.c_str(), c.num_states, static_cast<unsigned long long>(c.elements),
+              zinf::format_bytes(c.state_bytes()).c_str(), zinf::offload::kCheckpointStateFile);
+  if (m.contains("scheduler") && !m["scheduler"].value("type", "").empty()) {
+    std::printf("  scheduler %s at last_batch_iteration %lld\n",
+                m["scheduler"]["type"].get<std::string>().c_str(),
+                static_cast<long long>(m["scheduler"]["last_batch_iteration"].get<std::int64_t>()));
+  }
+  if (m.contains("loss_scaler"))
+    std::printf("  loss scale %g\n", m["loss_scaler"]["scale"].get<double>());
+  std::printf("  %zu parameters:\n", c.params.size());
+  for (const auto& p : c.params) {
+    std::string dims;
+    for (auto d : p.shape) dims += (dims.empty() ? "" : ", ") + std::to_string(d);
+    std::printf("    %-40s %s[%s], step %lld\n", p.name.c_str(), p.dtype.c_str(), dims.c_str(),
+                static_cast<long long>(p.step));
+  }
+}
+
+// Parameters by their dotted names as torch::nn::Module::save nests them:
+// one archive per submodule.
+struct Tree {
+  std::map<std::string, torch::Tensor> tensors;
+  std::map<std::string, Tree> children;
+
+  void add(const std::string& name, torch::Tensor t) {
+    const auto dot = name.find('.');
+    if (dot == std::string::npos) {
+      tensors[name] = std::move(t);
+    } else {
+      children[name.substr(0, dot)].add(name.substr(dot + 1), std::move(t));
+    }
+  }
+  void write(torch::serialize::OutputArchive& archive) const {
+    for (const auto& [name, t] : tensors) archive.write(name, t, /*is_buffer=*/false);
+    for (const auto& [name, child] : children) {
+      torch::serialize::OutputArchive nested;
+      child.write(nested);
+      archive.write(name, nested);
+    }
+  }
+};
+
+zinf::Status consolidate(const Checkpoint& c, const std::string& out) {
+  Tree tree;
+  for (const auto& p : c.params) {
+    auto t = torch::empty({static_cast<std::int64_t>(p.numel())}, torch::kFloat);
+    ZINF_RETURN_IF_ERROR(
+        zinf::offload::read_checkpoint_state(c, 0, p.flat, t.data_ptr<float>(), p.numel()));
+    tree.add(p.name, t.view(p.shape));
+  }
+  try {
+    torch::serialize::OutputArchive archive;
+    tree.write(archive);
+    archive.save_to(out);
+  } catch (const c10::Error& e) {
+    return zinf::Status::unavailable("cannot write " + out + ": " + e.what_without_backtrace());
+  }
+  std::printf("%s: %zu parameters, fp32, from %s\n", out.c_str(), c.params.size(),
+              c.folder.string().c_str());
+  return zinf::Status::ok();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"zinf-ckpt: inspect, verify and consolidate zinf engine checkpoints"};
+  app.require_subcommand(1);
+  std::string dir, tag, out;
+  auto add = [&](const char* name, const char* help) {
+    CLI::App* sub = app.add_subcommand(name, help);
+    sub->add_option("dir", dir, "the checkpoint folder (DIR of DIR/latest)")->required();
+    sub->add_option("--tag", tag, "the tag to read; default: the one DIR/latest names");
+    return sub;
+  };
+  CLI::App* inspect_cmd = add("inspect", "print what the checkpoint holds");
+  CLI::App* verify_cmd = add("verify", "check sizes and checksums; exit 1 if anything is wrong");
+  CLI::App* consolidate_cmd =
+      add("consolidate", "write every parameter's fp32 master, by name, for torch::load");
+  consolidate_cmd->add_option("out", out, "the output file")->required();
+  CLI11_PARSE(app, argc, argv);
+
+  auto checkpoint = zinf::offload::read_checkpoint(dir, tag);
+  zinf::Status s = checkpoint.status();
+  if (s.is_ok() && !inspect_cmd->parsed()) s = zinf::offload::verify_checkpoint(*checkpoint);
+  if (s.is_ok() && inspect_cmd->parsed()) inspect(*checkpoint);
+  if (s.is_ok() && verify_cmd->parsed())
+    std::printf("%s: ok (%s checked)\n", checkpoint->folder.string().c_str(),
+                zinf::format_bytes(checkpoint->state_bytes()).c_str());
+  if (s.is_ok() && consolidate_cmd->parsed()) s = consolidate(*checkpoint, out);
+  if (!s.is_ok()) {
+    std::fprintf(stderr, "error: %s\n", s.message().c_str());
+    return 1;
+  }
+  return 0;
+}
