@@ -497,6 +497,15 @@ INSTANTIATE_TEST_SUITE_P(Tiers, EngineCheckpoints,
                                   (std::get<1>(p.param) ? "_bf16" : "_fp32");
                          });
 
+// Inverts one byte of `file` in place.
+void flip_byte(const std::filesystem::path& file, std::streamoff at) {
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(at);
+  const auto byte = static_cast<char>(~f.get());
+  f.seekp(at);
+  f.put(byte);
+}
+
 // zinf-ckpt: inspect and verify a checkpoint, and consolidate it into one
 // fp32 file that a plain LibTorch program loads with torch::load, holding
 // the engine's parameters (DeepSpeed's zero_to_fp32); a corrupt one fails
@@ -536,12 +545,7 @@ TEST(EngineTest, ZinfCkptInspectsVerifiesAndConsolidates) {
   const auto expected = parameters(engine);
   for (const auto& p : plain->named_parameters())
     EXPECT_TRUE(torch::equal(p.value(), expected.at(p.key()))) << p.key();
-  {
-    std::fstream f(ckpt / "global_step2" / "rank0.state",
-                   std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(100);
-    f.put('\x11');
-  }
+  flip_byte(ckpt / "global_step2" / "rank0.state", 100);
   auto [corrupt_status, complaint] = run("verify " + ckpt.string());
   EXPECT_EQ(corrupt_status, 1) << complaint;
   EXPECT_NE(complaint.find("rank0.state: state 0 fails its CRC32C"), std::string::npos)
@@ -581,11 +585,7 @@ TEST(EngineTest, ACheckpointThatDoesNotFitIsRefusedWithNothingChanged) {
   auto wider = o;
   wider.hidden = 32;
   expect_refused(wider, "in the checkpoint, '");
-  {
-    std::fstream f(ckpt / "mine" / "rank0.state", std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(4096);
-    f.put('\x5a');
-  }
+  flip_byte(ckpt / "mine" / "rank0.state", 4096);
   expect_refused(o, "fails its CRC32C");
   std::filesystem::remove(ckpt / "latest");
   expect_refused(o, "latest not found");
