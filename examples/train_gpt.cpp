@@ -51,6 +51,7 @@ struct Args {
   bool checkpoint_units = false;
   std::string checkpoint_dir;
   int checkpoint_every = 0;  // 0: no checkpoints
+  int checkpoint_keep = 0;   // 0: keep every checkpoint
   bool resume = false;
 };
 
@@ -155,6 +156,23 @@ struct Run {
   json memory;
 };
 
+// Keeps the `keep` newest global_step<N> checkpoints in `dir` (the HF
+// Trainer's save_total_limit); `latest` names the newest, which stays.
+void remove_old_checkpoints(const std::filesystem::path& dir, int keep) {
+  std::vector<std::pair<long, std::filesystem::path>> tags;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    const std::string prefix = "global_step";
+    if (!e.is_directory() || name.rfind(prefix, 0) != 0 || name.size() == prefix.size() ||
+        name.find_first_not_of("0123456789", prefix.size()) != std::string::npos)
+      continue;
+    tags.emplace_back(std::stol(name.substr(prefix.size())), e.path());
+  }
+  std::sort(tags.begin(), tags.end());
+  for (std::size_t i = 0; i + static_cast<std::size_t>(keep) < tags.size(); ++i)
+    std::filesystem::remove_all(tags[i].second);
+}
+
 // The main job: zinf's engine.
 Run train_engine(const Args& a, zinf::Config cfg, const std::string& text) {
   zinf::EngineOptions eo;
@@ -222,8 +240,10 @@ Run train_engine(const Args& a, zinf::Config cfg, const std::string& text) {
     run.losses.push_back(loss);
     run.steps.push_back(step_json(r, loss));
     if (s > start || ran == 1) total += r.wall_s;  // the first step records the trace
-    if (a.checkpoint_every > 0 && (s + 1) % a.checkpoint_every == 0)
+    if (a.checkpoint_every > 0 && (s + 1) % a.checkpoint_every == 0) {
       engine.save_checkpoint(a.checkpoint_dir);
+      if (a.checkpoint_keep > 0) remove_old_checkpoints(a.checkpoint_dir, a.checkpoint_keep);
+    }
     if ((s + 1) % a.print_every == 0 || s + 1 == a.steps) {
       const auto [stage, busy] = busiest(r);
       std::printf(
@@ -438,6 +458,9 @@ int main(int argc, char** argv) {
   app.add_option("--checkpoint-every", a.checkpoint_every,
                  "save a checkpoint every N steps (needs --checkpoint-dir)")
       ->check(CLI::PositiveNumber);
+  app.add_option("--checkpoint-keep", a.checkpoint_keep,
+                 "keep only the N newest global_step checkpoints (0: all, as DeepSpeed)")
+      ->check(CLI::NonNegativeNumber);
   app.add_flag("--resume", a.resume,
                "continue from DIR/latest (needs --checkpoint-dir): the step count, the data "
                "position, the optimizer, scheduler and loss scaler go on from there");

@@ -21,6 +21,7 @@
 // sizes, checksums: a first read pass) before it changes anything; the state
 // then goes in through the tier's update (atomic on NVMe).
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -71,6 +72,21 @@ Status replace(const fs::path& from, const fs::path& to, bool directory) {
     return Status::from_errno(errno, "cannot rename " + from.string() + " to " + to.string());
   }
   return sync_path(to.parent_path(), O_RDONLY | O_DIRECTORY);
+}
+
+// Folders a killed save left behind (".TAG.saving-PID" of a process that is
+// gone): never a checkpoint, since only a finished one is renamed to its tag.
+void remove_abandoned_saves(const fs::path& dir) {
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    const auto mark = name.rfind(".saving-");
+    if (name.empty() || name[0] != '.' || mark == std::string::npos) continue;
+    const std::string pid = name.substr(mark + 8);
+    if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (::kill(static_cast<pid_t>(std::stol(pid)), 0) == 0 || errno != ESRCH) continue;
+    fs::remove_all(entry.path(), ec);
+  }
 }
 
 std::string hex(const torch::Tensor& bytes) {
@@ -124,6 +140,7 @@ void EngineImpl::save_checkpoint(const fs::path& dir, std::string tag) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) fail(context(Status::from_errno(ec.value(), "cannot create " + dir.string())));
+  remove_abandoned_saves(dir);
   const fs::path staging = dir / ("." + tag + ".saving-" + std::to_string(::getpid()));
   fs::remove_all(staging, ec);
   fs::create_directory(staging, ec);
