@@ -11,6 +11,8 @@
 
 namespace zinf::offload {
 
+namespace fs = std::filesystem;
+
 std::uint64_t CheckpointParam::numel() const {
   return static_cast<std::uint64_t>(
       std::accumulate(shape.begin(), shape.end(), std::int64_t{1}, std::multiplies<>()));
@@ -26,10 +28,20 @@ Result<Checkpoint> read_checkpoint(const std::filesystem::path& dir, std::string
     if (!in) return Status::not_found((dir / "latest").string() + " not found: no checkpoint");
     std::getline(in, tag);
   }
+  // A tag names a folder inside `dir`, and nothing in it is a link: a
+  // checkpoint from elsewhere cannot make the loader read outside it.
+  if (tag.empty() || tag == "." || tag == ".." || tag.find('/') != std::string::npos)
+    return Status::invalid_argument("checkpoint tag \"" + tag + "\" is not a folder name in " +
+                                    dir.string());
   Checkpoint c;
   c.folder = dir / tag;
   c.tag = tag;
   const auto path = c.folder / "manifest.json";
+  for (const auto& p : {c.folder, path, c.folder / kCheckpointStateFile}) {
+    std::error_code ec;
+    if (fs::is_symlink(p, ec))
+      return Status::invalid_argument(p.string() + " is a symbolic link; a checkpoint has none");
+  }
   std::ifstream in(path);
   if (!in) return Status::not_found(path.string() + " not found");
   auto bad = [&](const std::string& why) { return Status::data_loss(path.string() + ": " + why); };

@@ -24,7 +24,6 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -51,14 +50,18 @@ Status sync_path(const fs::path& path, int flags) {
   return Status::ok();
 }
 
+// A new file, 0600, written and fsync'ed.
 Status write_file(const fs::path& path, const std::string& text) {
-  {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << text;
-    out.flush();
-    if (!out) return Status::from_errno(errno, "cannot write " + path.string());
+  swap::FileDescriptor fd(
+      ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
+  if (!fd.valid()) return Status::from_errno(errno, "cannot create " + path.string());
+  for (std::size_t done = 0; done < text.size();) {
+    const ssize_t n = ::write(fd.get(), text.data() + done, text.size() - done);
+    if (n < 0) return Status::from_errno(errno, "cannot write " + path.string());
+    done += static_cast<std::size_t>(n);
   }
-  return sync_path(path, O_RDONLY);
+  if (::fsync(fd.get()) != 0) return Status::from_errno(errno, "cannot fsync " + path.string());
+  return Status::ok();
 }
 
 // Renames `from` onto `to`, atomically replacing what `to` was.
@@ -144,6 +147,7 @@ void EngineImpl::save_checkpoint(const fs::path& dir, std::string tag) {
   const fs::path staging = dir / ("." + tag + ".saving-" + std::to_string(::getpid()));
   fs::remove_all(staging, ec);
   fs::create_directory(staging, ec);
+  if (!ec) fs::permissions(staging, fs::perms::owner_all, ec);  // 0700, like the swap folders
   if (ec) fail(context(Status::from_errno(ec.value(), "cannot create " + staging.string())));
   auto abandon = [&](const Status& s) {
     fs::remove_all(staging, ec);

@@ -567,6 +567,12 @@ TEST(EngineTest, ACheckpointThatDoesNotFitIsRefusedWithNothingChanged) {
     micro_step(saver, o, 0);
     saver.save_checkpoint(ckpt, "mine");
   }
+  for (const char* file : {"manifest.json", "rank0.state"})
+    EXPECT_EQ(std::filesystem::status(ckpt / "mine" / file).permissions(),
+              std::filesystem::perms::owner_read | std::filesystem::perms::owner_write)
+        << file;
+  EXPECT_EQ(std::filesystem::status(ckpt / "mine").permissions(),
+            std::filesystem::perms::owner_all);
   auto expect_refused = [&](const gpt::Options& model, const std::string& needle) {
     Engine<gpt::GPT> engine(build(model, cfg, true), cfg);
     micro_step(engine, model, 0);
@@ -587,6 +593,11 @@ TEST(EngineTest, ACheckpointThatDoesNotFitIsRefusedWithNothingChanged) {
   expect_refused(wider, "in the checkpoint, '");
   flip_byte(ckpt / "mine" / "rank0.state", 4096);
   expect_refused(o, "fails its CRC32C");
+  std::ofstream(ckpt / "latest") << "../" << dir.path().filename().string();
+  expect_refused(o, "is not a folder name");
+  std::filesystem::create_directory_symlink(ckpt / "mine", ckpt / "linked");
+  std::ofstream(ckpt / "latest") << "linked";
+  expect_refused(o, "linked is a symbolic link");
   std::filesystem::remove(ckpt / "latest");
   expect_refused(o, "latest not found");
 }
