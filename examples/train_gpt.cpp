@@ -238,12 +238,15 @@ Run train_engine(const Args& a, zinf::Config cfg, const std::string& text) {
     const zinf::StepReport& r = engine.last_step_report();
     const double loss = loss_sum / gas;
     run.losses.push_back(loss);
-    run.steps.push_back(step_json(r, loss));
+    json step = step_json(r, loss);
     if (s > start || ran == 1) total += r.wall_s;  // the first step records the trace
     if (a.checkpoint_every > 0 && (s + 1) % a.checkpoint_every == 0) {
+      const auto t0 = std::chrono::steady_clock::now();
       engine.save_checkpoint(a.checkpoint_dir);
       if (a.checkpoint_keep > 0) remove_old_checkpoints(a.checkpoint_dir, a.checkpoint_keep);
+      step["checkpoint_s"] = seconds_since(t0);  // what the checkpoint added to this step
     }
+    run.steps.push_back(std::move(step));
     if ((s + 1) % a.print_every == 0 || s + 1 == a.steps) {
       const auto [stage, busy] = busiest(r);
       std::printf(

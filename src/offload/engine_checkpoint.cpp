@@ -24,8 +24,8 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "offload/checkpoint_file.hpp"
 #include "offload/engine_impl.hpp"
@@ -129,6 +129,7 @@ std::string shape_text(const std::vector<std::int64_t>& shape, const std::string
 }  // namespace
 
 void EngineImpl::save_checkpoint(const fs::path& dir, std::string tag) {
+  const auto t0 = SteadyClock::now();
   if (phase_ != Phase::kIdle || micro_steps_ != 0) {
     fail(Status::failed_precondition(
         "save_checkpoint needs an accumulation boundary (after step(), before the next "
@@ -225,12 +226,15 @@ void EngineImpl::save_checkpoint(const fs::path& dir, std::string tag) {
   s = write_file(latest, tag);
   if (s.is_ok()) s = replace(latest, dir / "latest", /*directory=*/false);
   if (!s.is_ok()) fail(context(s));
+  const auto bytes = manifest["files"][kStateFile]["bytes"].get<std::uint64_t>();
+  const double s_taken = std::chrono::duration<double>(SteadyClock::now() - t0).count();
   ZINF_LOG(kInfo) << "checkpoint " << (dir / tag).string() << ": step " << global_steps_ << ", "
-                  << format_bytes(manifest["files"][kStateFile]["bytes"].get<std::uint64_t>())
-                  << " of optimizer state";
+                  << format_bytes(bytes) << " of optimizer state in " << s_taken << " s ("
+                  << format_bytes(static_cast<std::uint64_t>(bytes / s_taken)) << "/s)";
 }
 
 void EngineImpl::load_checkpoint(const fs::path& dir, std::string tag) {
+  const auto t0 = SteadyClock::now();
   if (phase_ != Phase::kIdle || micro_steps_ != 0) {
     fail(Status::failed_precondition(
         "load_checkpoint needs an accumulation boundary (not inside a forward, backward or "
@@ -323,7 +327,9 @@ void EngineImpl::load_checkpoint(const fs::path& dir, std::string tag) {
   set_rng(at::detail::getDefaultCPUGenerator(), cpu_rng);
   if (device_rng.defined())
     set_rng(at::globalContext().defaultGenerator(torch_device_), device_rng);
-  ZINF_LOG(kInfo) << "checkpoint " << c.folder.string() << " loaded: step " << global_steps_;
+  const double s_taken = std::chrono::duration<double>(SteadyClock::now() - t0).count();
+  ZINF_LOG(kInfo) << "checkpoint " << c.folder.string() << " loaded: step " << global_steps_ << ", "
+                  << format_bytes(c.state_bytes()) << " verified and read in " << s_taken << " s";
 }
 
 }  // namespace zinf::offload
