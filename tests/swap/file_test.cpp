@@ -60,5 +60,29 @@ TEST(FileTest, RefusedDirectIoIsAnErrorOrAnExplicitFallback) {
   EXPECT_FALSE(buffered->direct);
 }
 
+// What a path is stored on: a disk-backed directory names its file system
+// and block device; a RAM-backed one says it is memory.
+TEST(FileTest, DescribesWhatAPathIsStoredOn) {
+  testing::ScratchDir dir;
+  const StorageInfo disk = describe_storage(dir.path());
+  EXPECT_FALSE(disk.filesystem.empty());
+  EXPECT_GT(disk.memlock_limit, 0u);
+  if (!disk.ram_backed) {
+    EXPECT_NE(disk.describe().find(disk.filesystem), std::string::npos) << disk.describe();
+  }
+  if (::mount("zinf-test", dir.path().c_str(), "ramfs", 0, "mode=0700") != 0) {
+    GTEST_SKIP() << "cannot mount ramfs here (" << std::strerror(errno) << ")";
+  }
+  struct Unmount {
+    const char* p;
+    ~Unmount() { ::umount2(p, MNT_DETACH); }
+  } unmount{dir.path().c_str()};
+  const StorageInfo ram = describe_storage(dir.path());
+  EXPECT_EQ(ram.filesystem, "ramfs");
+  EXPECT_TRUE(ram.ram_backed);
+  EXPECT_TRUE(ram.device.empty());
+  EXPECT_EQ(ram.describe(), "ramfs (memory, not a disk)");
+}
+
 }  // namespace
 }  // namespace zinf::swap

@@ -11,6 +11,8 @@
 #include "options.hpp"
 #include "report.hpp"
 #include "runner.hpp"
+#include "zinf/common/logging.hpp"
+#include "zinf/swap/file.hpp"
 #include "zinf/swap/io_engine.hpp"
 
 namespace zinf::swapbench {
@@ -180,6 +182,13 @@ int main_impl(int argc, const char* const* argv) {
     paths = {temp.path()};
   }
   if (Status s = check_paths(paths, o.size); !s.is_ok()) return usage_error(s);
+  for (const auto& p : paths) {
+    const swap::StorageInfo storage = swap::describe_storage(p);
+    if (storage.ram_backed) {
+      std::cerr << "swapbench: warning: " << p.string() << " is on " << storage.filesystem
+                << ": this measures memory, not NVMe\n";
+    }
+  }
   if (o.sweep || o.tune) return sweep(o, paths, *backends);
 
   std::vector<RunResult> results;
@@ -195,8 +204,12 @@ int main_impl(int argc, const char* const* argv) {
     for (const auto& p : paths) names.push_back(p.string());
     std::cout << to_json(results, names) << "\n";
   } else {
+    const swap::StorageInfo storage = swap::describe_storage(paths[0]);
     std::cout << "swapbench: " << (o.size >> 20) << " MiB per op on " << paths[0].string()
               << (paths.size() > 1 ? " (striped)" : "") << (o.verify ? ", data verified" : "")
+              << "\n  storage: " << storage.describe() << "; RLIMIT_MEMLOCK "
+              << (storage.memlock_limit == UINT64_MAX ? std::string("unlimited")
+                                                      : format_bytes(storage.memlock_limit))
               << "\n";
     print_table(std::cout, results);
   }

@@ -7,6 +7,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "zinf/swap/file.hpp"
+
 namespace zinf::swapbench {
 namespace {
 
@@ -83,8 +85,25 @@ std::string to_json(const std::vector<RunResult>& results, const std::vector<std
                     {"checksum", r.checksum},
                     {"sqpoll", r.sqpoll}});
   }
-  return nlohmann::json{
-      {"tool", "swapbench"}, {"version", "0.1.0"}, {"paths", paths}, {"results", rows}}
+  // What each path is stored on, so that a figure says what it measured.
+  nlohmann::json storage = nlohmann::json::array();
+  for (const auto& p : paths) {
+    const swap::StorageInfo s = swap::describe_storage(p);
+    storage.push_back({{"path", p},
+                       {"filesystem", s.filesystem},
+                       {"ram_backed", s.ram_backed},
+                       {"device", s.device},
+                       {"model", s.model},
+                       {"rotational", s.rotational},
+                       {"virtual_disk", s.virtual_disk},
+                       {"memlock_limit", s.memlock_limit},
+                       {"summary", s.describe()}});
+  }
+  return nlohmann::json{{"tool", "swapbench"},
+                        {"version", "0.1.0"},
+                        {"paths", paths},
+                        {"storage", storage},
+                        {"results", rows}}
       .dump(2);
 }
 

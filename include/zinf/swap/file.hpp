@@ -4,6 +4,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <filesystem>
 #include <string>
 
@@ -43,5 +44,20 @@ struct OpenedFile {
 // retry does not trip over it.
 Result<OpenedFile> open_direct(const std::filesystem::path& path, int flags, mode_t mode,
                                bool allow_buffered_fallback);
+
+// What a path is stored on, so that a figure can say what it measured.
+// Fields that cannot be found stay empty (or false).
+struct StorageInfo {
+  std::string filesystem;           // "ext4", "xfs", "tmpfs", ... (statfs), or "0x<magic>"
+  bool ram_backed = false;          // tmpfs, ramfs: I/O there measures memory, not a disk
+  std::string device;               // the block device ("nvme0n1", "vda"), partitions resolved
+  std::string model;                // /sys/block/<device>/device/model
+  bool rotational = false;          // /sys/block/<device>/queue/rotational
+  bool virtual_disk = false;        // virtio, Xen or another paravirtual block driver
+  std::uint64_t memlock_limit = 0;  // RLIMIT_MEMLOCK in bytes (UINT64_MAX: unlimited)
+  // "ext4 on vda (virtio, not an NVMe device)", "tmpfs (memory, not a disk)", ...
+  std::string describe() const;
+};
+StorageInfo describe_storage(const std::filesystem::path& path);
 
 }  // namespace zinf::swap
