@@ -40,17 +40,24 @@ TEST(FileTest, DescriptorIsMoveOnlyAndCloses) {
   EXPECT_EQ(::fcntl(raw, F_GETFD), -1);
 }
 
+// ramfs mounted over `path` (root only) for the object's life.
+struct RamfsMount {
+  explicit RamfsMount(const std::filesystem::path& path) : path_(path) {
+    mounted = ::mount("zinf-test", path_.c_str(), "ramfs", 0, "mode=0700") == 0;
+  }
+  ~RamfsMount() {
+    if (mounted) ::umount2(path_.c_str(), MNT_DETACH);
+  }
+  std::filesystem::path path_;
+  bool mounted = false;
+};
+
 // A file system that refuses O_DIRECT: an error naming the key, or buffered
 // I/O when the config allows it. ramfs never supports O_DIRECT.
 TEST(FileTest, RefusedDirectIoIsAnErrorOrAnExplicitFallback) {
   testing::ScratchDir dir;
-  if (::mount("zinf-test", dir.path().c_str(), "ramfs", 0, "mode=0700") != 0) {
-    GTEST_SKIP() << "cannot mount ramfs here (" << std::strerror(errno) << ")";
-  }
-  struct Unmount {
-    const char* p;
-    ~Unmount() { ::umount2(p, MNT_DETACH); }
-  } unmount{dir.path().c_str()};
+  RamfsMount ramfs(dir.path());
+  if (!ramfs.mounted) GTEST_SKIP() << "cannot mount ramfs here (" << std::strerror(errno) << ")";
   auto refused = open_direct(dir.path() / "c", O_RDWR | O_CREAT | O_EXCL, 0600, false);
   ASSERT_FALSE(refused.is_ok());
   EXPECT_EQ(refused.status().code(), StatusCode::kUnavailable);
@@ -70,13 +77,8 @@ TEST(FileTest, DescribesWhatAPathIsStoredOn) {
   if (!disk.ram_backed) {
     EXPECT_NE(disk.describe().find(disk.filesystem), std::string::npos) << disk.describe();
   }
-  if (::mount("zinf-test", dir.path().c_str(), "ramfs", 0, "mode=0700") != 0) {
-    GTEST_SKIP() << "cannot mount ramfs here (" << std::strerror(errno) << ")";
-  }
-  struct Unmount {
-    const char* p;
-    ~Unmount() { ::umount2(p, MNT_DETACH); }
-  } unmount{dir.path().c_str()};
+  RamfsMount ramfs(dir.path());
+  if (!ramfs.mounted) GTEST_SKIP() << "cannot mount ramfs here (" << std::strerror(errno) << ")";
   const StorageInfo ram = describe_storage(dir.path());
   EXPECT_EQ(ram.filesystem, "ramfs");
   EXPECT_TRUE(ram.ram_backed);
