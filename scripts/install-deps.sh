@@ -8,7 +8,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git
   liburing-dev libaio-dev libtbb-dev libisal-dev nlohmann-json3-dev
   libtorch-dev libopenblas0-pthread
-  libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev
+  libgloo-dev libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev
   fio
 )
 

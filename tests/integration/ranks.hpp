@@ -1,0 +1,51 @@
+// Multi-process tests: a test body that runs on every rank of a job that
+// zinf-launch starts from this very test binary.
+//
+//   TEST(X, Y) {
+//     if (!zinf::test::in_rank()) {
+//       auto job = zinf::test::launch_self(2, "X.Y");
+//       EXPECT_EQ(job.status, 0) << job.output;
+//       return;
+//     }
+//     ... what each rank does (EXPECTs fail the rank, and so the job) ...
+//   }
+#pragma once
+
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+namespace zinf::test {
+
+inline bool in_rank() { return std::getenv("ZINF_TEST_IN_RANK") != nullptr; }
+
+struct Job {
+  int status = -1;     // zinf-launch's exit status
+  std::string output;  // everything it printed, stdout and stderr
+};
+
+// Runs `command` through the shell; its status and output.
+inline Job run_shell(const std::string& command) {
+  Job job;
+  FILE* p = popen((command + " 2>&1").c_str(), "r");
+  if (p == nullptr) return job;
+  char buf[4096];
+  for (std::size_t n; (n = fread(buf, 1, sizeof(buf), p)) > 0;) job.output.append(buf, n);
+  const int w = pclose(p);
+  job.status = WIFEXITED(w) ? WEXITSTATUS(w) : 128 + WTERMSIG(w);
+  return job;
+}
+
+// `ranks` copies of this binary, running only `test` (a gtest filter), under
+// zinf-launch, with `env` ("K=V ...") added.
+inline Job launch_self(int ranks, const std::string& test, const std::string& env = "") {
+  return run_shell(
+      "env ZINF_TEST_IN_RANK=1 " + env + " " + ZINF_LAUNCH_PATH + " -n " + std::to_string(ranks) +
+      " " + std::filesystem::read_symlink("/proc/self/exe").string() + " --gtest_filter=" + test);
+}
+
+}  // namespace zinf::test
