@@ -47,16 +47,17 @@ if(NOT ZINF_WITH_TORCH STREQUAL "OFF")
   endif()
 endif()
 zinf_summary(LibTorch ${ZINF_HAVE_TORCH})
-# Jobs of more than one rank: c10d's TCPStore and ProcessGroupGloo, whose
-# header needs Gloo's headers (Debian's libgloo-dev).
-set(ZINF_HAVE_C10D OFF)
+# Jobs of more than one rank: c10d's TCPStore (LibTorch) for the rendezvous,
+# and its ProcessGroupGloo, whose header needs Gloo's headers (Debian's
+# libgloo-dev; PyTorch's wheels may lack them: then NCCL jobs only).
+set(ZINF_HAVE_GLOO OFF)
 if(ZINF_HAVE_TORCH)
   find_path(ZINF_GLOO_INCLUDE_DIR gloo/algorithm.h HINTS ${TORCH_INCLUDE_DIRS})
   if(ZINF_GLOO_INCLUDE_DIR)
-    set(ZINF_HAVE_C10D ON)
+    set(ZINF_HAVE_GLOO ON)
   endif()
 endif()
-zinf_summary(c10d-Gloo ${ZINF_HAVE_C10D})
+zinf_summary(Gloo ${ZINF_HAVE_GLOO})
 
 set(ZINF_HAVE_CUDA OFF)
 set(ZINF_HAVE_NCCL OFF)

@@ -9,6 +9,10 @@
 //                                     under ./zinf-nvme
 //   train_gpt --reference torch       the same model, init and data with
 //                                     plain LibTorch and torch::optim::AdamW
+//   zinf-launch -n 2 train_gpt ...    two ranks (ZeRO data parallelism):
+//                                     --batch is each rank's micro-batch,
+//                                     each rank reads its rows of the job's
+//                                     batch, rank 0 prints and writes --json
 //   train_gpt --help                  every flag
 //
 // It prints each step's loss and where its time went, a summary at the end,
@@ -132,7 +136,9 @@ json step_json(const zinf::StepReport& r, double loss) {
           {"optim_read_bytes", r.optim_read_bytes},
           {"optim_write_bytes", r.optim_write_bytes},
           {"h2d_bytes", r.h2d_bytes},
-          {"d2h_bytes", r.d2h_bytes}};
+          {"d2h_bytes", r.d2h_bytes},
+          {"comm_s", r.comm_s},
+          {"comm_bytes", r.comm_bytes}};
 }
 
 // The loss curve as a few lines of text.
@@ -152,7 +158,8 @@ void print_curve(const std::vector<double>& losses) {
 struct Run {
   std::vector<json> steps;
   std::vector<double> losses;
-  double tokens_per_s = 0;
+  double tokens_per_s = 0;  // of the whole job
+  int world_size = 1;
   json memory;
 };
 
@@ -214,7 +221,11 @@ Run train_engine(const Args& a, zinf::Config cfg, const std::string& text) {
   engine.reset_peak_memory();
 
   const int gas = static_cast<int>(engine.config().gradient_accumulation_steps.value_or(1));
-  gpt::Batches data(text, a.batch, a.model.seq, a.seed);
+  // Each rank reads its rows of the job's batch: together, the samples one
+  // rank with world_size x the micro-batch reads.
+  const int world = engine.world_size();
+  gpt::Batches data(text, a.batch * world, a.model.seq, a.seed);
+  const std::int64_t first_row = static_cast<std::int64_t>(engine.rank()) * a.batch;
   // --steps counts from the start of training, so a resumed run ends where
   // an uninterrupted one does, and reads the data from where it stopped.
   int start = 0;
@@ -230,13 +241,15 @@ Run train_engine(const Args& a, zinf::Config cfg, const std::string& text) {
     double loss_sum = 0;
     for (int micro = 0; micro < gas; ++micro) {
       auto [x, y] = data.get(static_cast<std::uint64_t>(s * gas + micro));
+      x = x.narrow(0, first_row, a.batch);
+      y = y.narrow(0, first_row, a.batch);
       auto loss = gpt::loss(engine(x.to(engine.device())), y.to(engine.device()));
       engine.backward(loss);
       engine.step();
       loss_sum += loss.item<double>();
     }
     const zinf::StepReport& r = engine.last_step_report();
-    const double loss = loss_sum / gas;
+    const double loss = engine.mean_over_ranks(loss_sum / gas);
     run.losses.push_back(loss);
     json step = step_json(r, loss);
     if (s > start || ran == 1) total += r.wall_s;  // the first step records the trace
@@ -259,7 +272,8 @@ Run train_engine(const Args& a, zinf::Config cfg, const std::string& text) {
   }
   const int timed = ran > 1 ? ran - 1 : 1;
   run.tokens_per_s =
-      total > 0 ? static_cast<double>(timed) * gas * a.batch * a.model.seq / total : 0.0;
+      total > 0 ? static_cast<double>(timed) * gas * a.batch * world * a.model.seq / total : 0.0;
+  run.world_size = world;
   const zinf::MemoryReport m = engine.memory_report();
   run.memory = {{"device_budget_bytes", m.device_budget == UINT64_MAX ? 0 : m.device_budget},
                 {"peak_device_bytes", m.device_peak},
@@ -390,6 +404,17 @@ void print_summary(const Args& a, const Run& run) {
   } else {
     std::printf("LibTorch reference\n");
   }
+  if (run.world_size > 1) {
+    double comm = 0, bytes = 0;
+    for (std::size_t i = first; i < run.steps.size(); ++i) {
+      comm += run.steps[i]["comm_s"].get<double>();
+      bytes += run.steps[i]["comm_bytes"].get<double>();
+    }
+    const auto n = static_cast<double>(run.steps.size() - first);
+    std::printf("ranks: %d; collectives in flight %.3f s a step (%.0f%% of its wall), %s a step\n",
+                run.world_size, comm / n, 100 * comm / n / mean["wall_s"].get<double>(),
+                zinf::format_bytes(static_cast<std::uint64_t>(bytes / n)).c_str());
+  }
   const double flops = 6.0 * static_cast<double>(a.model.parameters()) * run.tokens_per_s;
   std::printf("throughput: %.1f tokens/s, %.3f TFLOPS (6 x parameters x tokens)", run.tokens_per_s,
               flops / 1e12);
@@ -432,8 +457,8 @@ int main(int argc, char** argv) {
   app.add_option("--heads", a.model.heads, "attention heads")->capture_default_str();
   app.add_option("--seq", a.model.seq, "sequence length (tokens are bytes)")->capture_default_str();
   app.add_option("--batch", a.batch,
-                 "micro-batch; default: the config's batch keys, else 2 (a value they "
-                 "contradict is an error)")
+                 "micro-batch (per rank); default: the config's batch keys, else 2 (a value "
+                 "they contradict is an error)")
       ->check(CLI::PositiveNumber);
   app.add_option("--vocab", a.model.vocab, "vocabulary (256: every byte)")->capture_default_str();
   app.add_flag("--tied", a.model.tied, "tie the LM head to the token embedding");
@@ -506,9 +531,17 @@ int main(int argc, char** argv) {
     for (const auto* tier : {&zero.offload_param.nvme_path, &zero.offload_optimizer.nvme_path}) {
       if (!tier->empty()) std::filesystem::create_directories(*tier);
     }
+    // Under zinf-launch (or torchrun, mpirun) every rank trains; rank 0 reports.
+    const zinf::JobPlace place = zinf::job_place();
+    if (place.world_size > 1 && !a.reference.empty())
+      throw std::runtime_error(
+          "--reference torch trains in one process; run it without a launcher");
+    if (place.rank != 0 && std::freopen("/dev/null", "w", stdout) == nullptr)
+      throw std::runtime_error("cannot quiet the output of rank " + std::to_string(place.rank));
+    const auto world = static_cast<std::uint64_t>(place.world_size);
     // The micro-batch is the config's where its batch keys give one.
     if (cfg->train_batch_size || cfg->train_micro_batch_size_per_gpu) {
-      zinf::throw_if_error(cfg->resolve_batch(1));
+      zinf::throw_if_error(cfg->resolve_batch(world));
       const auto micro = static_cast<int>(*cfg->train_micro_batch_size_per_gpu);
       if (a.batch != 0 && a.batch != micro) {
         throw std::runtime_error("--batch " + std::to_string(a.batch) + " contradicts " +
@@ -519,13 +552,13 @@ int main(int argc, char** argv) {
     } else {
       if (a.batch == 0) a.batch = 2;
       cfg->train_micro_batch_size_per_gpu = static_cast<std::uint64_t>(a.batch);
-      zinf::throw_if_error(cfg->resolve_batch(1));
+      zinf::throw_if_error(cfg->resolve_batch(world));
     }
 
     const Run run =
         a.reference.empty() ? train_engine(a, *cfg, text) : train_reference(a, *cfg, text);
     print_summary(a, run);
-    if (!a.json_path.empty()) {
+    if (!a.json_path.empty() && place.rank == 0) {
       json out = {
           {"model_params", a.model.parameters()},
           {"model",
@@ -536,6 +569,7 @@ int main(int argc, char** argv) {
             {"vocab", a.model.vocab},
             {"tied", a.model.tied}}},
           {"batch", a.batch},
+          {"world_size", run.world_size},
           {"mode", a.reference.empty() ? "zinf" : "torch"},
           {"tokens_per_s", run.tokens_per_s},
           {"tflops", 6.0 * static_cast<double>(a.model.parameters()) * run.tokens_per_s / 1e12},

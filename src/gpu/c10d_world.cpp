@@ -3,6 +3,7 @@
 #define USE_C10D_GLOO 1
 #include <torch/torch.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -18,6 +19,7 @@ std::string what(const std::exception& e) {
   return e.what();
 }
 
+#ifdef ZINF_HAVE_GLOO
 torch::ScalarType scalar_type(CommDtype dtype) {
   switch (dtype) {
     case CommDtype::kF32:
@@ -138,6 +140,8 @@ bool loopback(const std::string& addr) {
   return addr == "localhost" || addr.rfind("127.", 0) == 0 || addr == "::1";
 }
 
+#endif  // ZINF_HAVE_GLOO
+
 class StoreWorld final : public World {
  public:
   StoreWorld(Launch launch, std::chrono::seconds timeout, c10::intrusive_ptr<c10d::Store> store)
@@ -148,7 +152,9 @@ class StoreWorld final : public World {
 
   Result<std::unique_ptr<Communicator>> communicator(const std::string& name, Backend backend,
                                                      int device) override {
-    auto prefixed = c10::make_intrusive<c10d::PrefixStore>("zinf/" + name, store_);
+    // Each channel's keys apart, also for a name made twice.
+    auto prefixed = c10::make_intrusive<c10d::PrefixStore>(
+        "zinf/" + std::to_string(channels_++) + "/" + name, store_);
     if (backend == Backend::kNccl) {
       Exchange exchange = [this, prefixed](const std::string& key,
                                            const std::string& value) -> Result<std::string> {
@@ -167,6 +173,7 @@ class StoreWorld final : public World {
       return Status::invalid_argument("communicator '" + name +
                                       "': \"single\" needs a world of one");
     }
+#ifdef ZINF_HAVE_GLOO
     try {
       auto options = c10d::ProcessGroupGloo::Options::create(timeout_);
       const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
@@ -184,6 +191,11 @@ class StoreWorld final : public World {
       return Status::unavailable("communicator '" + name + "': gloo over the store at " + where() +
                                  ": " + what(e));
     }
+#else
+    return Status::unavailable("communicator '" + name +
+                               "': this zinf was built without Gloo's headers (Debian's "
+                               "libgloo-dev), so c10d's Gloo is not available");
+#endif
   }
 
   std::string where() const {
@@ -194,6 +206,7 @@ class StoreWorld final : public World {
   Launch launch_;
   std::chrono::seconds timeout_;
   c10::intrusive_ptr<c10d::Store> store_;
+  std::atomic<int> channels_{0};
 };
 
 }  // namespace
@@ -217,29 +230,39 @@ Result<std::shared_ptr<World>> join_store_world(const Launch& launch, std::chron
                                " (MASTER_ADDR:MASTER_PORT) within " +
                                std::to_string(timeout.count()) + " s: " + what(e));
   }
-  // Every rank publishes its world size and config fingerprint, and checks the others'.
+  // Every rank publishes its world size and config fingerprint and checks
+  // the others'; rank 0, whose process serves the store, waits until every
+  // rank has read them, so that a rank that disagrees is told so on all.
   const std::string mine = std::to_string(launch.world_size) + "\n" + fingerprint;
+  Status verdict;
   try {
     store->set("zinf/join/" + std::to_string(launch.rank),
                std::vector<std::uint8_t>(mine.begin(), mine.end()));
-    for (int r = 0; r < launch.world_size; ++r) {
+    for (int r = 0; r < launch.world_size && verdict.is_ok(); ++r) {
       auto v = store->get("zinf/join/" + std::to_string(r));
       const std::string theirs(v.begin(), v.end());
       if (theirs == mine) continue;
       const std::string their_world = theirs.substr(0, theirs.find('\n'));
-      if (their_world != std::to_string(launch.world_size)) {
-        return Status::invalid_argument(me + ": rank " + std::to_string(r) + " says WORLD_SIZE=" +
-                                        their_world + ": every rank must be started with the same");
-      }
-      return Status::invalid_argument(
-          me + ": rank " + std::to_string(r) +
-          " runs a different configuration (its effective config differs from this rank's): "
-          "every rank must be given the same config");
+      verdict = Status::invalid_argument(
+          their_world != std::to_string(launch.world_size)
+              ? me + ": rank " + std::to_string(r) + " says WORLD_SIZE=" + their_world +
+                    ": every rank must be started with the same"
+              : me + ": rank " + std::to_string(r) +
+                    " runs a different configuration (its effective config differs from this "
+                    "rank's): every rank must be given the same config");
+    }
+    store->set("zinf/joined/" + std::to_string(launch.rank), std::vector<std::uint8_t>{1});
+    if (launch.rank == 0) {
+      std::vector<std::string> joined;
+      for (int r = 0; r < launch.world_size; ++r)
+        joined.push_back("zinf/joined/" + std::to_string(r));
+      store->wait(joined, timeout);
     }
   } catch (const std::exception& e) {
     return Status::unavailable(me + ": not every rank joined at " + where + " within " +
                                std::to_string(timeout.count()) + " s: " + what(e));
   }
+  if (!verdict.is_ok()) return verdict;
   return std::shared_ptr<World>(std::make_shared<StoreWorld>(launch, timeout, store));
 }
 

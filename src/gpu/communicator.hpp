@@ -131,7 +131,8 @@ class World {
   virtual int rank() const = 0;
   virtual int world_size() const = 0;
   virtual int local_rank() const = 0;
-  // A new channel `name` (the same names, in the same order, on every rank).
+  // A new channel `name`: every rank makes the same channels in the same
+  // order (a name may repeat).
   // kSingle needs a world of one; kGloo a build with LibTorch; kNccl one with
   // NCCL and a GPU (`device` is the CUDA device index).
   virtual Result<std::unique_ptr<Communicator>> communicator(const std::string& name,

@@ -60,6 +60,21 @@ ca::Dtype cpu_dtype(torch::ScalarType t) {
 
 [[noreturn]] void fail(Status status) { throw Error(std::move(status)); }
 
+gpu::CommDtype comm_dtype(torch::ScalarType t) {
+  switch (t) {
+    case torch::kHalf:
+      return gpu::CommDtype::kF16;
+    case torch::kBFloat16:
+      return gpu::CommDtype::kBF16;
+    default:
+      return gpu::CommDtype::kF32;
+  }
+}
+
+Status wait(Result<gpu::CommWorkPtr> work) {
+  return work.is_ok() ? (*work)->wait() : work.status();
+}
+
 // The autograd callback of PreBackward: the token is the unit's registry entry.
 void on_pre_backward(std::int64_t token) {
   auto* entry = reinterpret_cast<detail::UnitEntry*>(token);
@@ -76,6 +91,7 @@ EngineImpl::EngineImpl(std::shared_ptr<torch::nn::Module> model, const Config& c
     : config_(config), options_(std::move(options)), model_(std::move(model)) {
   if (options_.device) config_.zinf.device = *options_.device;
   if (options_.device_budget) config_.zinf.device_budget = *options_.device_budget;
+  join_job();
   check_config();
   gpu::DeviceOptions d;
   d.type = config_.zinf.device;
@@ -103,6 +119,7 @@ EngineImpl::EngineImpl(std::shared_ptr<torch::nn::Module> model, const Config& c
     ZINF_LOG(kInfo) << "engine: the emulated device computes on " << threads
                     << " thread(s) (zinf.compute_threads)";
   }
+  make_channels();
   find_units(model_);
   place_partitions();
   make_buffers();
@@ -136,6 +153,16 @@ EngineImpl::EngineImpl(std::shared_ptr<torch::nn::Module> model, const Config& c
     }
   }
   const MemoryReport m = memory_report();
+  if (world_size_ > 1) {
+    ZINF_LOG(kInfo) << "engine: rank " << rank_ << " of " << world_size_ << ", stage "
+                    << config_.zero_optimization.stage << ": " << own_elements_
+                    << " of the optimizer's elements here"
+                    << (sharded_params_ ? ", parameters sharded" : "")
+                    << (partitioned_grads_ ? ", gradients partitioned" : "")
+                    << " (collectives: " << gpu::to_string(host_comm_->backend())
+                    << " on the host, " << gpu::to_string(param_comm_->backend())
+                    << " on the device)";
+  }
   ZINF_LOG(kInfo) << "engine: " << units_.size() << " units, " << elements_ << " parameters ("
                   << format_bytes(elements_ * 4) << " fp32) on " << m.device << "; params "
                   << to_string(z.offload_param.device) << ", optimizer "
@@ -188,7 +215,7 @@ void EngineImpl::check_config() {
   }
   if (config_.train_batch_size || config_.train_micro_batch_size_per_gpu ||
       config_.gradient_accumulation_steps) {
-    Status s = config_.resolve_batch(1);
+    Status s = config_.resolve_batch(static_cast<std::uint64_t>(world_size_));
     if (!s.is_ok()) fail(s.with_context(src));
   }
   gas_ = config_.gradient_accumulation_steps.value_or(1);
@@ -224,6 +251,45 @@ void EngineImpl::apply_schedule() {
     hyper_.beta1 = static_cast<float>(betas->first);
     hyper_.beta2 = static_cast<float>(betas->second);
   }
+}
+
+void EngineImpl::join_job() {
+  auto world = offload::join_job(config_);
+  if (!world.is_ok()) fail(world.status());
+  world_ = std::move(*world);
+  rank_ = world_->rank();
+  world_size_ = world_->world_size();
+  if (Status s = check_job(config_, world_size_); !s.is_ok()) fail(s);
+  sharded_params_ = world_size_ > 1 && config_.zero_optimization.stage == 3;
+  partitioned_grads_ = world_size_ > 1 && config_.zero_optimization.stage >= 2;
+}
+
+void EngineImpl::make_channels() {
+  if (world_size_ == 1) return;
+  auto make = [&](const char* name, gpu::Backend backend) {
+    auto c = world_->communicator(name, backend, device_->index());
+    if (!c.is_ok()) fail(c.status());
+    return std::move(*c);
+  };
+  host_comm_ = make("host", gpu::Backend::kGloo);
+  grad_comm_ = make("gradients", gpu::Backend::kGloo);
+  param_comm_ = make("parameters", device_->type() == gpu::DeviceType::kCuda ? gpu::Backend::kNccl
+                                                                             : gpu::Backend::kGloo);
+}
+
+double EngineImpl::mean_over_ranks(double value) {
+  if (!host_comm_) return value;
+  throw_if_error(host_comm_->all_reduce_now(&value, 1, gpu::CommDtype::kF64, gpu::ReduceOp::kSum)
+                     .with_context("mean_over_ranks"));
+  return value / world_size_;
+}
+
+std::vector<gpu::Communicator*> EngineImpl::channels() const {
+  std::vector<gpu::Communicator*> out;
+  for (const auto* c : {&host_comm_, &grad_comm_, &param_comm_}) {
+    if (*c) out.push_back(c->get());
+  }
+  return out;
 }
 
 Home EngineImpl::param_home() const {
@@ -352,7 +418,7 @@ void EngineImpl::add_unit(const std::string& name, const std::shared_ptr<torch::
         store_ = std::move(*store);
       }
       key = "u" + std::to_string(store_->next_key++);
-      Status s = detail::store_partition(*store_, key, plan);
+      Status s = detail::store_partition(*store_, key, plan, sharding());
       if (!s.is_ok()) fail(s.with_context("partitioning unit '" + name + "'"));
     }
     units_[index].main = add_partition(index, plan.partitioned, home, plan.dtype, std::move(key));
@@ -372,6 +438,13 @@ std::size_t EngineImpl::add_partition(std::size_t unit,
   part.dtype = dtype;
   part.cdtype = cpu_dtype(dtype);
   part.flat = elements_;
+  std::uint64_t numel = 0;
+  for (const detail::PlannedParam& p : params) numel += p.numel;
+  part.own = sharding().own(numel);
+  const bool sharded = sharded_params_ && home != Home::kDevice;
+  part.home_begin = sharded ? part.own.begin : 0;
+  part.own_flat = own_elements_;
+  const std::uint64_t own_end = part.own.begin + part.own.count;
   const std::size_t index = partitions_.size();
   for (const detail::PlannedParam& p : params) {
     Param param;
@@ -382,6 +455,16 @@ std::size_t EngineImpl::add_partition(std::size_t unit,
     param.partition = index;
     param.offset = part.numel;
     param.flat = elements_ + part.numel;
+    const std::uint64_t lo = std::max(part.numel, part.own.begin);
+    const std::uint64_t hi = std::min(part.numel + p.numel, own_end);
+    if (hi > lo) {
+      param.own_begin = lo - part.numel;
+      param.own_count = hi - lo;
+    }
+    // Sorted in the optimizer's space also when empty here: at its place.
+    param.own_flat =
+        own_elements_ + std::clamp(part.numel, part.own.begin, own_end) - part.own.begin;
+    param.grad_at = partitioned_grads_ ? param.own_flat : param.flat + param.own_begin;
     param.requires_grad = p.tensor.requires_grad();
     param.storage = ParamStorage(p.tensor, p.shape, torch_device_, dtype);
     part.numel += param.numel;
@@ -389,7 +472,9 @@ std::size_t EngineImpl::add_partition(std::size_t unit,
     params_.push_back(std::move(param));
   }
   part.bytes = part.numel * c10::elementSize(dtype);
+  part.home_bytes = sharded ? part.own.count * c10::elementSize(dtype) : part.bytes;
   elements_ += part.numel;
+  own_elements_ += part.own.count;
   partitions_.push_back(std::move(part));
   return index;
 }
@@ -421,7 +506,13 @@ void EngineImpl::place_partitions() {
                            torch::dtype(part.dtype))
               .copy_(p.storage.param().detach().reshape({-1}));
         }
-        Status s = h2d_->copy_to_device(part.device, staging->data(), part.bytes);
+        Status s;
+        if (host_comm_) {  // every rank starts from rank 0's values
+          s = wait(host_comm_->broadcast(staging->data(), part.bytes, 0));
+          if (!s.is_ok())
+            fail(s.with_context("the initial parameters of unit '" + unit.name + "'"));
+        }
+        s = h2d_->copy_to_device(part.device, staging->data(), part.bytes);
         if (s.is_ok()) s = h2d_->synchronize();
         if (!s.is_ok()) fail(s);
         for (std::size_t k : part.params)
@@ -472,14 +563,15 @@ void EngineImpl::make_buffers() {
   const auto& op = config_.zero_optimization.offload_param;
   std::uint64_t staged = 0;  // the largest partition that goes through the pool
   for (const Partition& part : partitions_) {
-    if (part.home == Home::kNvme && part.numel > op.buffer_size) {
+    const std::uint64_t home_numel = part.home_bytes / c10::elementSize(part.dtype);
+    if (part.home == Home::kNvme && home_numel > op.buffer_size) {
       fail(Status::invalid_argument(
           config_.source + ": unit '" + units_[params_[part.params.front()].unit].name + "' has " +
-          std::to_string(part.numel) +
+          std::to_string(home_numel) +
           " parameter elements, more than zero_optimization.offload_param.buffer_size = " +
           std::to_string(op.buffer_size) + "; raise buffer_size"));
     }
-    if (part.home != Home::kHost) staged = std::max(staged, part.bytes);
+    if (part.home != Home::kHost) staged = std::max(staged, part.home_bytes);
   }
   if (staged > 0) {
     auto pool = gpu::PinnedPool::create(
@@ -501,18 +593,20 @@ void EngineImpl::make_buffers() {
        op.pin_memory});
   if (!grads.is_ok()) fail(grads.status());
   grad_pool_ = std::move(*grads);
-  auto acc = AlignedBuffer::allocate(std::max<std::uint64_t>(1, elements_) * sizeof(float));
+  const std::uint64_t grad_elements = partitioned_grads_ ? own_elements_ : elements_;
+  auto acc = AlignedBuffer::allocate(std::max<std::uint64_t>(1, grad_elements) * sizeof(float));
   if (!acc.is_ok()) fail(acc.status());
   grads_ = std::move(*acc);
+  grad_scratch_.resize(partitions_.size());
 }
 
 Status EngineImpl::read_partition(const Partition& part, std::byte* out) const {
   switch (part.home) {
     case Home::kHost:
-      std::memcpy(out, part.host, part.bytes);
+      std::memcpy(out, part.host, part.home_bytes);
       return Status::ok();
     case Home::kNvme:
-      return store_->get(part.key, out, part.bytes);
+      return store_->get(part.key, out, part.home_bytes);
     case Home::kDevice:
       ZINF_RETURN_IF_ERROR(d2h_->copy_to_host(out, part.device, part.bytes));
       return d2h_->synchronize();
@@ -522,8 +616,8 @@ Status EngineImpl::read_partition(const Partition& part, std::byte* out) const {
 
 std::vector<Segment> EngineImpl::segments(const Piece& piece) const {
   return offload::segments(
-      params_.size(), piece, [&](std::size_t i) { return params_[i].flat; },
-      [&](std::size_t i) { return params_[i].numel; });
+      params_.size(), piece, [&](std::size_t i) { return params_[i].own_flat; },
+      [&](std::size_t i) { return params_[i].own_count; });
 }
 
 void EngineImpl::make_optimizer() {
@@ -532,11 +626,11 @@ void EngineImpl::make_optimizer() {
   TierShape shape;
   shape.num_states = num_states_;
   for (std::size_t i = 0; i < partitions_.size(); ++i) {
-    for (std::uint64_t g : TierShape::even_groups(partitions_[i].numel, o.sub_group_size())) {
+    for (std::uint64_t g : TierShape::even_groups(partitions_[i].own.count, o.sub_group_size())) {
       shape.groups.push_back(g);
       group_partition_.push_back(i);
     }
-    partitions_[i].last_group = shape.groups.size() - 1;
+    partitions_[i].last_group = shape.groups.size() - 1;  // looked up only if it has groups
   }
   auto executor = ca::Executor::create(static_cast<int>(config_.zinf.threads));
   if (!executor.is_ok()) fail(executor.status());
@@ -553,14 +647,15 @@ void EngineImpl::make_optimizer() {
       const Param& p = params_[seg.item];
       const Partition& part = partitions_[p.partition];
       if (loaded != p.partition) {
-        ZINF_ASSIGN_OR_RETURN(source, AlignedBuffer::allocate(part.bytes));
+        ZINF_ASSIGN_OR_RETURN(source,
+                              AlignedBuffer::allocate(std::max<std::uint64_t>(1, part.bytes)));
         ZINF_RETURN_IF_ERROR(read_partition(part, source.data()));
         loaded = p.partition;
       }
       const std::size_t elem = c10::elementSize(part.dtype);
-      ZINF_RETURN_IF_ERROR(
-          executor_->accumulate(source.data() + (p.offset + seg.item_offset) * elem, part.cdtype,
-                                piece.state[0] + seg.piece_offset, seg.length, /*overwrite=*/true));
+      ZINF_RETURN_IF_ERROR(executor_->accumulate(
+          source.data() + (p.offset + p.own_begin + seg.item_offset - part.home_begin) * elem,
+          part.cdtype, piece.state[0] + seg.piece_offset, seg.length, /*overwrite=*/true));
     }
     return Status::ok();
   };
@@ -675,6 +770,9 @@ Status EngineImpl::wait_ready(std::size_t unit) {
   Status s;
   stall_.begin();
   if (g.fetched.valid()) s = g.fetched.get();
+  const UnitRec& u = units_[unit];
+  if (s.is_ok() && sharded_params_ && u.main && partitions_[*u.main].home != Home::kDevice)
+    s = gather_unit(unit);
   if (s.is_ok() && g.ready) s = device_->compute_stream().wait(g.ready);
   stall_.end();
   return s;
@@ -696,9 +794,11 @@ Status EngineImpl::fetch(std::size_t unit) {
   Gather& g = u.gather;
   ZINF_ASSIGN_OR_RETURN(g.device,
                         device_->allocate(part.bytes, "the parameters of unit '" + u.name + "'"));
-  window_.h2d_bytes += part.bytes;
+  window_.h2d_bytes += part.home_bytes;
+  std::byte* home_at =
+      static_cast<std::byte*>(g.device) + part.home_begin * c10::elementSize(part.dtype);
   if (part.home == Home::kHost) {
-    ZINF_RETURN_IF_ERROR(h2d_->copy_to_device(g.device, part.host, part.bytes));
+    ZINF_RETURN_IF_ERROR(h2d_->copy_to_device(home_at, part.host, part.home_bytes));
     ZINF_ASSIGN_OR_RETURN(g.ready, h2d_->record());
     return Status::ok();
   }
@@ -720,7 +820,9 @@ Status EngineImpl::start_read(std::size_t unit, Lease lease) {
   Gather& g = units_[unit].gather;
   const Partition& part = partitions_[*units_[unit].main];
   g.lease = std::make_shared<Lease>(std::move(lease));
-  ZINF_ASSIGN_OR_RETURN(auto ticket, store_->nvme->read(part.key, {g.lease->data(), part.bytes}));
+  if (part.home_bytes == 0) return Status::ok();  // this rank's shard is empty
+  ZINF_ASSIGN_OR_RETURN(auto ticket,
+                        store_->nvme->read(part.key, {g.lease->data(), part.home_bytes}));
   g.read = ticket;
   return Status::ok();
 }
@@ -734,7 +836,7 @@ Status EngineImpl::finish_nvme_fetch(std::size_t unit) {
   bool started = false;
   {
     std::lock_guard lock(read_mutex_);
-    started = g.read.has_value();
+    started = g.lease != nullptr;  // start_read() took a buffer
   }
   if (!started) {
     Lease lease = param_pool_->acquire();
@@ -742,9 +844,11 @@ Status EngineImpl::finish_nvme_fetch(std::size_t unit) {
     deferred_.erase(std::find(deferred_.begin(), deferred_.end(), unit));
     ZINF_RETURN_IF_ERROR(start_read(unit, std::move(lease)));
   }
-  Status s = store_->nvme->wait(*g.read);
+  Status s = g.read ? store_->nvme->wait(*g.read) : Status::ok();
   g.read.reset();
-  if (s.is_ok()) s = h2d_->copy_to_device(g.device, g.lease->data(), part.bytes);
+  std::byte* home_at =
+      static_cast<std::byte*>(g.device) + part.home_begin * c10::elementSize(part.dtype);
+  if (s.is_ok()) s = h2d_->copy_to_device(home_at, g.lease->data(), part.home_bytes);
   if (s.is_ok()) {
     auto event = h2d_->record();
     s = event.status();
@@ -785,6 +889,18 @@ void EngineImpl::unstage(std::size_t unit) {
   g.read.reset();
   g.lease.reset();
   g.staged = false;
+}
+
+// Every use of a sharded unit gathers it, also when its copy was kept from
+// before: whether a rank kept it depends on its own memory and timing, and
+// the collectives must come in the same order on every rank.
+Status EngineImpl::gather_unit(std::size_t unit) {
+  const UnitRec& u = units_[unit];
+  const Partition& part = partitions_[*u.main];
+  if (u.gather.ready)
+    ZINF_RETURN_IF_ERROR(u.gather.ready->synchronize());  // this rank's shard is in
+  return wait(param_comm_->all_gather(u.gather.device, part.numel, comm_dtype(part.dtype)))
+      .with_context("gathering unit '" + u.name + "'");
 }
 
 void EngineImpl::release(std::size_t unit) {
@@ -989,8 +1105,12 @@ void EngineImpl::on_grad(std::size_t index) {
   grad = grad.contiguous();
   auto computed = device_->compute_stream().record();
   if (computed.is_ok()) (void)d2h_->wait(*computed);
-  const bool overwrite = !p.has_grad;
+  // Partitioned gradients collect in the partition's scratch (zeroed), to be
+  // reduced once the unit's are all in; otherwise straight into grads_.
+  const bool overwrite = !partitioned_grads_ && !p.has_grad;
   p.has_grad = true;
+  float* dest =
+      partitioned_grads_ ? grad_scratch(p.partition) + p.offset : grads_.as<float>() + p.flat;
   const std::size_t elem = c10::elementSize(p.dtype);
   const std::size_t bytes = p.numel * elem;
   const ca::Dtype dtype = cpu_dtype(p.dtype);
@@ -1004,7 +1124,7 @@ void EngineImpl::on_grad(std::size_t index) {
     auto left = s.is_ok() ? d2h_->record() : Result<gpu::EventPtr>(s);
     if (!left.is_ok()) fail(left.status().with_context("gradient of '" + p.name + "'"));
     window_.d2h_bytes += len;
-    float* acc = grads_.as<float>() + p.flat + off / elem;
+    float* acc = dest + off / elem;
     grad_jobs_.push_back(grad_worker_.submit(
         [this, event = *left, lease, grad, acc, n = len / elem, dtype, overwrite]() -> Status {
           ZINF_RETURN_IF_ERROR(event->synchronize());
@@ -1012,8 +1132,52 @@ void EngineImpl::on_grad(std::size_t index) {
         }));
   }
   UnitRec& u = units_[p.unit];
-  if (++u.received_grads == u.expected_grads && p.unit != 0 && phase_ == Phase::kBackward)
+  if (++u.received_grads == u.expected_grads && p.unit != 0 && phase_ == Phase::kBackward) {
     coordinator_->done(p.unit);
+    if (partitioned_grads_) reduce_unit(p.unit);  // overlaps the rest of the backward
+  }
+}
+
+float* EngineImpl::grad_scratch(std::size_t part) {
+  AlignedBuffer& b = grad_scratch_[part];
+  if (b.size() == 0) {
+    const std::uint64_t n = std::max<std::uint64_t>(1, partitions_[part].numel);
+    auto buffer = AlignedBuffer::allocate(n * sizeof(float));
+    if (!buffer.is_ok()) fail(buffer.status().with_context("gradients of a partition"));
+    b = std::move(*buffer);
+    std::memset(b.data(), 0, n * sizeof(float));
+  }
+  return b.as<float>();
+}
+
+void EngineImpl::reduce_unit(std::size_t unit) {
+  UnitRec& u = units_[unit];
+  if (u.reduced) return;
+  u.reduced = true;
+  for (const auto& part : {u.main, u.persistent}) {
+    if (!part) continue;
+    grad_scratch(*part);  // here, not on the worker: a partition without gradients reduces zeros
+    const std::size_t index = *part;
+    grad_jobs_.push_back(grad_worker_.submit([this, index] { return reduce_partition(index); }));
+  }
+}
+
+// On the gradient worker, after the partition's gradients were added into
+// its scratch: the sum over ranks, of which this rank's shard goes into
+// grads_ (the first micro-step of the window overwrites).
+Status EngineImpl::reduce_partition(std::size_t index) {
+  Partition& part = partitions_[index];
+  AlignedBuffer& scratch = grad_scratch_[index];
+  ZINF_RETURN_IF_ERROR(wait(grad_comm_->reduce_scatter(scratch.data(), part.numel,
+                                                       gpu::CommDtype::kF32, gpu::ReduceOp::kSum))
+                           .with_context("reducing the gradients of unit '" +
+                                         units_[params_[part.params.front()].unit].name + "'"));
+  Status s = grad_executor_->accumulate(scratch.as<float>() + part.own.begin, ca::Dtype::kF32,
+                                        grads_.as<float>() + part.own_flat, part.own.count,
+                                        /*overwrite=*/!part.reduced);
+  part.reduced = true;
+  scratch = AlignedBuffer();
+  return s;
 }
 
 namespace {
@@ -1037,6 +1201,9 @@ void EngineImpl::backward(const torch::Tensor& loss) {
     const double factor = scaler_.scale() / static_cast<double>(gas_);
     const torch::Tensor scaled = factor != 1.0 ? loss * factor : loss;
     scaled.backward();
+    if (partitioned_grads_) {
+      for (std::size_t u = 0; u < units_.size(); ++u) reduce_unit(u);  // the rest, in unit order
+    }
     throw_if_error(drain_grads());
   } catch (const std::exception& e) {
     abort_micro_step(/*drop_window=*/true);
@@ -1080,7 +1247,10 @@ void EngineImpl::take_busy(SteadyClock::time_point from, SteadyClock::time_point
 
 void EngineImpl::end_micro_step(bool completed) {
   coordinator_->end_micro_step(completed);
-  for (UnitRec& u : units_) u.expected_grads = u.received_grads = 0;
+  for (UnitRec& u : units_) {
+    u.expected_grads = u.received_grads = 0;
+    u.reduced = false;
+  }
   charge_.reset();
   running_.reset();
   phase_ = Phase::kIdle;
@@ -1094,7 +1264,11 @@ void EngineImpl::abort_micro_step(bool drop_window) {
   }
   if (coordinator_) coordinator_->end_micro_step(/*whole=*/false);
   (void)drain_grads();
-  for (UnitRec& u : units_) u.expected_grads = u.received_grads = 0;
+  for (UnitRec& u : units_) {
+    u.expected_grads = u.received_grads = 0;
+    u.reduced = false;
+  }
+  for (AlignedBuffer& b : grad_scratch_) b = AlignedBuffer();
   for (Param& p : params_) {
     if (p.storage.param().grad().defined()) p.storage.param().mutable_grad().reset();
   }
@@ -1106,6 +1280,7 @@ void EngineImpl::abort_micro_step(bool drop_window) {
 
 void EngineImpl::zero_window() {
   for (Param& p : params_) p.has_grad = false;
+  for (Partition& part : partitions_) part.reduced = false;
   micro_steps_ = 0;
   window_.open = false;
 }
@@ -1123,7 +1298,7 @@ class EngineImpl::HomeWriter {
   explicit HomeWriter(EngineImpl& engine) : e_(engine) {}
   ~HomeWriter() { (void)finish(); }
 
-  // Where the element at `offset` of partition `index` goes.
+  // Where the element at `offset` of partition `index`'s home goes.
   Result<std::byte*> dest(std::size_t index, std::uint64_t offset) {
     const Partition& part = e_.partitions_[index];
     const std::size_t elem = c10::elementSize(part.dtype);
@@ -1150,10 +1325,13 @@ class EngineImpl::HomeWriter {
     current_ = kNone;
     if (part.home == Home::kNvme) {
       ZINF_ASSIGN_OR_RETURN(auto ticket,
-                            e_.store_->nvme->write(part.key, {p.lease->data(), part.bytes}));
+                            e_.store_->nvme->write(part.key, {p.lease->data(), part.home_bytes}));
       p.ticket = ticket;
-    } else {
-      ZINF_RETURN_IF_ERROR(e_.h2d_->copy_to_device(part.device, p.lease->data(), part.bytes));
+    } else {  // resident: this rank's elements (the others' arrive by gather_resident())
+      const std::size_t at = part.own.begin * c10::elementSize(part.dtype);
+      ZINF_RETURN_IF_ERROR(e_.h2d_->copy_to_device(static_cast<std::byte*>(part.device) + at,
+                                                   p.lease->data() + at,
+                                                   part.own.count * c10::elementSize(part.dtype)));
       ZINF_ASSIGN_OR_RETURN(p.event, e_.h2d_->record());
     }
     pending_.push_back(std::move(p));
@@ -1203,6 +1381,36 @@ class EngineImpl::HomeWriter {
   double waited_s_ = 0;
 };
 
+// Stage 1: the window's gradients were accumulated whole on every rank;
+// each partition's sum over the ranks, for this rank's shard.
+Status EngineImpl::reduce_for_step() {
+  for (const Partition& part : partitions_) {
+    ZINF_RETURN_IF_ERROR(wait(host_comm_->reduce_scatter(grads_.as<float>() + part.flat, part.numel,
+                                                         gpu::CommDtype::kF32, gpu::ReduceOp::kSum))
+                             .with_context("reducing the gradients of unit '" +
+                                           units_[params_[part.params.front()].unit].name + "'"));
+  }
+  return Status::ok();
+}
+
+// Resident partitions (stages 1-2, and every stage's persistent ones): each
+// rank updated its shard on its device; every rank's, onto every device.
+Status EngineImpl::gather_resident() {
+  if (world_size_ == 1) return Status::ok();
+  for (const Partition& part : partitions_) {
+    if (part.home != Home::kDevice) continue;
+    ZINF_RETURN_IF_ERROR(
+        wait(param_comm_->all_gather(part.device, part.numel, comm_dtype(part.dtype)))
+            .with_context("gathering the updated parameters of unit '" +
+                          units_[params_[part.params.front()].unit].name + "'"));
+  }
+  return Status::ok();
+}
+
+std::uint64_t EngineImpl::home_offset(const Param& p, const Segment& seg) const {
+  return p.offset + p.own_begin + seg.item_offset - partitions_[p.partition].home_begin;
+}
+
 Status EngineImpl::update(float clip, StepStats& stats) {
   HomeWriter writer(*this);
   auto fn = [&](Piece& piece) -> Status {
@@ -1210,7 +1418,7 @@ Status EngineImpl::update(float clip, StepStats& stats) {
       Param& p = params_[seg.item];
       const Partition& part = partitions_[p.partition];
       float* master = piece.state[0] + seg.piece_offset;
-      ZINF_ASSIGN_OR_RETURN(std::byte * out, writer.dest(p.partition, p.offset + seg.item_offset));
+      ZINF_ASSIGN_OR_RETURN(std::byte * out, writer.dest(p.partition, home_offset(p, seg)));
       if (!p.has_grad) {  // unchanged, like LibTorch's optimizers skip a parameter without grad
         ZINF_RETURN_IF_ERROR(executor_->convert(master, out, part.cdtype, seg.length));
         continue;
@@ -1218,7 +1426,7 @@ Status EngineImpl::update(float clip, StepStats& stats) {
       ca::Buffers b;
       b.params = master;
       b.param_dtype = ca::Dtype::kF32;
-      b.grads = grads_.as<float>() + p.flat + seg.item_offset;
+      b.grads = grads_.as<float>() + p.grad_at + seg.item_offset;
       b.grad_dtype = ca::Dtype::kF32;
       float* s1 = piece.state[1] + seg.piece_offset;
       float* s2 = num_states_ > 2 ? piece.state[2] + seg.piece_offset : nullptr;
@@ -1249,7 +1457,7 @@ Status EngineImpl::restore_homes() {
   Status s = tier_->read([&](Piece& piece) -> Status {
     for (const Segment& seg : segments(piece)) {
       const Param& p = params_[seg.item];
-      ZINF_ASSIGN_OR_RETURN(std::byte * out, writer.dest(p.partition, p.offset + seg.item_offset));
+      ZINF_ASSIGN_OR_RETURN(std::byte * out, writer.dest(p.partition, home_offset(p, seg)));
       ZINF_RETURN_IF_ERROR(executor_->convert(piece.state[0] + seg.piece_offset, out,
                                               partitions_[p.partition].cdtype, seg.length));
     }
@@ -1274,17 +1482,28 @@ void EngineImpl::step() {
   StepReport r;
   r.micro_steps = window_.micro_steps;
   r.lr = hyper_.lr;
-  double sq = 0;
-  bool finite = true;
+  if (world_size_ > 1 && !partitioned_grads_) throw_if_error(reduce_for_step());
+  // [squared norm, non-finite count] of this rank's gradients, then over the ranks'.
+  double norm[2] = {0, 0};
   for (const Param& p : params_) {
-    if (!p.has_grad) continue;
-    auto stats = executor_->grad_stats(grads_.as<float>() + p.flat, ca::Dtype::kF32, p.numel);
+    if (!p.has_grad || p.own_count == 0) continue;
+    auto stats =
+        executor_->grad_stats(grads_.as<float>() + p.grad_at, ca::Dtype::kF32, p.own_count);
     throw_if_error(stats.status());
-    sq += stats->sq_norm;
-    finite = finite && stats->finite;
+    norm[0] += stats->sq_norm;
+    norm[1] += stats->finite ? 0 : 1;
   }
-  const double loss_scale = scaler_.scale();
-  r.loss_scale = loss_scale;
+  if (host_comm_) {
+    throw_if_error(host_comm_->all_reduce_now(norm, 2, gpu::CommDtype::kF64, gpu::ReduceOp::kSum)
+                       .with_context("step " + std::to_string(global_steps_ + 1) +
+                                     ": the gradient norm over the ranks"));
+  }
+  const double sq = norm[0];
+  const bool finite = norm[1] == 0 && std::isfinite(sq);
+  // The ranks' gradients are summed; the step uses their mean (DeepSpeed's
+  // data-parallel average), folded into the kernel's multiplier.
+  const double divisor = scaler_.scale() * world_size_;
+  r.loss_scale = scaler_.scale();
   (void)tier_->take_io_busy();
   std::uint64_t param_written = 0;
   if (store_ && store_->nvme) {
@@ -1317,10 +1536,10 @@ void EngineImpl::step() {
     // gradients are unscaled by the scale their backward used, also on a
     // step after which the scale doubles (DeepSpeed divides those by the
     // doubled scale).
-    r.grad_norm = std::sqrt(sq) / loss_scale;
+    r.grad_norm = std::sqrt(sq) / divisor;
     const double max_norm = config_.gradient_clipping;
     const double clip = max_norm > 0 ? std::min(1.0, max_norm / (r.grad_norm + 1e-6)) : 1.0;
-    const auto coefficient = static_cast<float>(clip / loss_scale);
+    const auto coefficient = static_cast<float>(clip / divisor);
     auto computed = device_->compute_stream().record();
     if (computed.is_ok()) (void)h2d_->wait(*computed);  // resident parameters are free to write
     Status s = update(coefficient, st);
@@ -1340,6 +1559,13 @@ void EngineImpl::step() {
               : "step failed partway: offload_optimizer cpu updates in place, so the "
                 "sub-groups before the failure hold this step, and the parameters were "
                 "rewritten to match them (the gradients are kept)"));
+    }
+    if (Status g = gather_resident(); !g.is_ok()) {
+      broken_ = true;
+      fail(g.with_context(
+          "step " + std::to_string(global_steps_ + 1) +
+          ": the update was applied but the ranks could not exchange it, so their parameters "
+          "differ; the engine cannot continue (resume from a checkpoint)"));
     }
     for (Param& p : params_) {
       if (p.has_grad) ++p.step;
@@ -1377,6 +1603,15 @@ void EngineImpl::step() {
   r.h2d_bytes = window_.h2d_bytes;
   r.d2h_bytes = window_.d2h_bytes;
   r.wall_s = seconds(window_.open ? window_.begin : t0, t1);
+  std::vector<Interval> comm;
+  for (gpu::Communicator* c : channels()) {
+    auto busy = c->take_busy();
+    comm.insert(comm.end(), busy.begin(), busy.end());
+    r.comm_bytes += c->stats().bytes;
+  }
+  r.comm_s = union_seconds(clip(comm, window_.open ? window_.begin : t0, t1));
+  r.comm_bytes -= comm_bytes_;
+  comm_bytes_ += r.comm_bytes;
   report_ = r;
   zero_window();
   const auto every = config_.steps_per_print;
@@ -1392,10 +1627,20 @@ torch::OrderedDict<std::string, torch::Tensor> EngineImpl::consolidated_paramete
     index.emplace(params_[k].storage.param().unsafeGetTensorImpl(), k);
   std::vector<torch::Tensor> values(params_.size());
   for (const Partition& part : partitions_) {
-    auto buffer = AlignedBuffer::allocate(part.bytes);
+    auto buffer = AlignedBuffer::allocate(std::max<std::uint64_t>(1, part.bytes));
     throw_if_error(buffer.status());
-    throw_if_error(read_partition(part, buffer->data()));
     const std::size_t elem = c10::elementSize(part.dtype);
+    if (part.home_bytes == part.bytes) {
+      throw_if_error(read_partition(part, buffer->data()));
+    } else {  // this rank's shard (read aligned, for O_DIRECT), then the others' from their ranks
+      auto shard = AlignedBuffer::allocate(std::max<std::uint64_t>(1, part.home_bytes));
+      throw_if_error(shard.status());
+      throw_if_error(read_partition(part, shard->data()));
+      std::memcpy(buffer->data() + part.home_begin * elem, shard->data(), part.home_bytes);
+      throw_if_error(
+          wait(host_comm_->all_gather(buffer->data(), part.numel, comm_dtype(part.dtype)))
+              .with_context("consolidating the parameters"));
+    }
     for (std::size_t k : part.params) {
       const Param& p = params_[k];
       values[k] = torch::from_blob(buffer->data() + p.offset * elem, p.storage.shape(),
@@ -1419,6 +1664,12 @@ torch::OrderedDict<std::string, torch::Tensor> EngineImpl::consolidated_paramete
 namespace zinf {
 
 int set_host_compute_threads(int threads) { return offload::set_compute_threads(threads); }
+
+JobPlace job_place() {
+  auto launch = gpu::launch_from_env();
+  throw_if_error(launch.status());
+  return {launch->rank, launch->world_size};
+}
 
 namespace detail {
 
@@ -1493,6 +1744,9 @@ void EngineBase::load_checkpoint(const std::filesystem::path& dir, const std::st
   impl_->load_checkpoint(dir, tag);
 }
 torch::Device EngineBase::device() const { return impl_->torch_device(); }
+int EngineBase::rank() const { return impl_->rank(); }
+double EngineBase::mean_over_ranks(double value) { return impl_->mean_over_ranks(value); }
+int EngineBase::world_size() const { return impl_->world_size(); }
 const Config& EngineBase::config() const { return impl_->config(); }
 std::uint64_t EngineBase::global_steps() const { return impl_->global_steps(); }
 std::uint64_t EngineBase::skipped_steps() const { return impl_->skipped_steps(); }

@@ -128,8 +128,17 @@ std::string shape_text(const std::vector<std::int64_t>& shape, const std::string
 
 }  // namespace
 
+void EngineImpl::refuse_many_ranks(const char* what) const {
+  if (world_size_ == 1) return;
+  fail(Status::unimplemented(std::string(what) + ": checkpoints of a job of " +
+                             std::to_string(world_size_) +
+                             " ranks (one state file per rank) are not built yet; this engine "
+                             "saves and loads jobs of one rank"));
+}
+
 void EngineImpl::save_checkpoint(const fs::path& dir, std::string tag) {
   const auto t0 = SteadyClock::now();
+  refuse_many_ranks("save_checkpoint");
   if (phase_ != Phase::kIdle || micro_steps_ != 0) {
     fail(Status::failed_precondition(
         "save_checkpoint needs an accumulation boundary (after step(), before the next "
@@ -235,6 +244,7 @@ void EngineImpl::save_checkpoint(const fs::path& dir, std::string tag) {
 
 void EngineImpl::load_checkpoint(const fs::path& dir, std::string tag) {
   const auto t0 = SteadyClock::now();
+  refuse_many_ranks("load_checkpoint");
   if (phase_ != Phase::kIdle || micro_steps_ != 0) {
     fail(Status::failed_precondition(
         "load_checkpoint needs an accumulation boundary (not inside a forward, backward or "

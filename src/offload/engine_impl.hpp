@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "offload/coordinator.hpp"
+#include "offload/job.hpp"
 #include "offload/state_tier.hpp"
 #include "offload/torch_glue.hpp"
 #include "offload/units.hpp"
@@ -53,8 +54,12 @@ class EngineImpl final : public Coordinator::Actions {
   void step();
   void save_checkpoint(const std::filesystem::path& dir, std::string tag);
   void load_checkpoint(const std::filesystem::path& dir, std::string tag);
+  void refuse_many_ranks(const char* what) const;
   bool boundary() const { return micro_steps_ >= gas_; }
   torch::Device torch_device() const { return torch_device_; }
+  int rank() const { return rank_; }
+  int world_size() const { return world_size_; }
+  double mean_over_ranks(double value);
   const Config& config() const { return config_; }
   std::uint64_t global_steps() const { return global_steps_; }
   std::uint64_t skipped_steps() const { return skipped_steps_; }
@@ -96,7 +101,14 @@ class EngineImpl final : public Coordinator::Actions {
     std::size_t unit = 0;
     std::size_t partition = 0;
     std::uint64_t offset = 0;  // elements into its partition
-    std::uint64_t flat = 0;    // elements into the optimizer's space
+    std::uint64_t flat = 0;    // elements into the whole model's flat space
+    // This rank's elements of it (all of them in a world of one): from
+    // own_begin, own_count of them, at own_flat in the optimizer's space
+    // and at grad_at in grads_.
+    std::uint64_t own_begin = 0;
+    std::uint64_t own_count = 0;
+    std::uint64_t own_flat = 0;
+    std::uint64_t grad_at = 0;
     bool requires_grad = true;
     bool has_grad = false;  // a gradient arrived in this accumulation window
     std::int64_t step = 0;  // updates applied (bias correction)
@@ -110,6 +122,11 @@ class EngineImpl final : public Coordinator::Actions {
     std::uint64_t numel = 0;
     std::uint64_t bytes = 0;
     std::uint64_t flat = 0;
+    gpu::ShardRange own;           // this rank's elements (all in a world of one)
+    std::uint64_t home_begin = 0;  // the first element its home holds (own.begin when sharded)
+    std::uint64_t home_bytes = 0;  // what its home holds
+    std::uint64_t own_flat = 0;    // where `own` starts in the optimizer's space
+    bool reduced = false;          // partitioned gradients: its shard was written this window
     std::vector<std::size_t> params;
     std::byte* host = nullptr;   // Home::kHost
     void* device = nullptr;      // Home::kDevice: the resident copy
@@ -136,6 +153,7 @@ class EngineImpl final : public Coordinator::Actions {
     Gather gather;
     std::size_t expected_grads = 0;  // hooked in this micro-step's forward
     std::size_t received_grads = 0;
+    bool reduced = false;  // partitioned gradients: reduced in this micro-step
   };
 
   enum class Phase : std::uint8_t { kIdle, kForward, kAfterForward, kBackward };
@@ -164,6 +182,18 @@ class EngineImpl final : public Coordinator::Actions {
   Status drain_grads();
   void zero_window();
 
+  // Across ranks (a world of one: nothing to do).
+  void join_job();
+  void make_channels();  // after the device: its collectives' backend
+  Sharding sharding() const { return {rank_, world_size_, host_comm_.get()}; }
+  Status gather_unit(std::size_t unit);   // sharded params: the others' shards into the unit's copy
+  float* grad_scratch(std::size_t part);  // partitioned gradients: this micro-step's, whole
+  void reduce_unit(std::size_t unit);     // queues its partitions' reductions on the grad worker
+  Status reduce_partition(std::size_t part);
+  Status reduce_for_step();  // stage 1: the window's gradients, at the boundary
+  Status gather_resident();  // stages 1-2: every rank's updated shard onto every device
+  std::vector<gpu::Communicator*> channels() const;
+
   // The step.
   void apply_schedule();  // hyper_'s lr (and betas) at schedule_t_
   Status update(float clip, StepStats& stats);
@@ -171,6 +201,8 @@ class EngineImpl final : public Coordinator::Actions {
   class HomeWriter;
   Status read_partition(const Partition& part, std::byte* out) const;
   std::vector<Segment> segments(const Piece& piece) const;
+  // Elements into its partition's home of a segment of `p`.
+  std::uint64_t home_offset(const Param& p, const Segment& seg) const;
   void take_busy(SteadyClock::time_point from, SteadyClock::time_point to);
 
   Config config_;
@@ -197,7 +229,8 @@ class EngineImpl final : public Coordinator::Actions {
   std::int64_t schedule_t_ = -1;        // its last_batch_iteration
   int num_states_ = 3;
   std::uint64_t gas_ = 1;
-  std::uint64_t elements_ = 0;
+  std::uint64_t elements_ = 0;                // the model's
+  std::uint64_t own_elements_ = 0;            // this rank's: the optimizer's space
   std::vector<std::size_t> group_partition_;  // the tier's groups' partitions
   std::size_t pieces_ = 0;
   bool host_pinned_ = true;  // offload_param cpu partitions are page-locked
@@ -213,6 +246,19 @@ class EngineImpl final : public Coordinator::Actions {
   std::uint64_t global_steps_ = 0;
   std::uint64_t skipped_steps_ = 0;
   bool broken_ = false;  // homes could not be restored after a failed step
+
+  // The job (see offload/job.hpp): one channel per thread that issues
+  // collectives, so that each channel's order is the program's on every rank.
+  std::shared_ptr<gpu::World> world_;
+  int rank_ = 0;
+  int world_size_ = 1;
+  bool sharded_params_ = false;     // stage 3 on several ranks: homes hold this rank's shard
+  bool partitioned_grads_ = false;  // stage 2-3 on several ranks: grads_ holds this rank's shard
+  std::unique_ptr<gpu::Communicator> host_comm_;   // the driving thread, host buffers
+  std::unique_ptr<gpu::Communicator> grad_comm_;   // the gradient worker, host buffers
+  std::unique_ptr<gpu::Communicator> param_comm_;  // gathers into device memory
+  std::vector<AlignedBuffer> grad_scratch_;        // by partition, while its gradients arrive
+  std::uint64_t comm_bytes_ = 0;                   // the channels' bytes at the last step
 
   // Measurement of the current accumulation window.
   struct Window {

@@ -45,12 +45,14 @@ Result<std::shared_ptr<PartitionStore>> PartitionStore::open(const Config& confi
 
 Status PartitionStore::put(const std::string& key, const std::byte* data, std::size_t bytes) {
   if (device == OffloadDevice::kNvme) {
+    if (bytes == 0) return Status::ok();  // a rank whose shard of a small unit is empty
     ZINF_ASSIGN_OR_RETURN(auto ticket, nvme->write(key, {data, bytes}));
     return nvme->wait(ticket);
   }
   auto it = host.find(key);
   if (it == host.end()) {
-    ZINF_ASSIGN_OR_RETURN(AlignedBuffer buffer, AlignedBuffer::allocate(bytes));
+    ZINF_ASSIGN_OR_RETURN(AlignedBuffer buffer,
+                          AlignedBuffer::allocate(std::max<std::size_t>(1, bytes)));
     it = host.emplace(key, std::move(buffer)).first;
   }
   std::memcpy(it->second.data(), data, bytes);
@@ -58,6 +60,7 @@ Status PartitionStore::put(const std::string& key, const std::byte* data, std::s
 }
 
 Status PartitionStore::get(const std::string& key, std::byte* out, std::size_t bytes) {
+  if (bytes == 0) return Status::ok();
   if (device == OffloadDevice::kNvme) {
     ZINF_ASSIGN_OR_RETURN(auto ticket, nvme->read(key, {out, bytes}));
     return nvme->wait(ticket);
@@ -133,7 +136,8 @@ Result<UnitPlan> plan_params(const std::vector<std::pair<std::string, torch::Ten
   return plan;
 }
 
-Status store_partition(PartitionStore& store, const std::string& key, const UnitPlan& plan) {
+Status store_partition(PartitionStore& store, const std::string& key, const UnitPlan& plan,
+                       const offload::Sharding& sharding) {
   const std::size_t elem = c10::elementSize(plan.dtype);
   ZINF_ASSIGN_OR_RETURN(AlignedBuffer staging, AlignedBuffer::allocate(plan.numel * elem));
   torch::NoGradGuard no_grad;
@@ -146,11 +150,20 @@ Status store_partition(PartitionStore& store, const std::string& key, const Unit
     // Released as soon as copied: the unit is in host memory about once.
     p.set_data(torch::empty({0}, p.options().dtype(plan.dtype)));
   }
-  if (store.device == OffloadDevice::kCpu) {
+  const gpu::ShardRange own = sharding.own(plan.numel);
+  if (sharding.init != nullptr) {
+    ZINF_ASSIGN_OR_RETURN(auto work,
+                          sharding.init->broadcast(staging.data(), plan.numel * elem, 0));
+    ZINF_RETURN_IF_ERROR(work->wait());
+  }
+  if (own.count == plan.numel && store.device == OffloadDevice::kCpu) {
     store.host[key] = std::move(staging);
     return Status::ok();
   }
-  return store.put(key, staging.data(), plan.numel * elem);
+  ZINF_ASSIGN_OR_RETURN(AlignedBuffer shard,
+                        AlignedBuffer::allocate(std::max<std::uint64_t>(1, own.count) * elem));
+  std::memcpy(shard.data(), staging.data() + own.begin * elem, own.count * elem);
+  return store.put(key, shard.data(), own.count * elem);
 }
 
 UnitRegistry& UnitRegistry::instance() {
@@ -186,7 +199,7 @@ void enroll_unit(const std::shared_ptr<torch::nn::Module>& module) {
   auto plan = plan_params(unit_parameters(*module), key, scope->config, scope->persistent_budget);
   throw_if_error(plan.status());
   if (plan->numel > 0) {
-    throw_if_error(store_partition(*scope->store, key, *plan)
+    throw_if_error(store_partition(*scope->store, key, *plan, scope->sharding)
                        .with_context("partitioning unit " + key + " to offload_param"));
   }
   auto stored = std::make_shared<StoredUnit>(StoredUnit{scope->store, key, std::move(*plan)});
@@ -204,6 +217,15 @@ PartitionScope::PartitionScope(const Config& config) {
   throw_if_error(store.status());
   state_ = std::make_unique<detail::PartitionScopeState>();
   state_->config = config;
+  auto job = offload::join_job(config);
+  throw_if_error(job.status());
+  throw_if_error(offload::check_job(config, (*job)->world_size()));
+  if ((*job)->world_size() > 1) {
+    auto init = (*job)->communicator("partition init", gpu::Backend::kGloo);
+    throw_if_error(init.status());
+    state_->init = std::move(*init);
+    state_->sharding = {(*job)->rank(), (*job)->world_size(), state_->init.get()};
+  }
   state_->store = std::move(*store);
   state_->persistent_budget = config.zero_optimization.stage3_model_persistence_threshold;
   previous_ = detail::t_scope;

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "offload/job.hpp"
 #include "offload/torch_glue.hpp"
 #include "zinf/common/aligned.hpp"
 #include "zinf/common/config.hpp"
@@ -71,8 +72,10 @@ Result<UnitPlan> plan_params(const std::vector<std::pair<std::string, torch::Ten
 // Copies the plan's partitioned parameters, in order and in the plan's
 // dtype, into one value of `store` under `key`, releasing each parameter
 // (an empty placeholder of that dtype) once copied: about one unit of host
-// memory at a time.
-Status store_partition(PartitionStore& store, const std::string& key, const UnitPlan& plan);
+// memory at a time. In a job of several ranks, rank 0's values (broadcast
+// through `sharding.init`), and of them only this rank's shard.
+Status store_partition(PartitionStore& store, const std::string& key, const UnitPlan& plan,
+                       const offload::Sharding& sharding);
 
 // A unit partitioned by a PartitionScope, waiting for its engine.
 struct StoredUnit {
@@ -105,6 +108,8 @@ class UnitRegistry {
 // The scope that enroll_unit() partitions into, on this thread (null: none).
 struct PartitionScopeState {
   Config config;
+  offload::Sharding sharding;
+  std::unique_ptr<gpu::Communicator> init;  // sharding.init's owner
   std::shared_ptr<PartitionStore> store;
   std::uint64_t persistent_budget = 0;
   offload::MappedAllocations mapped;  // units' tensors leave no holes in the heap

@@ -69,6 +69,10 @@ struct EngineConfig {
   // 0: one core fewer than the process may use (at least one), so that the
   // I/O, copy and optimizer threads keep a core, as a GPU leaves them.
   std::uint32_t compute_threads = 0;
+  // Seconds a rank waits for the others (the rendezvous, a collective)
+  // before it fails with an error naming what it waited for; torch's
+  // default process-group timeout.
+  std::uint32_t comm_timeout = 1800;
 };
 
 struct OffloadOptimizerConfig {

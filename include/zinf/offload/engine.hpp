@@ -36,6 +36,16 @@
 // the step (a failed backward drops the gradients accumulated in the current
 // accumulation window).
 //
+// Several ranks (a job started by zinf-launch, torchrun or mpirun: RANK,
+// WORLD_SIZE, MASTER_ADDR, MASTER_PORT): each rank feeds its own
+// micro-batches, and the ranks train one model, as DeepSpeed's data
+// parallelism does. Gradients are averaged over the ranks; each rank holds
+// 1/N of the optimizer state (stage 1), of the gradients (stage 2) and, in
+// offload_param's tier, of the parameters (stage 3), and gathers the rest
+// when it is used. Every rank must call the engine in the same order
+// (forward, backward, step, save_checkpoint, consolidated_parameters);
+// a rank that stops makes the others fail after zinf.comm_timeout seconds.
+//
 // Thread safety: one thread drives an engine (as a LibTorch model and
 // optimizer). The model is owned by the engine while it lives; its
 // parameters hold values only while gathered (read them with
@@ -97,6 +107,10 @@ struct StepReport {
   std::uint64_t optim_write_bytes = 0;
   std::uint64_t h2d_bytes = 0;
   std::uint64_t d2h_bytes = 0;
+  // collectives between ranks (none in a world of one): the time any was in
+  // flight, in forward, backward and the update, and the bytes handed to them
+  double comm_s = 0;
+  std::uint64_t comm_bytes = 0;
 };
 
 // The parameter coordinator's counters, since the engine was built.
@@ -138,6 +152,16 @@ struct MemoryReport {
 // train_gpt --reference torch) calls it with the same number.
 int set_host_compute_threads(int threads = 0);
 
+// This process's place in the job its launcher started (RANK and
+// WORLD_SIZE, or mpirun's OMPI_COMM_WORLD_*): {0, 1} without a launcher.
+// For what a program does before its Engine exists (its share of the data,
+// the batch keys). Throws zinf::Error naming a malformed variable.
+struct JobPlace {
+  int rank = 0;
+  int world_size = 1;
+};
+JobPlace job_place();
+
 namespace offload {
 class EngineImpl;
 }
@@ -178,6 +202,11 @@ class EngineBase {
 
   // Where inputs go: the device's torch::Device.
   torch::Device device() const;
+  // This process's place in the job (RANK and WORLD_SIZE; 0 and 1 alone).
+  int rank() const;
+  int world_size() const;
+  // The mean of `value` over the ranks (a loss to report); every rank calls it.
+  double mean_over_ranks(double value);
   const Config& config() const;
   std::uint64_t global_steps() const;
   std::uint64_t skipped_steps() const;

@@ -1,0 +1,39 @@
+#include "offload/job.hpp"
+
+#include <functional>
+#include <mutex>
+
+namespace zinf::offload {
+
+Result<std::shared_ptr<gpu::World>> join_job(const Config& config) {
+  static std::mutex mutex;
+  static std::shared_ptr<gpu::World> world;
+  std::lock_guard lock(mutex);
+  if (world) return world;
+  ZINF_ASSIGN_OR_RETURN(gpu::Launch launch, gpu::launch_from_env());
+  // What must agree for the ranks to train one model: everything but the
+  // swap paths, which may differ from machine to machine.
+  Config shared = config;
+  shared.zero_optimization.offload_param.nvme_path.clear();
+  shared.zero_optimization.offload_optimizer.nvme_path.clear();
+  shared.zinf.nvme_paths.clear();
+  const std::string fingerprint = std::to_string(std::hash<std::string>{}(to_json(shared, -1)));
+  ZINF_ASSIGN_OR_RETURN(
+      world, gpu::World::join(launch, std::chrono::seconds(config.zinf.comm_timeout), fingerprint));
+  return world;
+}
+
+Status check_job(const Config& config, int world) {
+  if (world == 1) return Status::ok();
+  const auto& z = config.zero_optimization;
+  const bool params_offloaded = z.offload_param.device != OffloadDevice::kNone;  // stage 3 only
+  if (z.stage == 3 && !params_offloaded) {
+    return Status::unimplemented(
+        config.source + ": stage 3 across " + std::to_string(world) +
+        " ranks partitions the parameters in offload_param's tier; device-only partitions are "
+        "not built yet: set offload_param.device to \"cpu\" or \"nvme\", or use stage 2");
+  }
+  return Status::ok();
+}
+
+}  // namespace zinf::offload
