@@ -81,13 +81,11 @@ class GlooCommunicator final : public Communicator {
     const std::size_t elem = element_size(dtype);
     return run("all_gather", count * elem, [&] {
       std::vector<c10::intrusive_ptr<c10d::Work>> works;
-      for (int r = 0; r < world_size(); ++r) {
-        const ShardRange s = shard(count, world_size(), r);
-        if (s.count == 0) continue;
+      for_each_shard(count, world_size(), [&](int r, ShardRange s) {
         std::vector<torch::Tensor> t{
             wrap(static_cast<std::byte*>(data) + s.begin * elem, s.count * elem, torch::kByte)};
         works.push_back(pg_->broadcast(t, {r, 0}));
-      }
+      });
       return works;
     });
   }

@@ -69,6 +69,14 @@ struct ShardRange {
 };
 // Shard `rank` of `count` elements split over `world` ranks.
 ShardRange shard(std::uint64_t count, int world, int rank);
+// fn(rank, its shard) for every rank whose shard is not empty, in rank order.
+template <typename Fn>
+void for_each_shard(std::uint64_t count, int world, Fn&& fn) {
+  for (int r = 0; r < world; ++r) {
+    const ShardRange s = shard(count, world, r);
+    if (s.count > 0) fn(r, s);
+  }
+}
 
 class CommWork {
  public:

@@ -72,12 +72,10 @@ class NcclCommunicator final : public Communicator {
     const std::size_t elem = element_size(dtype);
     return issue("all_gather", count * elem, [&]() -> ncclResult_t {
       ncclGroupStart();
-      for (int r = 0; r < world_; ++r) {
-        const ShardRange s = shard(count, world_, r);
-        if (s.count == 0) continue;
+      for_each_shard(count, world_, [&](int r, ShardRange s) {
         void* at = static_cast<std::byte*>(data) + s.begin * elem;
         ncclBroadcast(at, at, s.count * elem, ncclUint8, r, comm_, stream_);
-      }
+      });
       return ncclGroupEnd();
     });
   }
@@ -86,12 +84,10 @@ class NcclCommunicator final : public Communicator {
     const std::size_t elem = element_size(dtype);
     return issue("reduce_scatter", count * elem, [&]() -> ncclResult_t {
       ncclGroupStart();
-      for (int r = 0; r < world_; ++r) {
-        const ShardRange s = shard(count, world_, r);
-        if (s.count == 0) continue;
+      for_each_shard(count, world_, [&](int r, ShardRange s) {
         void* at = static_cast<std::byte*>(data) + s.begin * elem;
         ncclReduce(at, at, s.count, nccl_type(dtype), nccl_op(op), r, comm_, stream_);
-      }
+      });
       return ncclGroupEnd();
     });
   }
