@@ -256,7 +256,8 @@ Run train_engine(const Args& a, zinf::Config cfg, const std::string& text) {
     if (a.checkpoint_every > 0 && (s + 1) % a.checkpoint_every == 0) {
       const auto t0 = std::chrono::steady_clock::now();
       engine.save_checkpoint(a.checkpoint_dir);
-      if (a.checkpoint_keep > 0) remove_old_checkpoints(a.checkpoint_dir, a.checkpoint_keep);
+      if (a.checkpoint_keep > 0 && engine.rank() == 0)  // one rank tidies the shared folder
+        remove_old_checkpoints(a.checkpoint_dir, a.checkpoint_keep);
       step["checkpoint_s"] = seconds_since(t0);  // what the checkpoint added to this step
     }
     run.steps.push_back(std::move(step));

@@ -166,13 +166,6 @@ std::string_view to_string(Backend backend) {
   return "?";
 }
 
-ShardRange shard(std::uint64_t count, int world, int rank) {
-  const auto n = static_cast<std::uint64_t>(world);
-  const std::uint64_t per = (count + n - 1) / n;
-  const std::uint64_t begin = std::min(count, per * static_cast<std::uint64_t>(rank));
-  return {begin, std::min(count, begin + per) - begin};
-}
-
 Status Communicator::all_reduce_now(void* data, std::uint64_t count, CommDtype dtype, ReduceOp op) {
   ZINF_ASSIGN_OR_RETURN(auto work, all_reduce(data, count, dtype, op));
   return work->wait();

@@ -32,6 +32,7 @@
 // may be called from any thread. A World is safe to share.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -68,7 +69,12 @@ struct ShardRange {
   std::uint64_t count = 0;
 };
 // Shard `rank` of `count` elements split over `world` ranks.
-ShardRange shard(std::uint64_t count, int world, int rank);
+inline ShardRange shard(std::uint64_t count, int world, int rank) {
+  const auto n = static_cast<std::uint64_t>(world);
+  const std::uint64_t per = (count + n - 1) / n;
+  const std::uint64_t begin = std::min(count, per * static_cast<std::uint64_t>(rank));
+  return {begin, std::min(count, begin + per) - begin};
+}
 // fn(rank, its shard) for every rank whose shard is not empty, in rank order.
 template <typename Fn>
 void for_each_shard(std::uint64_t count, int world, Fn&& fn) {

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <numeric>
 
+#include "gpu/communicator.hpp"
 #include "swap/crc32c.hpp"
 #include "zinf/swap/file.hpp"
 
@@ -13,9 +14,43 @@ namespace zinf::offload {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+constexpr std::uint64_t kMaxElements = std::uint64_t{1} << 56;  // 2^58 bytes per fp32 state array
+
+struct BadValue {
+  std::string what;
+};
+
+// A non-negative integer of at most `max` (a float, a negative number or a
+// string is not one).
+std::uint64_t natural(const nlohmann::json& value, const std::string& what, std::uint64_t max) {
+  if (!value.is_number_unsigned() || value.get<std::uint64_t>() > max)
+    throw BadValue{what + " is " + value.dump() + ", not an integer from 0 to " +
+                   std::to_string(max)};
+  return value.get<std::uint64_t>();
+}
+
+}  // namespace
+
 std::uint64_t CheckpointParam::numel() const {
-  return static_cast<std::uint64_t>(
-      std::accumulate(shape.begin(), shape.end(), std::int64_t{1}, std::multiplies<>()));
+  return std::accumulate(
+      shape.begin(), shape.end(), std::uint64_t{1},
+      [](std::uint64_t n, std::int64_t d) { return n * static_cast<std::uint64_t>(d); });
+}
+
+std::string checkpoint_state_file(int rank) { return "rank" + std::to_string(rank) + ".state"; }
+
+std::uint64_t shard_elements(const std::vector<CheckpointPartition>& partitions, int world,
+                             int rank) {
+  std::uint64_t n = 0;
+  for (const CheckpointPartition& part : partitions) n += gpu::shard(part.numel, world, rank).count;
+  return n;
+}
+
+std::uint64_t Checkpoint::state_bytes(int rank) const {
+  return static_cast<std::uint64_t>(num_states) * files[static_cast<std::size_t>(rank)].elements *
+         sizeof(float);
 }
 
 std::uint64_t Checkpoint::state_bytes() const {
@@ -37,7 +72,7 @@ Result<Checkpoint> read_checkpoint(const std::filesystem::path& dir, std::string
   c.folder = dir / tag;
   c.tag = tag;
   const auto path = c.folder / "manifest.json";
-  for (const auto& p : {c.folder, path, c.folder / kCheckpointStateFile}) {
+  for (const auto& p : {c.folder, path}) {
     std::error_code ec;
     if (fs::is_symlink(p, ec))
       return Status::invalid_argument(p.string() + " is a symbolic link; a checkpoint has none");
@@ -50,35 +85,77 @@ Result<Checkpoint> read_checkpoint(const std::filesystem::path& dir, std::string
     const auto& m = c.manifest;
     if (m.at("format") != kCheckpointFormat || m.at("version") != kCheckpointVersion)
       return bad("not a zinf checkpoint of version " + std::to_string(kCheckpointVersion));
-    c.world_size = m.at("world_size");
+    // Sizes are bounded before anything is computed from them: no overflow,
+    // no allocation beyond the manifest's own size.
+    const std::uint64_t world_size = natural(m.at("world_size"), "world_size", 1 << 20);
+    c.world_size = static_cast<int>(world_size);
     c.optimizer = m.at("optimizer");
-    c.num_states = m.at("num_states");
-    c.elements = m.at("elements");
-    c.global_steps = m.at("global_steps");
+    c.num_states = static_cast<int>(natural(m.at("num_states"), "num_states", 8));
+    if (c.num_states == 0) return bad("num_states is 0");
+    c.elements = natural(m.at("elements"), "elements", kMaxElements);
+    c.global_steps = natural(m.at("global_steps"), "global_steps", ~std::uint64_t{0});
+    const auto& files = m.at("files");
+    if (world_size == 0 || world_size != files.size())
+      return bad("world_size " + std::to_string(world_size) + " with " +
+                 std::to_string(files.size()) + " state files");
     for (const auto& p : m.at("params")) {
-      c.params.push_back({p.at("name"), p.at("shape").get<std::vector<std::int64_t>>(),
-                          p.at("dtype"), p.at("flat"), p.at("step")});
-      if (c.params.back().flat + c.params.back().numel() > c.elements)
-        return bad("parameter '" + c.params.back().name + "' lies past the state's end");
+      CheckpointParam q{p.at("name"),
+                        {},
+                        p.at("dtype"),
+                        natural(p.at("flat"), "a parameter's flat", c.elements),
+                        static_cast<std::int64_t>(
+                            natural(p.at("step"), "a parameter's step", std::uint64_t{1} << 62))};
+      std::uint64_t numel = 1;
+      for (const auto& d : p.at("shape")) {
+        q.shape.push_back(static_cast<std::int64_t>(natural(d, "a dimension", c.elements)));
+        numel *= static_cast<std::uint64_t>(q.shape.back());
+        if (numel > c.elements) return bad("parameter '" + q.name + "' is larger than the state");
+      }
+      if (numel > c.elements - q.flat)
+        return bad("parameter '" + q.name + "' lies past the state's end");
+      c.params.push_back(std::move(q));
     }
-    const auto& file = m.at("files").at(kCheckpointStateFile);
-    if (file.at("bytes") != c.state_bytes())
-      return bad("the state's size disagrees with its element count");
-    c.crc32c = file.at("crc32c").get<std::vector<std::uint32_t>>();
-    if (c.crc32c.size() != static_cast<std::size_t>(c.num_states))
-      return bad("one CRC32C per state array is expected");
+    // Partitions tile the flattened state in order.
+    std::uint64_t end = 0;
+    for (const auto& p : m.at("partitions")) {
+      const CheckpointPartition part{natural(p.at(0), "a partition's flat", c.elements),
+                                     natural(p.at(1), "a partition's numel", c.elements)};
+      if (part.flat != end || part.numel > c.elements - end)
+        return bad("partition " + std::to_string(c.partitions.size()) +
+                   " does not start where the one before it ends, inside the state");
+      end += part.numel;
+      c.partitions.push_back(part);
+    }
+    if (end != c.elements) return bad("the partitions do not cover the state");
+    c.files.resize(files.size());
+    for (int r = 0; r < c.world_size; ++r) {
+      CheckpointFile& file = c.files[static_cast<std::size_t>(r)];
+      file.elements = shard_elements(c.partitions, c.world_size, r);
+      const std::string name = checkpoint_state_file(r);
+      const auto& entry = files.at(name);
+      if (natural(entry.at("bytes"), "a file's bytes", ~std::uint64_t{0}) != c.state_bytes(r))
+        return bad(name + "'s size disagrees with its shards' elements");
+      const auto& crcs = entry.at("crc32c");
+      if (crcs.size() != static_cast<std::size_t>(c.num_states))
+        return bad(name + ": one CRC32C per state array is expected");
+      for (const auto& crc : crcs)
+        file.crc32c.push_back(static_cast<std::uint32_t>(natural(crc, "a CRC32C", 0xffffffffu)));
+    }
   } catch (const nlohmann::json::exception& e) {
     return bad(e.what());
+  } catch (const BadValue& e) {
+    return bad(e.what);
   }
   return c;
 }
 
-Status read_checkpoint_state(const Checkpoint& c, int k, std::uint64_t begin, float* out,
+Status read_checkpoint_state(const Checkpoint& c, int rank, int k, std::uint64_t begin, float* out,
                              std::uint64_t count) {
-  const auto path = c.state_file();
-  swap::FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  const auto path = c.state_file(rank);
+  swap::FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
   if (!fd.valid()) return Status::from_errno(errno, "cannot open " + path.string());
-  const std::uint64_t offset = (k * c.elements + begin) * sizeof(float);
+  const std::uint64_t elements = c.files[static_cast<std::size_t>(rank)].elements;
+  const std::uint64_t offset = (k * elements + begin) * sizeof(float);
   auto* bytes = reinterpret_cast<std::byte*>(out);
   for (std::uint64_t done = 0; done < count * sizeof(float);) {
     const ssize_t n = ::pread(fd.get(), bytes + done, count * sizeof(float) - done,
@@ -89,27 +166,50 @@ Status read_checkpoint_state(const Checkpoint& c, int k, std::uint64_t begin, fl
   return Status::ok();
 }
 
-Status verify_checkpoint(const Checkpoint& c) {
+Status verify_checkpoint_file(const Checkpoint& c, int rank) {
+  const auto path = c.state_file(rank);
   std::error_code ec;
-  const auto size = std::filesystem::file_size(c.state_file(), ec);
-  if (ec || size != c.state_bytes()) {
-    return Status::data_loss(c.state_file().string() + " is " +
+  if (fs::is_symlink(path, ec))
+    return Status::invalid_argument(path.string() + " is a symbolic link; a checkpoint has none");
+  const auto size = std::filesystem::file_size(path, ec);
+  if (ec || size != c.state_bytes(rank)) {
+    return Status::data_loss(path.string() + " is " +
                              (ec ? "missing" : std::to_string(size) + " bytes") + ", not " +
-                             std::to_string(c.state_bytes()));
+                             std::to_string(c.state_bytes(rank)));
   }
-  std::vector<float> buffer(1 << 20);
+  const CheckpointFile& file = c.files[static_cast<std::size_t>(rank)];
+  std::vector<float> buffer(std::min<std::uint64_t>(file.elements, 1 << 20));
   for (int k = 0; k < c.num_states; ++k) {
     std::uint32_t crc = 0;
-    for (std::uint64_t at = 0; at < c.elements; at += buffer.size()) {
-      const std::uint64_t n = std::min<std::uint64_t>(buffer.size(), c.elements - at);
-      ZINF_RETURN_IF_ERROR(read_checkpoint_state(c, k, at, buffer.data(), n));
+    for (std::uint64_t at = 0; at < file.elements; at += buffer.size()) {
+      const std::uint64_t n = std::min<std::uint64_t>(buffer.size(), file.elements - at);
+      ZINF_RETURN_IF_ERROR(read_checkpoint_state(c, rank, k, at, buffer.data(), n));
       crc =
           swap::crc32c({reinterpret_cast<const std::byte*>(buffer.data()), n * sizeof(float)}, crc);
     }
-    if (crc != c.crc32c[static_cast<std::size_t>(k)]) {
-      return Status::data_loss(c.state_file().string() + ": state " + std::to_string(k) +
+    if (crc != file.crc32c[static_cast<std::size_t>(k)]) {
+      return Status::data_loss(path.string() + ": state " + std::to_string(k) +
                                " fails its CRC32C (corrupt)");
     }
+  }
+  return Status::ok();
+}
+
+Status verify_checkpoint(const Checkpoint& c) {
+  for (int r = 0; r < c.world_size; ++r) ZINF_RETURN_IF_ERROR(verify_checkpoint_file(c, r));
+  return Status::ok();
+}
+
+Status for_each_checkpoint_shard(const Checkpoint& c, const ShardVisitor& fn) {
+  std::vector<std::uint64_t> at(static_cast<std::size_t>(c.world_size), 0);
+  for (const CheckpointPartition& part : c.partitions) {
+    Status s = Status::ok();
+    gpu::for_each_shard(part.numel, c.world_size, [&](int r, gpu::ShardRange shard) {
+      if (s.is_ok())
+        s = fn(r, at[static_cast<std::size_t>(r)], part.flat + shard.begin, shard.count);
+      at[static_cast<std::size_t>(r)] += shard.count;
+    });
+    ZINF_RETURN_IF_ERROR(s);
   }
   return Status::ok();
 }

@@ -1,11 +1,19 @@
 // The engine checkpoint's files (private to zinf: the engine and zinf-ckpt).
 //
-// DIR/TAG/manifest.json and DIR/TAG/rank0.state; see engine_checkpoint.cpp
-// for what they hold and how they are written.
+// DIR/TAG/manifest.json and one DIR/TAG/rank<R>.state per rank; see
+// engine_checkpoint.cpp for what they hold and how they are written.
+//
+// Layout: the model's flattened state splits into partitions (the units'
+// flat spaces, in order), and each partition over the ranks as gpu::shard
+// says. Rank R's file holds, for each state array k in turn, R's shard of
+// every partition in partition order: the same space as R's optimizer
+// tier, so a rank saves and loads its file with sequential I/O, and a
+// world of one's file is the flattened state itself.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -15,8 +23,10 @@
 namespace zinf::offload {
 
 inline constexpr const char* kCheckpointFormat = "zinf-checkpoint";
-inline constexpr int kCheckpointVersion = 1;
-inline constexpr const char* kCheckpointStateFile = "rank0.state";
+inline constexpr int kCheckpointVersion = 2;
+
+// "rank<R>.state"
+std::string checkpoint_state_file(int rank);
 
 struct CheckpointParam {
   std::string name;
@@ -27,6 +37,22 @@ struct CheckpointParam {
   std::uint64_t numel() const;
 };
 
+// A partition of the flattened state: elements [flat, flat + numel).
+struct CheckpointPartition {
+  std::uint64_t flat = 0;
+  std::uint64_t numel = 0;
+  bool operator==(const CheckpointPartition&) const = default;
+};
+
+// Elements of rank `rank`'s file per state array: its shards together.
+std::uint64_t shard_elements(const std::vector<CheckpointPartition>& partitions, int world,
+                             int rank);
+
+struct CheckpointFile {
+  std::uint64_t elements = 0;         // per state array: the rank's shards together
+  std::vector<std::uint32_t> crc32c;  // per state array
+};
+
 // A checkpoint's manifest, read and checked for form (not yet its data).
 struct Checkpoint {
   std::filesystem::path folder;  // DIR/TAG
@@ -34,26 +60,38 @@ struct Checkpoint {
   int world_size = 1;
   std::string optimizer;
   int num_states = 0;
-  std::uint64_t elements = 0;
+  std::uint64_t elements = 0;  // the model's
   std::uint64_t global_steps = 0;
   std::vector<CheckpointParam> params;
-  std::vector<std::uint32_t> crc32c;  // per state array
+  std::vector<CheckpointPartition> partitions;
+  std::vector<CheckpointFile> files;  // by rank
   nlohmann::json manifest;            // the whole file, for what only the engine reads
 
-  std::filesystem::path state_file() const { return folder / kCheckpointStateFile; }
-  std::uint64_t state_bytes() const;
+  std::filesystem::path state_file(int rank) const { return folder / checkpoint_state_file(rank); }
+  std::uint64_t state_bytes(int rank) const;
+  std::uint64_t state_bytes() const;  // every rank's
 };
 
 // DIR/TAG, or with an empty tag the one DIR/latest names. Errors name the
-// file and what is wrong with it.
+// file and what is wrong with it. Nothing the manifest says makes it read
+// outside DIR/TAG or allocate more than the manifest's own size.
 Result<Checkpoint> read_checkpoint(const std::filesystem::path& dir, std::string tag);
 
-// The state file's size and every state array's CRC32C.
+// Rank `rank`'s state file: its size and every state array's CRC32C.
+Status verify_checkpoint_file(const Checkpoint& checkpoint, int rank);
+// Every rank's.
 Status verify_checkpoint(const Checkpoint& checkpoint);
 
-// Reads `count` elements of state `k` from element `begin` of the
-// flattened state into `out`.
-Status read_checkpoint_state(const Checkpoint& checkpoint, int k, std::uint64_t begin, float* out,
-                             std::uint64_t count);
+// Reads `count` elements of state `k` from element `begin` of rank `rank`'s
+// file into `out`.
+Status read_checkpoint_state(const Checkpoint& checkpoint, int rank, int k, std::uint64_t begin,
+                             float* out, std::uint64_t count);
+
+// Where the flattened state is: fn(rank, at, flat, count) for every
+// non-empty shard, in flat order, says that elements [flat, flat + count)
+// of the model are elements [at, at + count) of `rank`'s file.
+using ShardVisitor =
+    std::function<Status(int rank, std::uint64_t at, std::uint64_t flat, std::uint64_t count)>;
+Status for_each_checkpoint_shard(const Checkpoint& checkpoint, const ShardVisitor& fn);
 
 }  // namespace zinf::offload

@@ -29,6 +29,7 @@
 //           an applied update the scheduler steps.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <deque>
 #include <unordered_map>
 #include <unordered_set>
@@ -282,6 +283,30 @@ double EngineImpl::mean_over_ranks(double value) {
   throw_if_error(host_comm_->all_reduce_now(&value, 1, gpu::CommDtype::kF64, gpu::ReduceOp::kSum)
                      .with_context("mean_over_ranks"));
   return value / world_size_;
+}
+
+Status EngineImpl::agree(Status mine) {
+  if (!host_comm_) return mine;
+  // The lowest failing rank r sends world - r: the maximum names it.
+  double failed = mine.is_ok() ? 0 : world_size_ - rank_;
+  Status s = host_comm_->all_reduce_now(&failed, 1, gpu::CommDtype::kF64, gpu::ReduceOp::kMax);
+  if (!mine.is_ok()) return mine;
+  if (!s.is_ok()) return s;
+  if (failed == 0) return Status::ok();
+  return Status::cancelled("rank " + std::to_string(world_size_ - static_cast<int>(failed)) +
+                           " failed (its output says why)");
+}
+
+Result<std::vector<std::byte>> EngineImpl::gather_bytes(const void* mine, std::size_t bytes) {
+  std::vector<std::byte> all(bytes * static_cast<std::size_t>(world_size_));
+  std::memcpy(all.data() + bytes * static_cast<std::size_t>(rank_), mine, bytes);
+  if (host_comm_)
+    ZINF_RETURN_IF_ERROR(wait(host_comm_->all_gather(all.data(), all.size(), gpu::CommDtype::kU8)));
+  return all;
+}
+
+Status EngineImpl::broadcast_from_zero(void* data, std::size_t bytes) {
+  return host_comm_ ? wait(host_comm_->broadcast(data, bytes, 0)) : Status::ok();
 }
 
 std::vector<gpu::Communicator*> EngineImpl::channels() const {

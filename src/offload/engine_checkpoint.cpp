@@ -3,23 +3,27 @@
 // A checkpoint is DeepSpeed's layout of folders: DIR/TAG/ and DIR/latest
 // (the tag, no newline). TAG/ holds manifest.json (what was saved: world
 // size, stage, optimizer, every parameter's name, shape, dtype and step,
-// the counters, the scheduler's position, the loss scaler, the generators'
-// states, and each state file's size and CRC32C) and rank0.state: the fp32
-// optimizer state in a layout that does not depend on sub-groups or
-// pieces, state k (master weights first) over the whole flattened space at
-// offset k x elements x 4. Parameters are not saved: each is its master
-// rounded to its dtype, so loading rewrites them from the masters.
+// the partitions, the counters, the scheduler's position, the loss scaler,
+// every rank's generator states, and each state file's size and CRC32C) and
+// one rank<R>.state per rank: R's fp32 optimizer state, its shard of every
+// partition (checkpoint_file.hpp has the layout), in a layout that does not
+// depend on sub-groups or pieces. Parameters are not saved: each is its
+// master rounded to its dtype, so loading rewrites them from the masters.
 //
-// Crash safety: TAG/ is written as a fresh folder next to it, every file
-// and the folder fsync'ed, then renamed over TAG (exchanged atomically when
-// TAG exists), and the parent fsync'ed; `latest` is written the same way,
-// last. A crash at any instant leaves the old checkpoint or the new one.
-// The state streams piece by piece through the tier (no copy of the whole
-// state in host memory).
+// Crash safety: rank 0 makes TAG/ as a fresh folder next to it, named with
+// its pid; every rank writes and fsyncs its file there; rank 0 writes the
+// manifest (every rank's checksums gathered to it), fsyncs the folder,
+// renames it over TAG (exchanged atomically when TAG exists), fsyncs the
+// parent, then writes `latest` the same way. A crash of any rank at any
+// instant leaves the old checkpoint or the new one. The state streams
+// piece by piece through the tier (no copy of the whole state in host
+// memory). The ranks agree after each stage: a failure on one is an error
+// on all, and the folder is removed.
 //
 // Loading checks everything (format, world size, optimizer, parameters,
-// sizes, checksums: a first read pass) before it changes anything; the state
-// then goes in through the tier's update (atomic on NVMe).
+// partitions, sizes, checksums: each rank reads its own file once) on every
+// rank before any rank changes anything; the state then goes in through the
+// tier's update (atomic on NVMe).
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
@@ -38,8 +42,6 @@ namespace {
 
 using json = nlohmann::json;
 namespace fs = std::filesystem;
-
-constexpr const char* kStateFile = kCheckpointStateFile;
 
 [[noreturn]] void fail(Status status) { throw Error(std::move(status)); }
 
@@ -92,13 +94,13 @@ void remove_abandoned_saves(const fs::path& dir) {
   }
 }
 
-std::string hex(const torch::Tensor& bytes) {
+std::string hex(const std::byte* bytes, std::size_t n) {
   static const char* digits = "0123456789abcdef";
   std::string out;
-  const auto* p = bytes.data_ptr<std::uint8_t>();
-  for (std::int64_t i = 0; i < bytes.numel(); ++i) {
-    out += digits[p[i] >> 4];
-    out += digits[p[i] & 15];
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto b = static_cast<unsigned>(bytes[i]);
+    out += digits[b >> 4];
+    out += digits[b & 15];
   }
   return out;
 }
@@ -120,6 +122,41 @@ Result<torch::Tensor> unhex(const std::string& text) {
   return out;
 }
 
+fs::path staging_folder(const fs::path& dir, const std::string& tag, std::uint64_t pid) {
+  return dir / ("." + tag + ".saving-" + std::to_string(pid));
+}
+
+// DIR (made if missing, abandoned saves removed) and a fresh 0700 `staging` in it.
+Status make_staging(const fs::path& dir, const fs::path& staging) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return Status::from_errno(ec.value(), "cannot create " + dir.string());
+  remove_abandoned_saves(dir);
+  fs::remove_all(staging, ec);
+  fs::create_directory(staging, ec);
+  if (!ec) fs::permissions(staging, fs::perms::owner_all, ec);  // 0700, like the swap folders
+  if (ec) return Status::from_errno(ec.value(), "cannot create " + staging.string());
+  return Status::ok();
+}
+
+// Rank 0's last part of a save: the manifest into `staging`, `staging`
+// renamed to DIR/TAG, then DIR/latest. Until the rename, a failure removes
+// `staging`.
+Status publish(const fs::path& dir, const std::string& tag, const fs::path& staging,
+               const std::string& manifest) {
+  Status s = write_file(staging / "manifest.json", manifest);
+  if (s.is_ok()) s = sync_path(staging, O_RDONLY | O_DIRECTORY);
+  if (s.is_ok()) s = replace(staging, dir / tag, /*directory=*/true);
+  if (!s.is_ok()) {
+    std::error_code ec;
+    fs::remove_all(staging, ec);
+    return s;
+  }
+  const fs::path latest = dir / ".latest.saving";
+  s = write_file(latest, tag);
+  return s.is_ok() ? replace(latest, dir / "latest", /*directory=*/false) : s;
+}
+
 std::string shape_text(const std::vector<std::int64_t>& shape, const std::string& dtype) {
   std::string dims;
   for (auto d : shape) dims += (dims.empty() ? "" : ", ") + std::to_string(d);
@@ -128,17 +165,8 @@ std::string shape_text(const std::vector<std::int64_t>& shape, const std::string
 
 }  // namespace
 
-void EngineImpl::refuse_many_ranks(const char* what) const {
-  if (world_size_ == 1) return;
-  fail(Status::unimplemented(std::string(what) + ": checkpoints of a job of " +
-                             std::to_string(world_size_) +
-                             " ranks (one state file per rank) are not built yet; this engine "
-                             "saves and loads jobs of one rank"));
-}
-
 void EngineImpl::save_checkpoint(const fs::path& dir, std::string tag) {
   const auto t0 = SteadyClock::now();
-  refuse_many_ranks("save_checkpoint");
   if (phase_ != Phase::kIdle || micro_steps_ != 0) {
     fail(Status::failed_precondition(
         "save_checkpoint needs an accumulation boundary (after step(), before the next "
@@ -150,171 +178,226 @@ void EngineImpl::save_checkpoint(const fs::path& dir, std::string tag) {
   auto context = [&](const Status& s) {
     return s.with_context("save_checkpoint " + (dir / tag).string());
   };
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) fail(context(Status::from_errno(ec.value(), "cannot create " + dir.string())));
-  remove_abandoned_saves(dir);
-  const fs::path staging = dir / ("." + tag + ".saving-" + std::to_string(::getpid()));
-  fs::remove_all(staging, ec);
-  fs::create_directory(staging, ec);
-  if (!ec) fs::permissions(staging, fs::perms::owner_all, ec);  // 0700, like the swap folders
-  if (ec) fail(context(Status::from_errno(ec.value(), "cannot create " + staging.string())));
-  auto abandon = [&](const Status& s) {
-    fs::remove_all(staging, ec);
-    fail(context(s));
+  // Rank 0 makes the folder every rank writes into, named with its pid;
+  // the others learn the pid, and that they all save the same tag.
+  std::uint64_t id[2] = {0, std::hash<std::string>{}(tag)};
+  Status s;
+  if (rank_ == 0) {
+    id[0] = static_cast<std::uint64_t>(::getpid());
+    s = make_staging(dir, staging_folder(dir, tag, id[0]));
+  }
+  s = agree(std::move(s));
+  if (s.is_ok()) s = broadcast_from_zero(id, sizeof id);
+  if (!s.is_ok()) fail(context(s));
+  const fs::path staging = staging_folder(dir, tag, id[0]);
+  auto abandon = [&](const Status& why) {
+    std::error_code ec;
+    if (rank_ == 0) fs::remove_all(staging, ec);
+    fail(context(why));
   };
-
-  // The state, piece by piece, at its place in the layout.
-  const fs::path state_path = staging / kStateFile;
-  swap::FileDescriptor fd(
-      ::open(state_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-  if (!fd.valid()) abandon(Status::from_errno(errno, "cannot create " + state_path.string()));
+  if (id[1] != std::hash<std::string>{}(tag))
+    s = Status::invalid_argument("rank 0 saves another tag than this rank's");
   std::vector<std::uint32_t> crcs(static_cast<std::size_t>(num_states_), 0);
-  Status s = tier_->read([&](Piece& piece) -> Status {
+  if (s.is_ok()) s = write_state(staging / checkpoint_state_file(rank_), crcs);
+  s = agree(std::move(s));
+  if (!s.is_ok()) abandon(s);
+
+  // What rank 0 writes into the manifest: every rank's checksums and
+  // generator states.
+  const torch::Tensor cpu_rng = at::detail::getDefaultCPUGenerator().get_state();
+  const torch::Tensor device_rng =
+      torch_device_.is_cuda() ? at::globalContext().defaultGenerator(torch_device_).get_state()
+                              : torch::Tensor();
+  auto all_crcs = gather_bytes(crcs.data(), crcs.size() * sizeof(std::uint32_t));
+  auto all_cpu_rng = gather_bytes(cpu_rng.data_ptr(), static_cast<std::size_t>(cpu_rng.numel()));
+  auto all_device_rng =
+      device_rng.defined()
+          ? gather_bytes(device_rng.data_ptr(), static_cast<std::size_t>(device_rng.numel()))
+          : Result<std::vector<std::byte>>(std::vector<std::byte>());
+  for (const Status& g : {all_crcs.status(), all_cpu_rng.status(), all_device_rng.status()})
+    if (!g.is_ok()) abandon(g.with_context("gathering the ranks' checksums and generators"));
+
+  std::vector<CheckpointPartition> layout;
+  for (const Partition& part : partitions_) layout.push_back({part.flat, part.numel});
+  if (rank_ == 0) {
+    json params = json::array();
+    for (const Param& p : params_) {
+      params.push_back({{"name", p.name},
+                        {"shape", p.storage.shape()},
+                        {"dtype", c10::toString(p.dtype)},
+                        {"flat", p.flat},
+                        {"step", p.step}});
+    }
+    json partitions = json::array();
+    for (const CheckpointPartition& part : layout) partitions.push_back({part.flat, part.numel});
+    json files = json::object(), rng = json::array();
+    const auto* crc = reinterpret_cast<const std::uint32_t*>(all_crcs->data());
+    const std::size_t cpu_bytes = all_cpu_rng->size() / world_size_;
+    const std::size_t device_bytes = all_device_rng->size() / world_size_;
+    for (int r = 0; r < world_size_; ++r) {
+      const auto n = static_cast<std::size_t>(num_states_);
+      files[checkpoint_state_file(r)] = {
+          {"bytes", num_states_ * shard_elements(layout, world_size_, r) * sizeof(float)},
+          {"crc32c", std::vector<std::uint32_t>(crc + r * n, crc + (r + 1) * n)}};
+      json g = {{"cpu", hex(all_cpu_rng->data() + r * cpu_bytes, cpu_bytes)}};
+      if (device_bytes > 0)
+        g["device"] = hex(all_device_rng->data() + r * device_bytes, device_bytes);
+      rng.push_back(std::move(g));
+    }
+    const LossScaler::State scaler = scaler_.state();
+    const json manifest = {{"format", kCheckpointFormat},
+                           {"version", kCheckpointVersion},
+                           {"tag", tag},
+                           {"world_size", world_size_},
+                           {"zero_stage", config_.zero_optimization.stage},
+                           {"optimizer", config_.optimizer->type},
+                           {"num_states", num_states_},
+                           {"elements", elements_},
+                           {"global_steps", global_steps_},
+                           {"skipped_steps", skipped_steps_},
+                           {"scheduler",
+                            {{"type", config_.scheduler ? config_.scheduler->type : ""},
+                             {"last_batch_iteration", schedule_t_}}},
+                           {"loss_scaler",
+                            {{"scale", scaler.scale},
+                             {"hysteresis", scaler.hysteresis},
+                             {"iteration", scaler.iteration},
+                             {"last_overflow", scaler.last_overflow}}},
+                           {"rng", rng},
+                           {"params", params},
+                           {"partitions", partitions},
+                           {"files", files},
+                           {"config", json::parse(to_json(config_))}};
+    s = publish(dir, tag, staging, manifest.dump(1));
+  }
+  s = agree(std::move(s));
+  if (!s.is_ok()) fail(context(s));
+  const std::uint64_t bytes = num_states_ * elements_ * sizeof(float);
+  const double s_taken = std::chrono::duration<double>(SteadyClock::now() - t0).count();
+  ZINF_LOG(kInfo) << "checkpoint " << (dir / tag).string() << ": step " << global_steps_ << ", "
+                  << format_bytes(bytes) << " of optimizer state"
+                  << (world_size_ > 1 ? " from " + std::to_string(world_size_) + " ranks" : "")
+                  << " in " << s_taken << " s ("
+                  << format_bytes(static_cast<std::uint64_t>(bytes / s_taken)) << "/s)";
+}
+
+Status EngineImpl::write_state(const fs::path& path, std::vector<std::uint32_t>& crcs) {
+  swap::FileDescriptor fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  if (!fd.valid()) return Status::from_errno(errno, "cannot create " + path.string());
+  ZINF_RETURN_IF_ERROR(tier_->read([&](Piece& piece) -> Status {
     for (int k = 0; k < num_states_; ++k) {
       const std::size_t bytes = piece.count * sizeof(float);
-      const auto offset = static_cast<off_t>((k * elements_ + piece.begin) * sizeof(float));
+      const auto offset = static_cast<off_t>((k * own_elements_ + piece.begin) * sizeof(float));
       const auto* data = reinterpret_cast<const std::byte*>(piece.state[k]);
       crcs[k] = swap::crc32c({data, bytes}, crcs[k]);
       for (std::size_t done = 0; done < bytes;) {
         const ssize_t n = ::pwrite(fd.get(), data + done, bytes - done, offset + done);
-        if (n < 0) return Status::from_errno(errno, "cannot write " + state_path.string());
+        if (n < 0) return Status::from_errno(errno, "cannot write " + path.string());
         done += static_cast<std::size_t>(n);
       }
     }
     return Status::ok();
-  });
-  if (s.is_ok() && ::fsync(fd.get()) != 0)
-    s = Status::from_errno(errno, "cannot fsync " + state_path.string());
-  fd.reset();
-  if (!s.is_ok()) abandon(s);
-
-  json params = json::array();
-  for (const Param& p : params_) {
-    params.push_back({{"name", p.name},
-                      {"shape", p.storage.shape()},
-                      {"dtype", c10::toString(p.dtype)},
-                      {"flat", p.flat},
-                      {"step", p.step}});
-  }
-  const LossScaler::State scaler = scaler_.state();
-  json manifest = {
-      {"format", kCheckpointFormat},
-      {"version", kCheckpointVersion},
-      {"tag", tag},
-      {"world_size", 1},
-      {"zero_stage", config_.zero_optimization.stage},
-      {"optimizer", config_.optimizer->type},
-      {"num_states", num_states_},
-      {"elements", elements_},
-      {"global_steps", global_steps_},
-      {"skipped_steps", skipped_steps_},
-      {"scheduler",
-       {{"type", config_.scheduler ? config_.scheduler->type : ""},
-        {"last_batch_iteration", schedule_t_}}},
-      {"loss_scaler",
-       {{"scale", scaler.scale},
-        {"hysteresis", scaler.hysteresis},
-        {"iteration", scaler.iteration},
-        {"last_overflow", scaler.last_overflow}}},
-      {"rng", {{"cpu", hex(at::detail::getDefaultCPUGenerator().get_state())}}},
-      {"params", params},
-      {"files",
-       {{kStateFile,
-         {{"bytes", static_cast<std::uint64_t>(num_states_) * elements_ * sizeof(float)},
-          {"crc32c", crcs}}}}},
-      {"config", json::parse(to_json(config_))}};
-  if (torch_device_.is_cuda())
-    manifest["rng"]["device"] =
-        hex(at::globalContext().defaultGenerator(torch_device_).get_state());
-  s = write_file(staging / "manifest.json", manifest.dump(1));
-  if (s.is_ok()) s = sync_path(staging, O_RDONLY | O_DIRECTORY);
-  if (s.is_ok()) s = replace(staging, dir / tag, /*directory=*/true);
-  if (!s.is_ok()) abandon(s);
-  const fs::path latest = dir / ".latest.saving";
-  s = write_file(latest, tag);
-  if (s.is_ok()) s = replace(latest, dir / "latest", /*directory=*/false);
-  if (!s.is_ok()) fail(context(s));
-  const auto bytes = manifest["files"][kStateFile]["bytes"].get<std::uint64_t>();
-  const double s_taken = std::chrono::duration<double>(SteadyClock::now() - t0).count();
-  ZINF_LOG(kInfo) << "checkpoint " << (dir / tag).string() << ": step " << global_steps_ << ", "
-                  << format_bytes(bytes) << " of optimizer state in " << s_taken << " s ("
-                  << format_bytes(static_cast<std::uint64_t>(bytes / s_taken)) << "/s)";
+  }));
+  if (::fsync(fd.get()) != 0) return Status::from_errno(errno, "cannot fsync " + path.string());
+  return Status::ok();
 }
 
-void EngineImpl::load_checkpoint(const fs::path& dir, std::string tag) {
-  const auto t0 = SteadyClock::now();
-  refuse_many_ranks("load_checkpoint");
-  if (phase_ != Phase::kIdle || micro_steps_ != 0) {
-    fail(Status::failed_precondition(
-        "load_checkpoint needs an accumulation boundary (not inside a forward, backward or "
-        "accumulation window)"));
+Status EngineImpl::check_checkpoint(const Checkpoint& c, torch::Tensor& cpu_rng,
+                                    torch::Tensor& device_rng) const {
+  auto bad = [](const std::string& why) { return Status::invalid_argument(why); };
+  if (c.world_size != world_size_) {
+    return bad("saved by " + std::to_string(c.world_size) + " ranks; this job runs " +
+               std::to_string(world_size_) +
+               " (zinf-ckpt consolidate writes its fp32 parameters for any job)");
   }
-  auto read = read_checkpoint(dir, std::move(tag));
-  if (!read.is_ok()) fail(read.status().with_context("load_checkpoint (nothing was changed)"));
-  const Checkpoint& c = *read;
-  auto bad = [&](const std::string& why) {
-    fail(Status::invalid_argument("load_checkpoint " + c.folder.string() + ": " + why +
-                                  "; nothing was changed"));
-  };
-  if (c.world_size != 1)
-    bad("saved by " + std::to_string(c.world_size) + " ranks; this engine runs 1");
   if (c.optimizer != config_.optimizer->type || c.num_states != num_states_)
-    bad("saved with optimizer " + c.optimizer + ", this engine runs " + config_.optimizer->type);
+    return bad("saved with optimizer " + c.optimizer + ", this engine runs " +
+               config_.optimizer->type);
   if (c.params.size() != params_.size()) {
-    bad("saved " + std::to_string(c.params.size()) + " parameters; the model has " +
-        std::to_string(params_.size()));
+    return bad("saved " + std::to_string(c.params.size()) + " parameters; the model has " +
+               std::to_string(params_.size()));
   }
   for (std::size_t i = 0; i < params_.size(); ++i) {
     const Param& p = params_[i];
     const CheckpointParam& q = c.params[i];
     const std::string dtype = c10::toString(p.dtype);
     if (q.name != p.name || q.shape != p.storage.shape() || q.dtype != dtype || q.flat != p.flat) {
-      bad("parameter " + std::to_string(i) + " is '" + q.name + "' " +
-          shape_text(q.shape, q.dtype) + " in the checkpoint, '" + p.name + "' " +
-          shape_text(p.storage.shape(), dtype) + " in the model");
+      return bad("parameter " + std::to_string(i) + " is '" + q.name + "' " +
+                 shape_text(q.shape, q.dtype) + " in the checkpoint, '" + p.name + "' " +
+                 shape_text(p.storage.shape(), dtype) + " in the model");
     }
   }
   if (c.elements != elements_)
-    bad("saved " + std::to_string(c.elements) + " elements; the model has " +
-        std::to_string(elements_));
-  // Every byte checked before any state changes.
-  if (Status v = verify_checkpoint(c); !v.is_ok()) bad(v.message());
-  torch::Tensor cpu_rng, device_rng;
+    return bad("saved " + std::to_string(c.elements) + " elements; the model has " +
+               std::to_string(elements_));
+  // A world of one's file is the flat state whatever the partitions; with
+  // more ranks each file holds its shards of them.
+  for (std::size_t i = 0; world_size_ > 1 && i < partitions_.size(); ++i) {
+    const Partition& part = partitions_[i];
+    if (i >= c.partitions.size() || c.partitions[i] != CheckpointPartition{part.flat, part.numel}) {
+      return bad("partition " + std::to_string(i) + " (unit '" +
+                 units_[params_[part.params.front()].unit].name +
+                 "') differs from the checkpoint's: another unit layout or "
+                 "stage3_param_persistence_threshold");
+    }
+  }
   try {
-    const auto& rng = c.manifest.at("rng");
+    const auto& rng = c.manifest.at("rng").at(static_cast<std::size_t>(rank_));
     auto r = unhex(rng.at("cpu").get<std::string>());
-    if (!r.is_ok()) bad("manifest.json: rng.cpu: " + r.status().message());
+    if (!r.is_ok()) return bad("manifest.json: rng.cpu: " + r.status().message());
     cpu_rng = *r;
     if (torch_device_.is_cuda() && rng.contains("device")) {
       auto d = unhex(rng["device"].get<std::string>());
-      if (!d.is_ok()) bad("manifest.json: rng.device: " + d.status().message());
+      if (!d.is_ok()) return bad("manifest.json: rng.device: " + d.status().message());
       device_rng = *d;
     }
     (void)c.manifest.at("loss_scaler").at("scale").get<double>();
     (void)c.manifest.at("scheduler").at("last_batch_iteration").get<std::int64_t>();
     (void)c.manifest.at("skipped_steps").get<std::uint64_t>();
   } catch (const nlohmann::json::exception& e) {
-    bad(std::string("manifest.json: ") + e.what());
+    return bad(std::string("manifest.json: ") + e.what());
+  }
+  // Every byte of this rank's file checked before any state changes.
+  return verify_checkpoint_file(c, rank_);
+}
+
+void EngineImpl::load_checkpoint(const fs::path& dir, std::string tag) {
+  const auto t0 = SteadyClock::now();
+  if (phase_ != Phase::kIdle || micro_steps_ != 0) {
+    fail(Status::failed_precondition(
+        "load_checkpoint needs an accumulation boundary (not inside a forward, backward or "
+        "accumulation window)"));
+  }
+  auto read = read_checkpoint(dir, std::move(tag));
+  Status s = agree(read.status());
+  if (!s.is_ok()) fail(s.with_context("load_checkpoint (nothing was changed)"));
+  const Checkpoint& c = *read;
+  torch::Tensor cpu_rng, device_rng;
+  s = agree(check_checkpoint(c, cpu_rng, device_rng));
+  if (!s.is_ok()) {
+    fail(Status(s.code(), "load_checkpoint " + c.folder.string() + ": " + s.message() +
+                              "; nothing was changed"));
   }
 
   // Now the state goes in: through the tier's update (on NVMe, all or
-  // nothing), then every parameter from its master.
+  // nothing on this rank), then every parameter from its master.
   StepStats stats;
-  Status s = tier_->update(
+  s = agree(tier_->update(
       [&](Piece& piece) -> Status {
         for (int k = 0; k < num_states_; ++k)
           ZINF_RETURN_IF_ERROR(
-              read_checkpoint_state(c, k, piece.begin, piece.state[k], piece.count));
+              read_checkpoint_state(c, rank_, k, piece.begin, piece.state[k], piece.count));
         return Status::ok();
       },
-      stats);
+      stats));
   if (!s.is_ok()) {
     fail(s.with_context("load_checkpoint " + c.folder.string() +
-                        (tier_->atomic() ? " (nothing was changed)"
-                                         : " (the optimizer state is partly loaded: load again)")));
+                        (tier_->atomic() && world_size_ == 1
+                             ? " (nothing was changed)"
+                             : " (the optimizer state is partly loaded: load again)")));
   }
-  s = restore_homes();
+  s = agree(restore_homes());
+  if (s.is_ok()) s = gather_resident();
   if (!s.is_ok()) {
     broken_ = true;
     fail(s.with_context("load_checkpoint " + c.folder.string() +
@@ -339,7 +422,8 @@ void EngineImpl::load_checkpoint(const fs::path& dir, std::string tag) {
     set_rng(at::globalContext().defaultGenerator(torch_device_), device_rng);
   const double s_taken = std::chrono::duration<double>(SteadyClock::now() - t0).count();
   ZINF_LOG(kInfo) << "checkpoint " << c.folder.string() << " loaded: step " << global_steps_ << ", "
-                  << format_bytes(c.state_bytes()) << " verified and read in " << s_taken << " s";
+                  << format_bytes(c.state_bytes(rank_)) << " verified and read in " << s_taken
+                  << " s";
 }
 
 }  // namespace zinf::offload

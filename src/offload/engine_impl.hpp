@@ -28,6 +28,7 @@
 namespace zinf::offload {
 
 class EngineImpl;
+struct Checkpoint;
 
 enum class Home : std::uint8_t { kDevice, kHost, kNvme };
 
@@ -54,7 +55,6 @@ class EngineImpl final : public Coordinator::Actions {
   void step();
   void save_checkpoint(const std::filesystem::path& dir, std::string tag);
   void load_checkpoint(const std::filesystem::path& dir, std::string tag);
-  void refuse_many_ranks(const char* what) const;
   bool boundary() const { return micro_steps_ >= gas_; }
   torch::Device torch_device() const { return torch_device_; }
   int rank() const { return rank_; }
@@ -193,11 +193,23 @@ class EngineImpl final : public Coordinator::Actions {
   Status reduce_for_step();  // stage 1: the window's gradients, at the boundary
   Status gather_resident();  // stages 1-2: every rank's updated shard onto every device
   std::vector<gpu::Communicator*> channels() const;
+  // Every rank calls these at the same point (a world of one: nothing to
+  // exchange). agree: ok on every rank, or an error on every rank (a failing
+  // rank's own; the others name the first rank that failed).
+  Status agree(Status mine);
+  Result<std::vector<std::byte>> gather_bytes(const void* mine, std::size_t bytes);  // rank order
+  Status broadcast_from_zero(void* data, std::size_t bytes);
 
   // The step.
   void apply_schedule();  // hyper_'s lr (and betas) at schedule_t_
   Status update(float clip, StepStats& stats);
   Status restore_homes();
+
+  // Checkpoints (engine_checkpoint.cpp).
+  Status write_state(const std::filesystem::path& path, std::vector<std::uint32_t>& crcs);
+  // What does not fit this engine in `c` (and this rank's generator states).
+  Status check_checkpoint(const Checkpoint& c, torch::Tensor& cpu_rng,
+                          torch::Tensor& device_rng) const;
   class HomeWriter;
   Status read_partition(const Partition& part, std::byte* out) const;
   std::vector<Segment> segments(const Piece& piece) const;

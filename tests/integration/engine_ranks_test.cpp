@@ -46,7 +46,7 @@ TORCH_MODULE(Head);
 
 struct NetImpl : torch::nn::Module {
   NetImpl() {
-    in = register_module("in", torch::nn::Linear(16, kHidden));
+    in = register_module("input", torch::nn::Linear(16, kHidden));
     for (int i = 0; i < 3; ++i)
       blocks.push_back(register_module("b" + std::to_string(i), zinf::Unit<Block>()));
     head = register_module("head", zinf::Unit<Head>());
@@ -73,11 +73,12 @@ struct Case {
   std::string param = "none";
   std::string optim = "cpu";
   int accumulation = 1;
+  bool bf16 = false;
 };
 
 std::string name_of(const Case& s) {
   return "stage" + std::to_string(s.stage) + "_param_" + s.param + "_optim_" + s.optim +
-         (s.accumulation > 1 ? "_accumulation" : "");
+         (s.accumulation > 1 ? "_accumulation" : "") + (s.bf16 ? "_bf16" : "");
 }
 
 Config config(const Case& s, const std::string& nvme, int world) {
@@ -97,10 +98,42 @@ Config config(const Case& s, const std::string& nvme, int world) {
       "offload_optimizer": {"device": ")" +
                                s.optim + R"(", "nvme_path": ")" + nvme + R"("}
     },
-    "zinf": {"device": "cpu", "comm_timeout": 60}
-  })");
+    "zinf": {"device": "cpu", "comm_timeout": 60})" +
+                               (s.bf16 ? R"(, "bf16": {"enabled": true})" : "") + "}");
   if (!c.is_ok()) throw Error(c.status());
   return *c;
+}
+
+int env_int(const char* name, int otherwise) {
+  return std::getenv(name) ? std::atoi(std::getenv(name)) : otherwise;
+}
+
+// An engine of this rank's job (the ranks start apart: the engine starts
+// them from rank 0's values).
+std::unique_ptr<Engine<Net>> make_engine(const Case& s, const Config& cfg, int seed) {
+  torch::manual_seed(seed + env_int("RANK", 0));
+  Net net = s.param == "none" ? Net() : zinf::partitioned(cfg, [] { return Net(); });
+  return std::make_unique<Engine<Net>>(net, cfg);
+}
+
+// Step `step` on this rank's share of its samples.
+void train_step(Engine<Net>& engine, const Case& s, int step) {
+  const int rank = engine.rank(), share = 2 * kBatch / engine.world_size();
+  for (int m = 0; m < s.accumulation; ++m) {
+    auto [x, y] = samples(static_cast<std::uint64_t>(step * s.accumulation + m));
+    const auto dtype = s.bf16 ? torch::kBFloat16 : torch::kFloat;
+    auto out = engine(x.narrow(0, rank * share, share).to(dtype)).to(torch::kFloat);
+    auto loss = torch::mse_loss(out, y.narrow(0, rank * share, share));
+    engine.backward(loss);
+    engine.step();
+  }
+}
+
+// The parameters, in the engine's order.
+std::vector<torch::Tensor> parameters(const EngineBase& engine) {
+  std::vector<torch::Tensor> out;
+  for (const auto& p : engine.consolidated_parameters()) out.push_back(p.value());
+  return out;
 }
 
 // Trains kSteps on this rank's share of the samples; calls `after(step,
@@ -108,25 +141,12 @@ Config config(const Case& s, const std::string& nvme, int world) {
 void train(
     const Case& s, const std::string& nvme,
     const std::function<void(int, const std::vector<torch::Tensor>&, const EngineBase&)>& after) {
-  const int world = std::getenv("WORLD_SIZE") ? std::atoi(std::getenv("WORLD_SIZE")) : 1;
-  const int rank = std::getenv("RANK") ? std::atoi(std::getenv("RANK")) : 0;
-  const Config cfg = config(s, nvme, world);
-  torch::manual_seed(3 + rank);  // the ranks start apart: the engine starts them from rank 0's
-  Net net = s.param == "none" ? Net() : zinf::partitioned(cfg, [] { return Net(); });
-  Engine<Net> engine(net, cfg);
-  ASSERT_EQ(engine.world_size(), world);
-  const int share = 2 * kBatch / world;
+  const int world = env_int("WORLD_SIZE", 1);
+  auto engine = make_engine(s, config(s, nvme, world), 3);
+  ASSERT_EQ(engine->world_size(), world);
   for (int step = 0; step < kSteps; ++step) {
-    for (int m = 0; m < s.accumulation; ++m) {
-      auto [x, y] = samples(static_cast<std::uint64_t>(step * s.accumulation + m));
-      auto loss = torch::mse_loss(engine(x.narrow(0, rank * share, share)),
-                                  y.narrow(0, rank * share, share));
-      engine.backward(loss);
-      engine.step();
-    }
-    std::vector<torch::Tensor> params;
-    for (const auto& p : engine.consolidated_parameters()) params.push_back(p.value());
-    after(step, params, engine);
+    train_step(*engine, s, step);
+    after(step, parameters(*engine), *engine);
   }
 }
 
@@ -222,6 +242,82 @@ TEST(EngineRanksTest, StageThreeAcrossRanksNeedsAParameterTier) {
   EXPECT_EQ(offload::check_job(config(Case{3, "none", "cpu"}, "", 2), 2).code(),
             StatusCode::kUnimplemented);
 }
+
+// Checkpoints of two ranks: each rank writes its shard of the state; N
+// steps, a save, a load in new processes and N more steps equal 2N steps
+// without one, bit for bit; zinf-ckpt verifies the checkpoint and
+// consolidates both ranks' shards into the parameters the job had.
+class RankCheckpoints : public ::testing::TestWithParam<Case> {};
+
+TEST_P(RankCheckpoints, ResumeOnTwoRanksEqualsNoInterruption) {
+  if (!ZINF_TEST_GLOO)
+    GTEST_SKIP() << "this build has no c10d Gloo (Gloo's headers were not found)";
+  constexpr int kHalf = 3;
+  const Case s = GetParam();
+  const std::filesystem::path ckpt = std::string(ZINF_TEST_TMP) + "/ckpt_" + name_of(s);
+  const std::filesystem::path saved = ckpt.string() + ".params.pt";
+  if (!test::in_rank()) {
+    std::filesystem::remove_all(ckpt);
+    if (!test::ran_on_ranks(2, "ZINF_TEST_PHASE=save")) return;
+    const auto verify = test::run_shell(std::string(ZINF_CKPT_PATH) + " verify " + ckpt.string());
+    EXPECT_EQ(verify.status, 0) << verify.output;
+    const auto out = ckpt.string() + ".fp32.pt";
+    const auto consolidated =
+        test::run_shell(std::string(ZINF_CKPT_PATH) + " consolidate " + ckpt.string() + " " + out);
+    ASSERT_EQ(consolidated.status, 0) << consolidated.output;
+    Net plain;
+    torch::load(plain, out);
+    std::vector<torch::Tensor> expected;
+    torch::load(expected, saved.string());
+    std::ifstream names(saved.string() + ".names");
+    std::size_t i = 0;
+    for (std::string name; std::getline(names, name); ++i) {
+      ASSERT_LT(i, expected.size());
+      // fp32 masters; the engine's bf16 parameters are them rounded.
+      const torch::Tensor master = plain->named_parameters()[name];
+      EXPECT_EQ(master.scalar_type(), torch::kFloat) << name;
+      EXPECT_TRUE(torch::equal(master.to(expected[i].scalar_type()), expected[i])) << name;
+    }
+    EXPECT_EQ(i, expected.size());
+    test::ran_on_ranks(2, "ZINF_TEST_PHASE=resume");
+    return;
+  }
+  swap::testing::ScratchDir dir;
+  const Config cfg = config(s, dir.path().string(), 2);
+  if (std::string(std::getenv("ZINF_TEST_PHASE")) == "save") {
+    auto first = make_engine(s, cfg, 3);
+    for (int step = 0; step < kHalf; ++step) train_step(*first, s, step);
+    first->save_checkpoint(ckpt);
+    const auto params = first->consolidated_parameters();  // a collective: every rank
+    if (first->rank() == 0) {
+      std::vector<torch::Tensor> values;
+      std::ofstream names(saved.string() + ".names");
+      for (const auto& p : params) {
+        values.push_back(p.value());
+        names << p.key() << "\n";
+      }
+      torch::save(values, saved.string());
+    }
+    return;
+  }
+  auto straight = make_engine(s, cfg, 3);
+  for (int step = 0; step < 2 * kHalf; ++step) train_step(*straight, s, step);
+  const auto expected = parameters(*straight);
+  straight.reset();
+  auto resumed = make_engine(s, cfg, 99);
+  resumed->load_checkpoint(ckpt);
+  EXPECT_EQ(resumed->global_steps(), static_cast<std::uint64_t>(kHalf));
+  for (int step = kHalf; step < 2 * kHalf; ++step) train_step(*resumed, s, step);
+  const auto got = parameters(*resumed);
+  ASSERT_EQ(got.size(), expected.size());
+  for (std::size_t i = 0; i < got.size(); ++i)
+    EXPECT_TRUE(torch::equal(got[i], expected[i])) << "parameter " << i;
+}
+
+INSTANTIATE_TEST_SUITE_P(Stages, RankCheckpoints,
+                         ::testing::Values(Case{1, "none", "cpu"}, Case{2, "none", "nvme", 1, true},
+                                           Case{3, "nvme", "nvme"}, Case{3, "cpu", "cpu", 1, true}),
+                         [](const auto& p) { return name_of(p.param); });
 
 INSTANTIATE_TEST_SUITE_P(AllStages, EngineRanks,
                          ::testing::Values(Case{1, "none", "cpu"}, Case{1, "none", "nvme"},

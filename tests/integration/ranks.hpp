@@ -44,12 +44,13 @@ inline Job launch_self(int ranks, const std::string& test, const std::string& en
       " " + std::filesystem::read_symlink("/proc/self/exe").string() + " --gtest_filter=" + test);
 }
 
-// Outside a job: runs the current test on `ranks` ranks, expects every one
-// to pass, and returns true. Inside one (a rank): false.
-inline bool ran_on_ranks(int ranks) {
+// Outside a job: runs the current test on `ranks` ranks (with `env` added),
+// expects every one to pass, and returns true. Inside one (a rank): false.
+inline bool ran_on_ranks(int ranks, const std::string& env = "") {
   if (in_rank()) return false;
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  const Job job = launch_self(ranks, std::string(info->test_suite_name()) + "." + info->name());
+  const Job job =
+      launch_self(ranks, std::string(info->test_suite_name()) + "." + info->name(), env);
   EXPECT_EQ(job.status, 0) << job.output;
   for (int r = 0; r < ranks; ++r) {
     EXPECT_NE(job.output.find("[rank" + std::to_string(r) + "]: [       OK ]"), std::string::npos)

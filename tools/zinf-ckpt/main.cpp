@@ -14,6 +14,7 @@
 #include <torch/torch.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <string>
@@ -32,9 +33,14 @@ void inspect(const Checkpoint& c) {
               static_cast<unsigned long long>(c.global_steps),
               static_cast<unsigned long long>(m.value("skipped_steps", 0ull)), c.world_size,
               m.value("zero_stage", 0));
-  std::printf("  optimizer %s, %d fp32 state arrays over %llu elements (%s in %s)\n",
+  std::printf("  optimizer %s, %d fp32 state arrays over %llu elements (%s in %d files)\n",
               c.optimizer.c_str(), c.num_states, static_cast<unsigned long long>(c.elements),
-              zinf::format_bytes(c.state_bytes()).c_str(), zinf::offload::kCheckpointStateFile);
+              zinf::format_bytes(c.state_bytes()).c_str(), c.world_size);
+  for (int r = 0; r < c.world_size; ++r) {
+    std::printf("    %s: %s, %zu partitions' shards\n",
+                zinf::offload::checkpoint_state_file(r).c_str(),
+                zinf::format_bytes(c.state_bytes(r)).c_str(), c.partitions.size());
+  }
   if (m.contains("scheduler") && !m["scheduler"].value("type", "").empty()) {
     std::printf("  scheduler %s at last_batch_iteration %lld\n",
                 m["scheduler"]["type"].get<std::string>().c_str(),
@@ -76,13 +82,34 @@ struct Tree {
 };
 
 zinf::Status consolidate(const Checkpoint& c, const std::string& out) {
-  Tree tree;
+  // Each parameter's masters (state 0) from the ranks' shards that hold them.
+  std::vector<torch::Tensor> masters;
+  std::map<std::uint64_t, std::size_t> by_flat;  // first element -> parameter
   for (const auto& p : c.params) {
-    auto t = torch::empty({static_cast<std::int64_t>(p.numel())}, torch::kFloat);
-    ZINF_RETURN_IF_ERROR(
-        zinf::offload::read_checkpoint_state(c, 0, p.flat, t.data_ptr<float>(), p.numel()));
-    tree.add(p.name, t.view(p.shape));
+    by_flat[p.flat] = masters.size();
+    masters.push_back(torch::empty({static_cast<std::int64_t>(p.numel())}, torch::kFloat));
   }
+  zinf::Status read = zinf::offload::for_each_checkpoint_shard(
+      c, [&](int rank, std::uint64_t at, std::uint64_t flat, std::uint64_t count) {
+        // The parameters overlapping [flat, flat + count): from the last
+        // one starting at or before flat.
+        auto it = by_flat.upper_bound(flat);
+        if (it != by_flat.begin()) --it;
+        for (; it != by_flat.end() && it->first < flat + count; ++it) {
+          const auto& p = c.params[it->second];
+          const std::uint64_t lo = std::max(flat, p.flat);
+          const std::uint64_t hi = std::min(flat + count, p.flat + p.numel());
+          if (hi <= lo) continue;
+          float* dst = masters[it->second].data_ptr<float>() + (lo - p.flat);
+          ZINF_RETURN_IF_ERROR(
+              zinf::offload::read_checkpoint_state(c, rank, 0, at + (lo - flat), dst, hi - lo));
+        }
+        return zinf::Status::ok();
+      });
+  ZINF_RETURN_IF_ERROR(read);
+  Tree tree;
+  for (std::size_t i = 0; i < c.params.size(); ++i)
+    tree.add(c.params[i].name, masters[i].view(c.params[i].shape));
   try {
     torch::serialize::OutputArchive archive;
     tree.write(archive);
