@@ -246,7 +246,8 @@ TEST(EngineRanksTest, StageThreeAcrossRanksNeedsAParameterTier) {
 // Checkpoints of two ranks: each rank writes its shard of the state; N
 // steps, a save, a load in new processes and N more steps equal 2N steps
 // without one, bit for bit; zinf-ckpt verifies the checkpoint and
-// consolidates both ranks' shards into the parameters the job had.
+// consolidates both ranks' shards into the parameters the job had; a job
+// of one rank refuses it, changing nothing.
 class RankCheckpoints : public ::testing::TestWithParam<Case> {};
 
 TEST_P(RankCheckpoints, ResumeOnTwoRanksEqualsNoInterruption) {
@@ -279,6 +280,19 @@ TEST_P(RankCheckpoints, ResumeOnTwoRanksEqualsNoInterruption) {
       EXPECT_TRUE(torch::equal(master.to(expected[i].scalar_type()), expected[i])) << name;
     }
     EXPECT_EQ(i, expected.size());
+    // A job of another size is refused before anything changes.
+    swap::testing::ScratchDir dir;
+    auto alone = make_engine(s, config(s, dir.path().string(), 1), 3);
+    const auto before = parameters(*alone);
+    try {
+      alone->load_checkpoint(ckpt);
+      ADD_FAILURE() << "a world of one loaded a checkpoint of two ranks";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("saved by 2 ranks; this job runs 1"), std::string::npos)
+          << e.what();
+    }
+    const auto after = parameters(*alone);
+    for (std::size_t k = 0; k < after.size(); ++k) EXPECT_TRUE(torch::equal(after[k], before[k]));
     test::ran_on_ranks(2, "ZINF_TEST_PHASE=resume");
     return;
   }
