@@ -20,6 +20,12 @@ function(zinf_apply_defaults target)
     target_compile_options(${target} PRIVATE -fsanitize=address,undefined -fno-omit-frame-pointer)
     target_link_options(${target} PRIVATE -fsanitize=address,undefined)
   endif()
+  # libFuzzer's coverage instrumentation, so that the fuzz targets see the
+  # branches of the layers they link; an undefined-behaviour report then
+  # stops the run (and is written as a reproducer) instead of scrolling by.
+  if(ZINF_FUZZ)
+    target_compile_options(${target} PRIVATE -fsanitize=fuzzer-no-link -fno-sanitize-recover=all)
+  endif()
 endfunction()
 
 # zinf_add_layer(<name> SOURCES ... ): the library target zinf_<name>, exported

@@ -649,10 +649,23 @@ Result<Config> Config::from_string(std::string_view text, std::string_view sourc
   Config cfg;
   cfg.source = std::string(source);
   json root;
+  // Nesting is bounded while parsing: describe() dumps a value, which
+  // recurses once per level, and a file of a million '[' overflowed the
+  // stack. DeepSpeed's configs nest a few levels (128 is serde_json's limit).
+  constexpr int kMaxDepth = 128;
+  struct TooDeep {};
+  const auto bound_depth = [](int depth, json::parse_event_t, json&) {
+    if (depth > kMaxDepth) throw TooDeep{};
+    return true;
+  };
   try {
-    root = json::parse(text, nullptr, /*allow_exceptions=*/true, /*ignore_comments=*/true);
-  } catch (const json::parse_error& e) {
+    root = json::parse(text, bound_depth, /*allow_exceptions=*/true, /*ignore_comments=*/true);
+  } catch (const json::exception& e) {
+    // parse_error, and out_of_range for a number no double holds (1e999).
     return Status::invalid_argument(cfg.source + ": invalid JSON: " + e.what());
+  } catch (const TooDeep&) {
+    return Status::invalid_argument(cfg.source + ": invalid JSON: nested deeper than " +
+                                    std::to_string(kMaxDepth) + " levels");
   }
   ParseContext context{cfg.source, &cfg.ignored};
   ObjectReader r(root, "", context);

@@ -45,7 +45,8 @@ CpuFeatures detect() {
   f.f16c = os_avx && f16c;
 
   char brand[49] = {};
-  if (__get_cpuid_max(0x80000000, nullptr) >= 0x80000004) {
+  // clang's cpuid.h returns the leaf as int, GCC's as unsigned.
+  if (static_cast<unsigned>(__get_cpuid_max(0x80000000, nullptr)) >= 0x80000004u) {
     for (unsigned i = 0; i < 3; ++i) {
       unsigned regs[4];
       __get_cpuid(0x80000002 + i, &regs[0], &regs[1], &regs[2], &regs[3]);

@@ -266,6 +266,31 @@ TEST(ConfigTest, SyntaxErrorsNameTheFile) {
   EXPECT_NE(cfg.status().message().find("broken.json: invalid JSON"), std::string::npos);
 }
 
+// Found by config_fuzz: nlohmann throws out_of_range, not parse_error, for
+// a number too large for a double, and it escaped from_string.
+TEST(ConfigTest, NumbersNoDoubleHoldsAreSyntaxErrors) {
+  auto cfg = Config::from_string(R"({"gradient_clipping": 8e888})", "huge.json");
+  ASSERT_FALSE(cfg.is_ok());
+  EXPECT_EQ(cfg.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(cfg.status().message().find("huge.json: invalid JSON"), std::string::npos)
+      << cfg.status().message();
+}
+
+// A value nested a million levels deep overflowed the stack when an error
+// message described it (nlohmann's dump recurses per level).
+TEST(ConfigTest, DeepNestingIsASyntaxError) {
+  const auto nested = [](int depth) {
+    return R"({"train_batch_size": )" + std::string(depth, '[') + std::string(depth, ']') + "}";
+  };
+  auto cfg = Config::from_string(nested(1000000), "deep.json");
+  ASSERT_FALSE(cfg.is_ok());
+  EXPECT_NE(cfg.status().message().find("deep.json: invalid JSON: nested deeper than"),
+            std::string::npos)
+      << cfg.status().message();
+  // Within the bound, the usual error naming the key.
+  expect_error(nested(100), "train_batch_size: expected an integer");
+}
+
 TEST(ConfigTest, FromFileReportsMissingFileAndReadsRealOne) {
   auto missing = Config::from_file("/nonexistent/zinf.json");
   ASSERT_FALSE(missing.is_ok());
