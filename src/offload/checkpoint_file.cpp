@@ -25,8 +25,13 @@ struct BadValue {
 // A non-negative integer of at most `max` (a float, a negative number or a
 // string is not one).
 std::uint64_t natural(const nlohmann::json& value, const std::string& what, std::uint64_t max) {
-  if (!value.is_number_unsigned() || value.get<std::uint64_t>() > max)
-    throw BadValue{what + " is " + value.dump() + ", not an integer from 0 to " +
+  // The message names the value's type, not its text: a value nested
+  // 100000 deep would overflow the stack printing itself.
+  if (!value.is_number_unsigned())
+    throw BadValue{what + " is not an integer from 0 to " + std::to_string(max) + " (it is a " +
+                   value.type_name() + ")"};
+  if (value.get<std::uint64_t>() > max)
+    throw BadValue{what + " is " + std::to_string(value.get<std::uint64_t>()) + ", more than " +
                    std::to_string(max)};
   return value.get<std::uint64_t>();
 }
@@ -108,8 +113,9 @@ Result<Checkpoint> read_checkpoint(const std::filesystem::path& dir, std::string
       std::uint64_t numel = 1;
       for (const auto& d : p.at("shape")) {
         q.shape.push_back(static_cast<std::int64_t>(natural(d, "a dimension", c.elements)));
-        numel *= static_cast<std::uint64_t>(q.shape.back());
-        if (numel > c.elements) return bad("parameter '" + q.name + "' is larger than the state");
+        if (__builtin_mul_overflow(numel, static_cast<std::uint64_t>(q.shape.back()), &numel) ||
+            numel > c.elements)
+          return bad("parameter '" + q.name + "' is larger than the state");
       }
       if (numel > c.elements - q.flat)
         return bad("parameter '" + q.name + "' lies past the state's end");
