@@ -217,9 +217,13 @@ void EngineImpl::save_checkpoint(const fs::path& dir, std::string tag) {
   for (const Status& g : {all_crcs.status(), all_cpu_rng.status(), all_device_rng.status()})
     if (!g.is_ok()) abandon(g.with_context("gathering the ranks' checksums and generators"));
 
-  std::vector<CheckpointPartition> layout;
-  for (const Partition& part : partitions_) layout.push_back({part.flat, part.numel});
   if (rank_ == 0) {
+    std::vector<CheckpointPartition> layout;
+    json partitions = json::array();
+    for (const Partition& part : partitions_) {
+      layout.push_back({part.flat, part.numel});
+      partitions.push_back({part.flat, part.numel});
+    }
     json params = json::array();
     for (const Param& p : params_) {
       params.push_back({{"name", p.name},
@@ -228,8 +232,6 @@ void EngineImpl::save_checkpoint(const fs::path& dir, std::string tag) {
                         {"flat", p.flat},
                         {"step", p.step}});
     }
-    json partitions = json::array();
-    for (const CheckpointPartition& part : layout) partitions.push_back({part.flat, part.numel});
     json files = json::object(), rng = json::array();
     const auto* crc = reinterpret_cast<const std::uint32_t*>(all_crcs->data());
     const std::size_t cpu_bytes = all_cpu_rng->size() / world_size_;
