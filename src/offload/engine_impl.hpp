@@ -224,14 +224,16 @@ class EngineImpl final : public Coordinator::Actions {
   torch::Device torch_device_{torch::kCPU};
   std::unique_ptr<gpu::Stream> h2d_;
   std::unique_ptr<gpu::Stream> d2h_;
+  // The pools before the stores that read and write them: a store, destroyed
+  // first, waits for its requests in flight before the memory goes.
+  std::unique_ptr<gpu::PinnedPool> param_pool_;    // NVMe reads, write-back
+  std::unique_ptr<gpu::PinnedPool> grad_pool_;     // gradients leaving the device
   std::shared_ptr<detail::PartitionStore> store_;  // offload_param cpu/nvme homes
   std::vector<UnitRec> units_;
   std::vector<Param> params_;
   std::vector<Partition> partitions_;
   std::unique_ptr<Coordinator> coordinator_;
-  std::unique_ptr<gpu::PinnedPool> param_pool_;  // NVMe reads, write-back
-  std::unique_ptr<gpu::PinnedPool> grad_pool_;   // gradients leaving the device
-  AlignedBuffer grads_;                          // fp32, the optimizer's layout
+  AlignedBuffer grads_;  // fp32, the optimizer's layout
   std::unique_ptr<StateTier> tier_;
   std::unique_ptr<cpu_adam::Executor> executor_;       // the step
   std::unique_ptr<cpu_adam::Executor> grad_executor_;  // gradient accumulation

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <deque>
 #include <random>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -52,6 +53,9 @@ class FaultEngine final : public IoEngine {
         case Decision::kDrop:
           dropped_ids_.insert(r.user_data);
           break;
+        case Decision::kFlip:
+          flipped_[r.user_data] = static_cast<std::byte*>(r.buffer);
+          break;
       }
       pass_.push_back(r);
     }
@@ -89,7 +93,16 @@ class FaultEngine final : public IoEngine {
       for (std::size_t i = 0; i < n; ++i) {
         const IoCompletion& c = buffer_[i];
         if (dropped_ids_.erase(c.user_data) != 0) {
-          ++dropped_;
+          swallowed_.push_back(c.user_data);
+        } else if (cancelled_ids_.erase(c.user_data) != 0) {
+          out[got++] = {c.user_data, -ECANCELED};
+        } else if (auto f = flipped_.find(c.user_data); f != flipped_.end()) {
+          if (c.result > 0) {
+            const auto at = static_cast<std::size_t>(rng_() % static_cast<std::uint64_t>(c.result));
+            f->second[at] ^= std::byte{1} << (rng_() % 8);
+          }
+          flipped_.erase(f);
+          out[got++] = c;
         } else if (delayed_ids_.erase(c.user_data) != 0) {
           held_.push_back({c, std::chrono::steady_clock::now() + spec_.delay});
         } else {
@@ -100,13 +113,23 @@ class FaultEngine final : public IoEngine {
   }
 
   std::size_t in_flight() const override {
-    return inner_->in_flight() + synthetic_.size() + held_.size() + released_.size() + dropped_;
+    return inner_->in_flight() + synthetic_.size() + held_.size() + released_.size() +
+           swallowed_.size();
+  }
+
+  // A dropped completion comes back cancelled; a delayed one does not (the
+  // device holds it). The inner engine cancels what is really in flight.
+  void cancel_all() override {
+    for (std::uint64_t id : swallowed_) synthetic_.push_back({id, -ECANCELED});
+    swallowed_.clear();
+    cancelled_ids_.merge(dropped_ids_);
+    inner_->cancel_all();
   }
   std::uint32_t queue_depth() const override { return inner_->queue_depth(); }
   void wake() override { inner_->wake(); }
 
  private:
-  enum class Decision { kPass, kFail, kShort, kDelay, kDrop };
+  enum class Decision { kPass, kFail, kShort, kDelay, kDrop, kFlip };
   struct Held {
     IoCompletion completion;
     std::chrono::steady_clock::time_point due;
@@ -121,6 +144,7 @@ class FaultEngine final : public IoEngine {
     if (!hit) return Decision::kPass;
     // A short transfer needs at least two blocks to stay block aligned.
     if (spec_.kind == FaultKind::kShort && r.length < 2 * kIoAlignment) return Decision::kPass;
+    if (spec_.kind == FaultKind::kFlip && r.op != IoOp::kRead) return Decision::kPass;
     ++injected_;
     switch (spec_.kind) {
       case FaultKind::kShort:
@@ -129,6 +153,8 @@ class FaultEngine final : public IoEngine {
         return Decision::kDelay;
       case FaultKind::kDrop:
         return Decision::kDrop;
+      case FaultKind::kFlip:
+        return Decision::kFlip;
       default:
         return Decision::kFail;
     }
@@ -162,7 +188,7 @@ class FaultEngine final : public IoEngine {
   std::mt19937_64 rng_;
   std::uint64_t seen_ = 0;
   std::uint64_t injected_ = 0;
-  std::size_t dropped_ = 0;
+  std::vector<std::uint64_t> swallowed_;  // dropped: the inner completion came and was kept
   std::vector<IoRequest> pass_;
   std::vector<IoCompletion> buffer_;
   std::deque<IoCompletion> synthetic_;
@@ -170,6 +196,8 @@ class FaultEngine final : public IoEngine {
   std::deque<IoCompletion> released_;
   std::unordered_set<std::uint64_t> delayed_ids_;
   std::unordered_set<std::uint64_t> dropped_ids_;
+  std::unordered_set<std::uint64_t> cancelled_ids_;        // dropped, cancelled before they came
+  std::unordered_map<std::uint64_t, std::byte*> flipped_;  // reads to flip a bit of, by id
 };
 
 }  // namespace

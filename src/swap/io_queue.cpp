@@ -8,6 +8,7 @@
 #include <deque>
 #include <vector>
 
+#include "zinf/common/logging.hpp"
 #include "zinf/swap/io_engine.hpp"
 
 namespace zinf::swap {
@@ -17,6 +18,8 @@ struct IoQueue::State {
     IoRequest request;       // as the caller gave it
     std::uint32_t done = 0;  // bytes transferred so far
     int retries = 0;
+    bool cancelled = false;  // in flight when the engine was asked to cancel
+    bool lost = false;       // reported lost; the slot is held until its completion
   };
 
   IoQueueOptions options;
@@ -46,8 +49,63 @@ struct IoQueue::State {
   }
 
   void finish(std::uint32_t i, Status status) {
-    finished.push_back({slots[i].request.user_data, std::move(status)});
+    finished.push_back({slots[i].request.user_data, std::move(status), false});
+    slots[i].cancelled = false;
+    slots[i].lost = false;
     free.push_back(i);
+  }
+
+  // The slots whose request is in flight and not lost.
+  std::vector<std::uint32_t> stuck() const {
+    std::vector<bool> is_free(slots.size(), false);
+    for (std::uint32_t i : free) is_free[i] = true;
+    std::vector<std::uint32_t> out;
+    for (std::uint32_t i = 0; i < slots.size(); ++i) {
+      if (!is_free[i] && !slots[i].lost) out.push_back(i);
+    }
+    return out;
+  }
+
+  std::string timeout_text() const {
+    return std::to_string(options.completion_timeout.count()) + " ms";
+  }
+
+  // Nothing completed for a whole timeout: requests not yet cancelled are
+  // cancelled (true: wait once more); requests cancelled a timeout ago are
+  // reported lost.
+  bool cancel_or_lose(IoEngine& engine) {
+    const std::vector<std::uint32_t> waiting = stuck();
+    if (waiting.empty()) return false;
+    const std::string first = describe(engine, slots[waiting.front()]);
+    if (std::any_of(waiting.begin(), waiting.end(),
+                    [&](std::uint32_t i) { return !slots[i].cancelled; })) {
+      ZINF_LOG(kWarn) << engine.name() << ": " << waiting.size()
+                      << " request(s) got no completion within " << timeout_text()
+                      << " (first: " << first << "); cancelling them";
+      for (std::uint32_t i : waiting) slots[i].cancelled = true;
+      engine.cancel_all();
+      return true;
+    }
+    for (std::uint32_t i : waiting) {
+      slots[i].lost = true;
+      finished.push_back(
+          {slots[i].request.user_data,
+           Status(StatusCode::kIoError,
+                  "lost completion: no completion within " + timeout_text() + ", nor within " +
+                      timeout_text() + " of being cancelled: " + describe(engine, slots[i]) +
+                      "; the kernel may still use its buffer",
+                  0, false),
+           true});
+    }
+    ZINF_LOG(kError) << engine.name() << ": " << waiting.size()
+                     << " request(s) lost (first: " << first
+                     << "); their slots and buffers stay held until the kernel returns them";
+    if (stuck().empty() && free.empty()) {
+      fatal = Status(StatusCode::kIoError, "every slot of the " + std::string(engine.name()) +
+                                               " queue holds a lost request (first: " + first +
+                                               "); the queue refuses further work");
+    }
+    return true;
   }
 };
 
@@ -103,7 +161,10 @@ Result<std::size_t> IoQueue::wait(std::span<IoResult> out, std::size_t min_done)
   State& s = *state_;
   min_done = std::min(min_done, pending());
   while (s.finished.size() < min_done) {
-    if (!s.fatal.is_ok()) return s.fatal;
+    if (!s.fatal.is_ok()) {
+      if (s.finished.empty()) return s.fatal;
+      break;  // hand over what finished first
+    }
     const auto started = std::chrono::steady_clock::now();
     ZINF_ASSIGN_OR_RETURN(std::size_t got,
                           engine_->reap(s.completions, 1, s.options.completion_timeout));
@@ -111,12 +172,8 @@ Result<std::size_t> IoQueue::wait(std::span<IoResult> out, std::size_t min_done)
       break;  // woken: the caller has new work to submit
     }
     if (got == 0) {
-      s.fatal = Status::internal("dropped completion: " + std::to_string(engine_->in_flight()) +
-                                 " request(s) in flight on " + std::string(engine_->name()) +
-                                 " got no completion within " +
-                                 std::to_string(s.options.completion_timeout.count()) +
-                                 " ms; the queue refuses further work");
-      return s.fatal;
+      if (!s.cancel_or_lose(*engine_)) break;
+      continue;
     }
     s.batch.clear();
     for (std::size_t k = 0; k < got; ++k) {
@@ -128,7 +185,17 @@ Result<std::size_t> IoQueue::wait(std::span<IoResult> out, std::size_t min_done)
       const auto i = static_cast<std::uint32_t>(c.user_data);
       State::Slot& slot = s.slots[i];
       const std::uint32_t left = slot.request.length - slot.done;
-      if (c.result < 0) {
+      if (slot.lost) {
+        s.finish(i, c.result < 0
+                        ? Status::from_errno(static_cast<int>(-c.result),
+                                             "late completion: " + s.describe(*engine_, slot))
+                        : Status::ok());
+      } else if (c.result == -ECANCELED && slot.cancelled) {
+        s.finish(i, Status(StatusCode::kIoError,
+                           "timed out: no completion within " + s.timeout_text() +
+                               ", then cancelled: " + s.describe(*engine_, slot),
+                           ECANCELED, false));
+      } else if (c.result < 0) {
         const int err = static_cast<int>(-c.result);
         if ((err == EINTR || err == EAGAIN) && slot.retries < kMaxRetries) {
           ++slot.retries;
@@ -172,6 +239,8 @@ Result<std::size_t> IoQueue::wait(std::span<IoResult> out, std::size_t min_done)
   s.finished.erase(s.finished.begin(), s.finished.begin() + static_cast<std::ptrdiff_t>(n));
   return n;
 }
+
+const Status& IoQueue::status() const { return state_->fatal; }
 
 std::size_t IoQueue::pending() const {
   return state_->slots.size() - state_->free.size() + state_->finished.size();

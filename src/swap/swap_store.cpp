@@ -24,8 +24,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -58,7 +60,7 @@ struct Value {
 };
 
 // One read or write. The fields below `layout` are guarded by the store's
-// state_mutex_.
+// state_mutex_, except `holds`.
 struct Op {
   IoOp kind = IoOp::kRead;
   std::string key;
@@ -70,11 +72,16 @@ struct Op {
   std::size_t chunks_left = 0;
   bool done = false;
   Status status;
+  // Who must let go before a failed write's extents are freed or a read's
+  // unpinned: the operation's end (a write's completion, a read's wait)
+  // and each of its lost chunks, while the kernel may still transfer it.
+  std::atomic<int> holds{1};
 };
 
 struct Chunk {
   std::shared_ptr<Op> op;
   IoRequest request;
+  bool lost = false;  // reported lost: the slot stays taken until the kernel returns it
 };
 
 // One IoQueue and the chunks waiting for its slots. `backlog` and `driven`
@@ -89,7 +96,8 @@ struct Lane {
   std::vector<std::size_t> free_slots;
   std::vector<IoRequest> batch;
   std::vector<IoResult> results;
-  std::vector<std::pair<std::size_t, Status>> finished;  // slot, outcome
+  std::vector<IoResult> finished;              // user_data: the slot
+  std::vector<Chunk> rejected;                 // backlog chunks a failed queue will never take
   std::vector<std::shared_ptr<Op>> completed;  // finish_chunks()' scratch, empty between calls
   std::condition_variable worker_cv;           // the backlog has work and nobody drives
   std::thread worker;
@@ -188,6 +196,11 @@ class SwapStoreImpl final : public SwapStore {
     {
       std::lock_guard lock(state_mutex_);
       stopping_ = true;
+    }
+    if (const std::uint64_t held = quarantined_bytes_.load(); held > 0) {
+      ZINF_LOG(kError) << "swap store: closing while lost requests hold " << format_bytes(held)
+                       << " of buffers; waiting up to " << options_.completion_timeout.count()
+                       << " ms for the kernel to return them";
     }
     for (auto& lane : lanes_) {
       lane->worker_cv.notify_all();
@@ -398,6 +411,7 @@ class SwapStoreImpl final : public SwapStore {
     SwapStats s = stats_;
     for (const auto& p : paths_) s.file_bytes += p.allocator.file_size();
     s.live_bytes = live_bytes_;
+    s.quarantined_bytes = quarantined_bytes_.load();
     s.fixed_buffers = std::all_of(lanes_.begin(), lanes_.end(), [](const auto& lane) {
       return lane->queue->engine().fixed_buffers();
     });
@@ -546,8 +560,8 @@ class SwapStoreImpl final : public SwapStore {
   }
 
   // What wait() returns for a finished operation: for a read, the checksum.
-  Status finish_wait(const Op& op) {
-    if (op.kind == IoOp::kRead) release_read(op);
+  Status finish_wait(Op& op) {
+    if (op.kind == IoOp::kRead) let_go_of(op);
     if (!op.status.is_ok()) return op.status;
     if (op.kind == IoOp::kRead && options_.checksum) {
       const std::uint32_t actual = crc32c({op.buffer, op.size});
@@ -567,7 +581,34 @@ class SwapStoreImpl final : public SwapStore {
       return Status::invalid_argument("swap store: key '" + std::string(key) + "': buffer is not " +
                                       std::to_string(kIoAlignment) + "-byte aligned");
     }
+    if (quarantined_bytes_.load() == 0) return Status::ok();
+    const auto* begin = static_cast<const std::byte*>(data);
+    const std::byte* end = begin + align_up(size, kIoAlignment);
+    std::lock_guard lock(quarantine_mutex_);
+    for (const auto& q : quarantine_) {
+      const auto* b = static_cast<const std::byte*>(q.request.buffer);
+      if (b < end && begin < b + q.request.length) {
+        return Status::failed_precondition(
+            "swap store: key '" + std::string(key) +
+            "': the buffer overlaps one the kernel may still use (a lost request of key '" +
+            q.op->key + "' on " + paths_[static_cast<std::size_t>(q.request.file)].file.string() +
+            " at offset " + std::to_string(q.request.offset) +
+            "); use another buffer until the kernel returns it");
+      }
+    }
     return Status::ok();
+  }
+
+  // Drops one hold on `op` (see Op::holds); the last one frees a failed
+  // write's extents or unpins a read's.
+  void let_go_of(Op& op) {
+    if (--op.holds > 0) return;
+    if (op.kind == IoOp::kRead) {
+      release_read(op);
+      return;
+    }
+    std::lock_guard lock(meta_mutex_);
+    release(op.layout);
   }
 
   // Puts the operation's chunks on the lanes (round robin, starting at a
@@ -664,6 +705,11 @@ class SwapStoreImpl final : public SwapStore {
         lane.slots[s].request.user_data = s;
         lane.batch.push_back(lane.slots[s].request);
       }
+      // A failed queue whose every slot is lost never frees one.
+      if (!queue.status().is_ok() && lane.free_slots.empty()) {
+        std::move(lane.backlog.begin(), lane.backlog.end(), std::back_inserter(lane.rejected));
+        lane.backlog.clear();
+      }
     }
     auto& finished = lane.finished;
     finished.clear();
@@ -674,42 +720,67 @@ class SwapStoreImpl final : public SwapStore {
       const std::size_t accepted = n.is_ok() ? *n : 0;
       submitted = accepted == lane.batch.size();
       for (std::size_t k = accepted; k < lane.batch.size(); ++k) {
-        finished.emplace_back(lane.batch[k].user_data,
-                              n.is_ok()
-                                  ? Status::internal("io queue refused a request with a free slot")
-                                  : n.status());
+        finished.push_back({lane.batch[k].user_data,
+                            n.is_ok()
+                                ? Status::internal("io queue refused a request with a free slot")
+                                : n.status(),
+                            false});
       }
     }
     if (block && submitted && queue.pending() > 0) {
       auto got = queue.wait(lane.results, 1);
       if (!got.is_ok()) {
-        // Fatal for this queue (a dropped completion): fail what it holds.
+        // The queue failed (a submission the kernel refused, or every slot
+        // lost): fail what it holds, except lost requests, whose buffers the
+        // kernel may still use.
         for (std::size_t s = 0; s < lane.slots.size(); ++s) {
-          if (lane.slots[s].op != nullptr) finished.emplace_back(s, got.status());
+          const Chunk& c = lane.slots[s];
+          if (c.op != nullptr && !c.lost) finished.push_back({s, got.status(), false});
         }
       } else {
-        for (std::size_t k = 0; k < *got; ++k)
-          finished.emplace_back(lane.results[k].user_data, std::move(lane.results[k].status));
+        for (std::size_t k = 0; k < *got; ++k) finished.push_back(std::move(lane.results[k]));
       }
     }
-    if (!finished.empty()) finish_chunks(lane);
+    if (!finished.empty() || !lane.rejected.empty()) finish_chunks(lane);
   }
 
-  // Frees the slots of lane.finished and completes the operations whose last
-  // chunk this was.
+  // Frees the slots of lane.finished (but a lost request's: that stays taken
+  // and its buffer quarantined until the kernel returns it) and completes the
+  // operations whose last chunk this was.
   void finish_chunks(Lane& lane) {
     auto& completed = lane.completed;
+    std::vector<std::shared_ptr<Op>> returned;  // lost chunks' operations, let go of below
     {
       std::lock_guard lock(state_mutex_);
-      for (auto& [s, status] : lane.finished) {
-        std::shared_ptr<Op> op = std::move(lane.slots[s].op);
-        lane.free_slots.push_back(s);
+      auto settle = [&](std::shared_ptr<Op> op, const Status& status) {
         if (!status.is_ok() && op->status.is_ok())
           op->status = status.with_context("key '" + op->key + "'");
         --op->left_in_lane[lane.index];
         if (--op->chunks_left == 0) completed.push_back(std::move(op));
+      };
+      for (auto& r : lane.finished) {
+        const std::size_t s = r.user_data;
+        Chunk& chunk = lane.slots[s];
+        if (r.lost) {
+          chunk.lost = true;
+          ++chunk.op->holds;
+          quarantine(chunk);
+          settle(chunk.op, r.status);
+          continue;
+        }
+        lane.free_slots.push_back(s);
+        if (chunk.lost) {
+          unquarantine(chunk);
+          returned.push_back(std::move(chunk.op));
+          chunk.lost = false;
+          continue;
+        }
+        settle(std::move(chunk.op), r.status);
       }
+      for (Chunk& chunk : lane.rejected) settle(std::move(chunk.op), lane.queue->status());
+      lane.rejected.clear();
     }
+    for (auto& op : returned) let_go_of(*op);
     if (completed.empty()) return;
     for (auto& op : completed) {
       complete(*op);
@@ -724,6 +795,7 @@ class SwapStoreImpl final : public SwapStore {
   }
 
   void complete(Op& op) {
+    if (op.kind == IoOp::kWrite && !op.status.is_ok()) let_go_of(op);
     {
       std::lock_guard lock(meta_mutex_);
       if (op.kind == IoOp::kWrite) {
@@ -737,14 +809,32 @@ class SwapStoreImpl final : public SwapStore {
           live_bytes_ += align_up(op.size, kIoAlignment);
           stats_.bytes_written += op.size;
           ++stats_.write_ops;
-        } else {
-          release(op.layout);
         }
       } else if (op.status.is_ok()) {
         stats_.bytes_read += op.size;
         ++stats_.read_ops;
       }
     }
+  }
+
+  // A lost chunk's buffer: no read or write may use it until the kernel
+  // returns the request.
+  void quarantine(const Chunk& chunk) {
+    std::lock_guard lock(quarantine_mutex_);
+    quarantine_.push_back(chunk);
+    quarantined_bytes_ += chunk.request.length;
+  }
+
+  void unquarantine(const Chunk& chunk) {
+    std::lock_guard lock(quarantine_mutex_);
+    auto it = std::find_if(quarantine_.begin(), quarantine_.end(), [&](const Chunk& q) {
+      return q.request.buffer == chunk.request.buffer && q.op == chunk.op;
+    });
+    if (it == quarantine_.end()) return;
+    quarantined_bytes_ -= it->request.length;
+    quarantine_.erase(it);
+    ZINF_LOG(kInfo) << "swap store: the lost request of key '" << chunk.op->key
+                    << "' came back; its buffer is free again";
   }
 
   Status checksum_error(const Op& op, std::uint32_t actual) const {
@@ -775,6 +865,10 @@ class SwapStoreImpl final : public SwapStore {
   std::uint32_t next_path_ = 0;
   std::uint64_t live_bytes_ = 0;
   SwapStats stats_;
+
+  mutable std::mutex quarantine_mutex_;
+  std::vector<Chunk> quarantine_;  // lost chunks, whose buffers the kernel may still use
+  std::atomic<std::uint64_t> quarantined_bytes_{0};
 
   std::mutex state_mutex_;               // the lanes' backlogs and flags, the operations' progress
   std::condition_variable progress_cv_;  // an operation finished or a lane was let go

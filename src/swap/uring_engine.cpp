@@ -158,6 +158,26 @@ class UringEngine final : public IoEngine {
   std::size_t in_flight() const override { return in_flight_; }
   std::uint32_t queue_depth() const override { return queue_depth_; }
 
+  // One cancel per file, matching every request on it: the wake poll, on
+  // another descriptor, stays armed. The cancels' own completions are
+  // consumed in drain().
+  void cancel_all() override {
+    const auto& fds = files_.fds();
+    for (std::size_t i = 0; i < fds.size(); ++i) {
+      auto sqe = next_sqe();
+      if (!sqe.is_ok()) return;
+      unsigned flags = IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL;
+      int fd = fds[i];
+      if (files_registered_) {
+        flags |= IORING_ASYNC_CANCEL_FD_FIXED;
+        fd = static_cast<int>(i);
+      }
+      io_uring_prep_cancel_fd(*sqe, fd, flags);
+      io_uring_sqe_set_data64(*sqe, kCancelTag);
+    }
+    (void)io_uring_submit(&ring_);
+  }
+
  private:
   explicit UringEngine(const IoEngineOptions& options)
       : queue_depth_(options.queue_depth), single_submit_(options.single_submit) {}
@@ -228,6 +248,7 @@ class UringEngine final : public IoEngine {
         woken_ = true;
         continue;
       }
+      if (data == kCancelTag) continue;
       out[got++] = {data, static_cast<std::int64_t>(cqes[i]->res)};
     }
     io_uring_cq_advance(&ring_, n);
@@ -261,6 +282,7 @@ class UringEngine final : public IoEngine {
   }
 
   static constexpr std::uint64_t kWakeTag = ~std::uint64_t{0};
+  static constexpr std::uint64_t kCancelTag = kWakeTag - 1;
 
   const std::uint32_t queue_depth_;
   const bool single_submit_;

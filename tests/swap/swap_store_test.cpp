@@ -79,6 +79,21 @@ class SwapStoreTest : public ::testing::TestWithParam<IoBackend> {
     return t.is_ok() ? s.wait(*t) : t.status();
   }
 
+  // Writes old_value to "x", then fails to overwrite it with new_value (an
+  // I/O error whose message has `why`), and reads old_value back.
+  static void overwrite_fails(SwapStore& s, const AlignedBuffer& old_value,
+                              const AlignedBuffer& new_value, const std::string& why) {
+    const std::size_t size = old_value.size();
+    ASSERT_TRUE(put(s, "x", old_value, size).is_ok());
+    Status st = put(s, "x", new_value, size);
+    EXPECT_EQ(st.code(), StatusCode::kIoError) << st.to_string();
+    EXPECT_NE(st.message().find(why), std::string::npos) << st.message();
+    EXPECT_NE(st.message().find("key 'x'"), std::string::npos) << st.message();
+    auto in = AlignedBuffer::allocate(size);
+    ASSERT_TRUE(get(s, "x", *in, size).is_ok());
+    EXPECT_EQ(std::memcmp(in->data(), old_value.data(), size), 0);
+  }
+
   ScratchDir dir_;
 };
 
@@ -277,16 +292,43 @@ TEST_P(SwapStoreTest, FailedWriteKeepsThePreviousValue) {
   ASSERT_NE(store, nullptr);
   const std::size_t size = 256 << 10;
   AlignedBuffer old_value = pattern(size, 1), new_value = pattern(size, 2);
-  ASSERT_TRUE(put(*store, "x", old_value, size).is_ok());
-  Status s = put(*store, "x", new_value, size);
-  EXPECT_EQ(s.code(), StatusCode::kIoError) << s.to_string();
-  EXPECT_NE(s.message().find("key 'x'"), std::string::npos) << s.message();
+  ASSERT_NO_FATAL_FAILURE(overwrite_fails(*store, old_value, new_value, "Input/output error"));
   auto in = AlignedBuffer::allocate(size);
-  ASSERT_TRUE(get(*store, "x", *in, size).is_ok());
-  EXPECT_EQ(std::memcmp(in->data(), old_value.data(), size), 0);
   ASSERT_TRUE(put(*store, "x", new_value, size).is_ok()) << "the fault has cleared";
   ASSERT_TRUE(get(*store, "x", *in, size).is_ok());
   EXPECT_EQ(std::memcmp(in->data(), new_value.data(), size), 0);
+}
+
+// A write request the device holds past its cancel is lost: the write fails
+// and the previous value stays, its buffer is refused until the kernel
+// returns the request, and the store goes on meanwhile.
+TEST_P(SwapStoreTest, LostWriteQuarantinesItsBufferUntilTheKernelReturnsIt) {
+  SwapStoreOptions o = with_write_fault(FaultKind::kDelay, 3);
+  o.fault->delay = std::chrono::milliseconds(1500);
+  o.completion_timeout = std::chrono::milliseconds(200);
+  auto store = open(o);
+  ASSERT_NE(store, nullptr);
+  const std::size_t size = 256 << 10;
+  AlignedBuffer old_value = pattern(size, 1), new_value = pattern(size, 2);
+  ASSERT_NO_FATAL_FAILURE(overwrite_fails(*store, old_value, new_value, "lost completion"));
+  EXPECT_EQ(store->stats().quarantined_bytes, 128u << 10);
+
+  Status reuse = put(*store, "y", new_value, size);
+  EXPECT_EQ(reuse.code(), StatusCode::kFailedPrecondition) << reuse.to_string();
+  EXPECT_NE(reuse.message().find("kernel may still use"), std::string::npos) << reuse.message();
+  auto in = AlignedBuffer::allocate(size);
+
+  // Each read drives the lane, which reaps the late completion once it comes.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (store->stats().quarantined_bytes > 0 && std::chrono::steady_clock::now() < deadline) {
+    ASSERT_TRUE(get(*store, "x", *in, size).is_ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(store->stats().quarantined_bytes, 0u);
+  ASSERT_TRUE(put(*store, "x", new_value, size).is_ok());
+  ASSERT_TRUE(get(*store, "x", *in, size).is_ok());
+  EXPECT_EQ(std::memcmp(in->data(), new_value.data(), size), 0);
+  EXPECT_EQ(store->stats().live_bytes, size) << "the lost write's extents were freed";
 }
 
 TEST_P(SwapStoreTest, NoSpaceOnTheDeviceIsNoSpaceNamingTheKey) {

@@ -9,8 +9,16 @@
 //                short read/write   continued from where it stopped
 //                read of 0 bytes    unexpected EOF -> kOutOfRange
 //                ENOSPC/EDQUOT      kNoSpace;  EIO and the rest -> kIoError
-//                no completion within completion_timeout -> kInternal ("dropped
-//                completion"), fatal: the queue refuses further work.
+//                no completion within completion_timeout -> the engine is asked
+//                  to cancel what it has in flight (cancel_all) and given one
+//                  more completion_timeout: a request that comes back then
+//                  (cancelled or done) is finished as usual, a cancelled one
+//                  as kIoError ("timed out ... cancelled"). A request still
+//                  missing after that is lost: it is reported failed with
+//                  IoResult::lost set, keeps its slot (the kernel may still
+//                  use its buffer) until its completion comes, if ever, and
+//                  the queue goes on with its other slots; with every slot
+//                  lost, the queue refuses further work.
 //              Every error names the path, offset, length and errno.
 //
 // Threading: an IoEngine and an IoQueue are each used by one thread at a time
@@ -101,6 +109,12 @@ class IoEngine {
   // Engines that cannot be interrupted (libaio) do nothing: their reap()
   // returns at the next completion.
   virtual void wake() {}
+
+  // Asks the kernel to cancel every request in flight. Each still completes
+  // through reap(), as -ECANCELED or with what it transferred before the
+  // cancel took; a request the device already holds may complete much later
+  // or never. Engines that cannot cancel (libaio on files, psync) do nothing.
+  virtual void cancel_all() {}
 };
 
 // Whether a backend can run here (a probe ring, the libaio syscalls); the
@@ -120,8 +134,9 @@ enum class FaultKind : std::uint8_t {
   kShort,   // the request transfers only part of its length (a multiple of 512, >= 1 block)
   kEintr,   // fails with -EINTR (the policy resubmits)
   kEagain,  // fails with -EAGAIN (the policy resubmits)
-  kDelay,   // completes late by delay
-  kDrop,    // the completion never arrives
+  kDelay,   // completes late by delay, cancelled or not (a request the device holds)
+  kDrop,    // the completion never arrives, unless cancel_all() brings it back as -ECANCELED
+  kFlip,    // a read succeeds with one bit of what it transferred flipped (writes pass)
 };
 
 struct FaultSpec {
@@ -145,6 +160,11 @@ struct IoQueueOptions {
 struct IoResult {
   std::uint64_t user_data = 0;
   Status status;  // ok: every byte of the request was transferred
+  // The request is lost: it has failed (status says so), but the kernel may
+  // still read or write its buffer, and the request keeps its slot. If its
+  // completion comes at last, a second result for the same user_data, with
+  // `lost` false, says the buffer is free again.
+  bool lost = false;
 };
 
 class IoQueue {
@@ -168,6 +188,9 @@ class IoQueue {
 
   // Thread safe: interrupts a wait() blocked in another thread.
   void wake() { engine_->wake(); }
+
+  // Ok, or why the queue refuses further work.
+  const Status& status() const;
 
   std::size_t pending() const;  // accepted and not yet returned by wait()
   std::size_t free_slots() const;

@@ -27,6 +27,16 @@
 // slots free up. A write's key switches to the new value when the write is
 // reaped (at the latest in wait()): wait for it before reading the key.
 //
+// Lost requests: a request without a completion for completion_timeout is
+// cancelled; one still without a completion a timeout later is lost (see
+// IoQueue). Its operation fails, but the kernel may still read or write the
+// buffer, so the store quarantines it: a read or write on a buffer that
+// overlaps it is refused (kFailedPrecondition, naming the lost request),
+// a failed write's extents stay allocated, and stats().quarantined_bytes
+// counts it, until the kernel returns the request; the store goes on with
+// the rest of its queue slots meanwhile. The caller must not reuse or free
+// a buffer while stats().quarantined_bytes says one is held.
+//
 // Thread safety: every method may be called from any thread.
 // Buffers: data.data() is kIoAlignment-aligned, and the memory from data.data()
 // up to align_up(data.size(), kIoAlignment) is readable (write) or writable
@@ -102,9 +112,10 @@ struct SwapStats {
   std::uint64_t bytes_written = 0;
   std::uint64_t read_ops = 0;
   std::uint64_t write_ops = 0;
-  std::uint64_t file_bytes = 0;  // allocated in the swap files, all paths
-  std::uint64_t live_bytes = 0;  // held by current extents
-  bool fixed_buffers = false;    // every lane takes registered buffers' fixed-buffer path
+  std::uint64_t file_bytes = 0;         // allocated in the swap files, all paths
+  std::uint64_t live_bytes = 0;         // held by current extents
+  std::uint64_t quarantined_bytes = 0;  // caller buffers held by lost requests (see below)
+  bool fixed_buffers = false;           // every lane takes registered buffers' fixed-buffer path
 };
 
 // When the store was busy since the last take_busy(): the union of the
