@@ -2,6 +2,14 @@
 
 set(ZINF_LAYERS "" CACHE INTERNAL "zinf library layers, bottom first")
 
+# The sanitizers every zinf target is built and linked with, if any.
+set(ZINF_SANITIZERS "")
+if(ZINF_SANITIZE)
+  set(ZINF_SANITIZERS -fsanitize=address,undefined)
+elseif(ZINF_TSAN)
+  set(ZINF_SANITIZERS -fsanitize=thread)
+endif()
+
 # zinf_apply_defaults(<target>): the language level, warnings and sanitizers
 # every zinf target (library, test, tool, bench) is built with.
 function(zinf_apply_defaults target)
@@ -16,9 +24,9 @@ function(zinf_apply_defaults target)
   if(ZINF_WERROR)
     target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Werror>)
   endif()
-  if(ZINF_SANITIZE)
-    target_compile_options(${target} PRIVATE -fsanitize=address,undefined -fno-omit-frame-pointer)
-    target_link_options(${target} PRIVATE -fsanitize=address,undefined)
+  if(ZINF_SANITIZERS)
+    target_compile_options(${target} PRIVATE ${ZINF_SANITIZERS} -fno-omit-frame-pointer)
+    target_link_options(${target} PRIVATE ${ZINF_SANITIZERS})
   endif()
   # libFuzzer's coverage instrumentation, so that the fuzz targets see the
   # branches of the layers they link; an undefined-behaviour report then
@@ -40,8 +48,8 @@ function(zinf_add_layer name)
     PUBLIC $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/include> $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>
     PRIVATE ${PROJECT_SOURCE_DIR}/src)
   zinf_apply_defaults(${target})
-  if(ZINF_SANITIZE)
-    target_link_options(${target} INTERFACE -fsanitize=address,undefined)
+  if(ZINF_SANITIZERS)
+    target_link_options(${target} INTERFACE ${ZINF_SANITIZERS})
   endif()
   install(TARGETS ${target} EXPORT zinfTargets)
   set(ZINF_LAYERS ${ZINF_LAYERS} ${target} CACHE INTERNAL "")

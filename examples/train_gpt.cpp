@@ -28,6 +28,7 @@
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <optional>
 #include <sstream>
 #include <zinf/common/logging.hpp>
@@ -141,22 +142,58 @@ json step_json(const zinf::StepReport& r, double loss) {
           {"comm_bytes", r.comm_bytes}};
 }
 
-// The loss curve as a few lines of text.
+// The loss curve as a few lines of text, at most 100 columns (each the mean
+// of its steps).
 void print_curve(const std::vector<double>& losses) {
   if (losses.size() < 2) return;
-  const auto [lo_it, hi_it] = std::minmax_element(losses.begin(), losses.end());
+  constexpr std::size_t kColumns = 100;
+  std::vector<double> columns;
+  const std::size_t per = (losses.size() + kColumns - 1) / kColumns;
+  for (std::size_t i = 0; i < losses.size(); i += per) {
+    const std::size_t end = std::min(losses.size(), i + per);
+    columns.push_back(std::accumulate(losses.begin() + static_cast<std::ptrdiff_t>(i),
+                                      losses.begin() + static_cast<std::ptrdiff_t>(end), 0.0) /
+                      static_cast<double>(end - i));
+  }
+  const auto [lo_it, hi_it] = std::minmax_element(columns.begin(), columns.end());
   const double lo = *lo_it, hi = *hi_it, span = hi - lo > 0 ? hi - lo : 1;
   constexpr int kRows = 8;
-  std::printf("loss curve (%.4f .. %.4f over %zu steps)\n", lo, hi, losses.size());
+  std::printf("loss curve (%.4f .. %.4f over %zu steps%s)\n", lo, hi, losses.size(),
+              per > 1 ? (", " + std::to_string(per) + " a column").c_str() : "");
   for (int row = kRows - 1; row >= 0; --row) {
     std::string line;
-    for (double l : losses) line += (l - lo) / span * (kRows - 1) >= row - 0.5 ? '#' : ' ';
+    for (double l : columns) line += (l - lo) / span * (kRows - 1) >= row - 0.5 ? '#' : ' ';
     std::printf("  %8.4f |%s\n", lo + span * row / (kRows - 1), line.c_str());
   }
 }
 
+// What a run recorded. Every step's numbers go into running means (over the
+// steps after the first, which records the trace); the steps themselves are
+// kept only for --json, so a long run's memory does not grow with its steps
+// (but for the losses, 8 bytes a step, for the curve).
 struct Run {
-  std::vector<json> steps;
+  explicit Run(bool keep) : keep_steps(keep) {}
+
+  void add(json step) {
+    if (recorded++ == 0) {
+      first = step;
+    } else {
+      for (const auto& [key, value] : step.items()) {
+        if (value.is_number()) sums[key] = sums.value(key, 0.0) + value.get<double>();
+      }
+    }
+    if (keep_steps) steps.push_back(std::move(step));
+  }
+  double mean(const char* key) const {
+    return recorded > 1 ? sums.value(key, 0.0) / static_cast<double>(recorded - 1)
+                        : first.value(key, 0.0);
+  }
+
+  bool keep_steps;
+  std::vector<json> steps;  // with keep_steps
+  std::size_t recorded = 0;
+  json first;
+  json sums = json::object();
   std::vector<double> losses;
   double tokens_per_s = 0;  // of the whole job
   int world_size = 1;
@@ -235,7 +272,7 @@ Run train_engine(const Args& a, zinf::Config cfg, const std::string& text) {
     std::printf("train_gpt: resumed from %s at step %d\n", a.checkpoint_dir.c_str(), start);
   }
   const int ran = std::max(a.steps - start, 0);
-  Run run;
+  Run run(!a.json_path.empty());
   double total = 0;
   for (int s = start; s < a.steps; ++s) {
     double loss_sum = 0;
@@ -260,7 +297,7 @@ Run train_engine(const Args& a, zinf::Config cfg, const std::string& text) {
         remove_old_checkpoints(a.checkpoint_dir, a.checkpoint_keep);
       step["checkpoint_s"] = seconds_since(t0);  // what the checkpoint added to this step
     }
-    run.steps.push_back(std::move(step));
+    run.add(std::move(step));
     if ((s + 1) % a.print_every == 0 || s + 1 == a.steps) {
       const auto [stage, busy] = busiest(r);
       std::printf(
@@ -326,7 +363,7 @@ Run train_reference(const Args& a, const zinf::Config& cfg, const std::string& t
   auto sync = [&] {
     if (cuda) torch::cuda::synchronize();
   };
-  Run run;
+  Run run(!a.json_path.empty());
   double total = 0;
   for (int s = 0; s < a.steps; ++s) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -358,7 +395,7 @@ Run train_reference(const Args& a, const zinf::Config& cfg, const std::string& t
     r.wall_s = seconds_since(t0);
     const double loss = loss_sum / gas;
     run.losses.push_back(loss);
-    run.steps.push_back(step_json(r, loss));
+    run.add(step_json(r, loss));
     if (s > 0 || a.steps == 1) total += r.wall_s;
     if ((s + 1) % a.print_every == 0 || s + 1 == a.steps) {
       std::printf("step %4d  loss %.4f  wall %.3f s = fwd+bwd %.3f + step %.3f\n", s + 1, loss,
@@ -377,13 +414,9 @@ Run train_reference(const Args& a, const zinf::Config& cfg, const std::string& t
 // Means over the steps after the first (the first records the trace).
 void print_summary(const Args& a, const Run& run) {
   json mean = json::object();
-  const std::size_t first = run.steps.size() > 1 ? 1 : 0;
   for (const char* key : {"wall_s", "fwd_bwd_s", "step_s", "compute_s", "param_read_s", "h2d_s",
-                          "d2h_s", "stall_s", "cpu_adam_s", "optim_io_s"}) {
-    double sum = 0;
-    for (std::size_t i = first; i < run.steps.size(); ++i) sum += run.steps[i][key].get<double>();
-    mean[key] = sum / static_cast<double>(run.steps.size() - first);
-  }
+                          "d2h_s", "stall_s", "cpu_adam_s", "optim_io_s"})
+    mean[key] = run.mean(key);
   print_curve(run.losses);
   const double fb = mean["fwd_bwd_s"], st = mean["step_s"];
   std::printf(
@@ -406,24 +439,16 @@ void print_summary(const Args& a, const Run& run) {
     std::printf("LibTorch reference\n");
   }
   if (run.world_size > 1) {
-    double comm = 0, bytes = 0;
-    for (std::size_t i = first; i < run.steps.size(); ++i) {
-      comm += run.steps[i]["comm_s"].get<double>();
-      bytes += run.steps[i]["comm_bytes"].get<double>();
-    }
-    const auto n = static_cast<double>(run.steps.size() - first);
+    const double comm = run.mean("comm_s");
     std::printf("ranks: %d; collectives in flight %.3f s a step (%.0f%% of its wall), %s a step\n",
-                run.world_size, comm / n, 100 * comm / n / mean["wall_s"].get<double>(),
-                zinf::format_bytes(static_cast<std::uint64_t>(bytes / n)).c_str());
+                run.world_size, comm, 100 * comm / mean["wall_s"].get<double>(),
+                zinf::format_bytes(static_cast<std::uint64_t>(run.mean("comm_bytes"))).c_str());
   }
   const double flops = 6.0 * static_cast<double>(a.model.parameters()) * run.tokens_per_s;
   std::printf("throughput: %.1f tokens/s, %.3f TFLOPS (6 x parameters x tokens)", run.tokens_per_s,
               flops / 1e12);
   if (run.memory.contains("h2d_ideal_bytes") && run.memory["h2d_ideal_bytes"].get<double>() > 0) {
-    double h2d = 0;
-    for (std::size_t i = first; i < run.steps.size(); ++i)
-      h2d += run.steps[i]["h2d_bytes"].get<double>();
-    h2d /= static_cast<double>(run.steps.size() - first);
+    const double h2d = run.mean("h2d_bytes");
     std::printf(
         "; to the device %s a step, %.2fx the ideal (each unit once forward, once backward)",
         zinf::format_bytes(static_cast<std::uint64_t>(h2d)).c_str(),

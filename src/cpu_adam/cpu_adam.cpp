@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "common/sanitizer.hpp"
 #include "cpu_adam/kernels.hpp"
 #include "zinf/common/cpu_features.hpp"
 #include "zinf/common/logging.hpp"
@@ -228,11 +229,18 @@ Result<Isa> isa_from_environment() {
 struct Executor::Impl {
   Impl(int n, Isa i) : threads(n), isa(i), kernels(kernels_for(i)), arena(n) {}
 
+  // Whether [0, count) is worth splitting over the arena. Never under
+  // ThreadSanitizer: oneTBB's scheduler hands tasks over inside its own,
+  // uninstrumented library, so TSan would see every tile as a race.
+  bool parallel(std::size_t count) const {
+    return threads > 1 && count >= kParallelThreshold && !kThreadSanitizer;
+  }
+
   // Runs fn(begin, end) over [0, count) in tiles, in parallel when worth it.
   template <typename Fn>
   void for_tiles(std::size_t count, Fn&& fn) {
     const std::size_t tiles = (count + kTile - 1) / kTile;
-    if (threads == 1 || count < kParallelThreshold) {
+    if (!parallel(count)) {
       fn(std::size_t{0}, count);
       return;
     }
@@ -336,7 +344,7 @@ Result<GradStats> Executor::grad_stats(const void* grads, Dtype dtype, std::size
     }
     return s;
   };
-  if (impl_->threads == 1 || count < kParallelThreshold) return range_stats(0, count);
+  if (!impl_->parallel(count)) return range_stats(0, count);
   const std::size_t tiles = (count + kTile - 1) / kTile;
   GradStats total;
   impl_->arena.execute([&] {
