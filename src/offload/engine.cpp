@@ -1347,6 +1347,7 @@ class EngineImpl::HomeWriter {
     if (part.home == Home::kHost) return Status::ok();
     Pending p;
     p.lease = std::move(lease_);
+    p.partition = index;
     current_ = kNone;
     if (part.home == Home::kNvme) {
       ZINF_ASSIGN_OR_RETURN(auto ticket,
@@ -1380,6 +1381,7 @@ class EngineImpl::HomeWriter {
  private:
   struct Pending {
     std::shared_ptr<Lease> lease;
+    std::size_t partition = 0;
     std::optional<swap::SwapTicket> ticket;
     gpu::EventPtr event;
   };
@@ -1396,7 +1398,9 @@ class EngineImpl::HomeWriter {
     pending_.pop_front();
     Status s = p.ticket ? e_.store_->nvme->wait(*p.ticket) : p.event->synchronize();
     waited_s_ += seconds(t0, SteadyClock::now());
-    return s;
+    if (s.is_ok()) return s;
+    return s.with_context("writing back the updated parameters of partition '" +
+                          e_.partitions_[p.partition].key + "'");
   }
 
   EngineImpl& e_;

@@ -187,9 +187,10 @@ class NvmeTier final : public StateTier {
       auto* b = reinterpret_cast<std::byte*>(buffer(set, s));
       const std::span<std::byte> data{b, pieces_[i].count * sizeof(float)};
       auto t = is_read ? store_->read(key(i, s, slot), data) : store_->write(key(i, s, slot), data);
-      if (!t.is_ok()) return t.status();
+      if (!t.is_ok()) return t.status().with_context(direction(is_read));
       pending_[set].push_back(*t);
     }
+    reading_[set] = is_read;
     return Status::ok();
   }
   Status read(std::size_t i, int set, int slot) { return start(i, set, slot, true); }
@@ -203,17 +204,22 @@ class NvmeTier final : public StateTier {
       if (first.is_ok() && !s.is_ok()) first = std::move(s);
     }
     pending_[set].clear();
-    return first;
+    return first.is_ok() ? first : first.with_context(direction(reading_[set]));
   }
 
   TierShape shape_;
   std::vector<Piece> pieces_;
   std::vector<int> slot_;  // the current slot of each piece
-  std::unique_ptr<swap::SwapStore> store_;
   std::unique_ptr<gpu::PinnedPool> pool_;
+  std::unique_ptr<swap::SwapStore> store_;  // after the pool: destroyed first, see register_buffers
   std::vector<gpu::PinnedPool::Lease> buffers_;  // all of the pool, for the tier's lifetime
   std::size_t array_bytes_ = 0;
   std::vector<swap::SwapTicket> pending_[kSets];
+  bool reading_[kSets] = {};  // what the set's pending transfers are
+
+  static const char* direction(bool is_read) {
+    return is_read ? "reading the optimizer state" : "writing the optimizer state";
+  }
   Worker helper_;  // last: joined before the store and buffers go
 };
 
