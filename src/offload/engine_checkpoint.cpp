@@ -34,6 +34,7 @@
 #include "offload/checkpoint_file.hpp"
 #include "offload/engine_impl.hpp"
 #include "swap/crc32c.hpp"
+#include "swap/engines.hpp"
 #include "zinf/common/logging.hpp"
 #include "zinf/swap/file.hpp"
 
@@ -163,6 +164,36 @@ std::string shape_text(const std::vector<std::int64_t>& shape, const std::string
   return dtype + "[" + dims + "]";
 }
 
+// The state file's writes go through the swap layer's error policy (short
+// writes continued, EINTR retried, every error naming the file, offset and
+// errno) on the pread/pwrite engine, and through the fault injector when
+// EngineOptions::checkpoint_fault asks.
+Result<std::unique_ptr<swap::IoQueue>> state_writer(int fd, const fs::path& path,
+                                                    std::optional<swap::FaultSpec> fault) {
+  swap::IoEngineOptions options;
+  options.queue_depth = 1;
+  ZINF_ASSIGN_OR_RETURN(std::unique_ptr<swap::IoEngine> engine, swap::make_psync_engine(options));
+  if (fault) engine = swap::make_fault_injecting_engine(std::move(engine), *fault);
+  ZINF_RETURN_IF_ERROR(engine->add_file(fd, path.string()).status());
+  return std::make_unique<swap::IoQueue>(std::move(engine));
+}
+
+Status write_at(swap::IoQueue& queue, const std::byte* data, std::uint64_t bytes,
+                std::uint64_t offset) {
+  constexpr std::uint64_t kMaxRequest = 1u << 30;
+  for (std::uint64_t done = 0; done < bytes;) {
+    const auto length = static_cast<std::uint32_t>(std::min(kMaxRequest, bytes - done));
+    const swap::IoRequest r{
+        swap::IoOp::kWrite, 0, offset + done, const_cast<std::byte*>(data + done), length, 0};
+    ZINF_RETURN_IF_ERROR(queue.submit({&r, 1}).status());
+    swap::IoResult result;
+    ZINF_RETURN_IF_ERROR(queue.wait({&result, 1}, 1).status());
+    ZINF_RETURN_IF_ERROR(result.status);
+    done += length;
+  }
+  return Status::ok();
+}
+
 }  // namespace
 
 void EngineImpl::save_checkpoint(const fs::path& dir, std::string tag) {
@@ -286,20 +317,19 @@ void EngineImpl::save_checkpoint(const fs::path& dir, std::string tag) {
 Status EngineImpl::write_state(const fs::path& path, std::vector<std::uint32_t>& crcs) {
   swap::FileDescriptor fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (!fd.valid()) return Status::from_errno(errno, "cannot create " + path.string());
-  ZINF_RETURN_IF_ERROR(tier_->read([&](Piece& piece) -> Status {
+  ZINF_ASSIGN_OR_RETURN(auto queue,
+                        state_writer(fd.get(), path, std::exchange(options_.checkpoint_fault, {})));
+  Status s = tier_->read([&](Piece& piece) -> Status {
     for (int k = 0; k < num_states_; ++k) {
       const std::size_t bytes = piece.count * sizeof(float);
-      const auto offset = static_cast<off_t>((k * own_elements_ + piece.begin) * sizeof(float));
+      const std::uint64_t offset = (k * own_elements_ + piece.begin) * sizeof(float);
       const auto* data = reinterpret_cast<const std::byte*>(piece.state[k]);
       crcs[k] = swap::crc32c({data, bytes}, crcs[k]);
-      for (std::size_t done = 0; done < bytes;) {
-        const ssize_t n = ::pwrite(fd.get(), data + done, bytes - done, offset + done);
-        if (n < 0) return Status::from_errno(errno, "cannot write " + path.string());
-        done += static_cast<std::size_t>(n);
-      }
+      ZINF_RETURN_IF_ERROR(write_at(*queue, data, bytes, offset));
     }
     return Status::ok();
-  }));
+  });
+  if (!s.is_ok()) return s.with_context("writing the checkpoint's state");
   if (::fsync(fd.get()) != 0) return Status::from_errno(errno, "cannot fsync " + path.string());
   return Status::ok();
 }

@@ -1,4 +1,5 @@
-// The concrete raw engines (private to the swap layer). Each reports what the
+// The concrete raw engines (private to zinf: the swap layer, and the
+// checkpoint writer, which runs plain-file writes through IoQueue). Each reports what the
 // kernel said; IoQueue applies the policy. See include/zinf/swap/io_engine.hpp.
 #pragma once
 

@@ -903,6 +903,66 @@ INSTANTIATE_TEST_SUITE_P(
                       FaultCase{"optimizer", swap::FaultKind::kShort, ""}),
     fault_case_name);
 
+// Faults in the checkpoint's own writes (the state file, through IoQueue):
+// EIO and ENOSPC fail the save naming it and the file, leave no folder and
+// no `latest`, and the next save is whole; short writes are continued.
+class CheckpointWriteFaults : public ::testing::TestWithParam<swap::FaultKind> {};
+
+TEST_P(CheckpointWriteFaults, FailTheSaveAloneAndTheNextIsWhole) {
+  const swap::FaultKind kind = GetParam();
+  ScratchDir dir;
+  const auto o = small_gpt();
+  Homes s;
+  s.optim = "nvme";
+  const Config cfg = parse(config_json(s, dir.path().string()));
+  const Trace clean = train_engine(o, cfg, 2, false);
+  int failed = 0;
+  for (std::uint64_t nth = 1; nth <= 90; nth += 8) {
+    EngineOptions eo;
+    swap::FaultSpec fault;
+    fault.kind = kind;
+    fault.nth = nth;
+    eo.checkpoint_fault = fault;
+    Engine<gpt::GPT> engine(build(o, cfg, false), cfg, eo);
+    for (std::uint64_t k = 0; k < 2; ++k) micro_step(engine, o, k);
+    const auto ckpt = dir.path() / ("ckpt" + std::to_string(nth));
+    try {
+      engine.save_checkpoint(ckpt, "t");
+      EXPECT_EQ(kind, swap::FaultKind::kShort) << "fault " << nth << " did not fail the save";
+    } catch (const Error& e) {
+      ++failed;
+      const std::string what = e.what();
+      EXPECT_NE(kind, swap::FaultKind::kShort) << what;
+      EXPECT_NE(what.find("save_checkpoint"), std::string::npos) << what;
+      EXPECT_NE(what.find("rank0.state"), std::string::npos) << what;
+      EXPECT_NE(what.find(kind == swap::FaultKind::kEio ? "Input/output error"
+                                                        : "No space left on device"),
+                std::string::npos)
+          << what;
+      EXPECT_FALSE(std::filesystem::exists(ckpt / "t")) << what;
+      EXPECT_FALSE(std::filesystem::exists(ckpt / "latest")) << what;
+      engine.save_checkpoint(ckpt, "t");  // the fault was the next save's only
+    }
+    Engine<gpt::GPT> fresh(build(o, cfg, false), cfg);
+    fresh.load_checkpoint(ckpt, "t");
+    const auto loaded = parameters(fresh);
+    for (const auto& [name, value] : clean.last)
+      ASSERT_TRUE(torch::equal(value, loaded.at(name))) << "fault " << nth << ": " << name;
+  }
+  if (kind != swap::FaultKind::kShort) {
+    EXPECT_GT(failed, 5) << "too few faults landed in the saves";
+  }
+}
+
+std::string fault_kind_name(const ::testing::TestParamInfo<swap::FaultKind>& info) {
+  return fault_case_name({FaultCase{"write", info.param, ""}, info.index});
+}
+
+INSTANTIATE_TEST_SUITE_P(Kinds, CheckpointWriteFaults,
+                         ::testing::Values(swap::FaultKind::kEio, swap::FaultKind::kEnospc,
+                                           swap::FaultKind::kShort),
+                         fault_kind_name);
+
 // A model that calls its unit's module directly, bypassing the holder.
 struct BypassImpl : torch::nn::Module {
   explicit BypassImpl(const gpt::Options& o) {

@@ -75,6 +75,8 @@ struct EngineOptions {
   std::optional<std::uint64_t> device_budget;      // overrides zinf.device_budget (bytes)
   std::optional<swap::FaultSpec> param_fault;      // injected on the parameter swap store
   std::optional<swap::FaultSpec> optimizer_fault;  // and on the optimizer's
+  // And on the state-file writes of the next save_checkpoint (that one only).
+  std::optional<swap::FaultSpec> checkpoint_fault;
 };
 
 // One optimizer step: its micro-steps' forwards and backwards, then the
