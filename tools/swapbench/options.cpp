@@ -3,8 +3,8 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <charconv>
-#include <functional>
 #include <map>
 
 namespace zinf::swapbench {
@@ -81,122 +81,134 @@ Result<std::uint64_t> parse_size(std::string_view text) {
   return v * multiplier;
 }
 
+namespace {
+
+// The flags' texts, parsed into Options after CLI11 has split the command
+// line, so that every value error names its flag in zinf's words.
+struct Texts {
+  std::vector<std::string> paths;
+  std::string size, block_size, queue_depth, threads, loops, backend, op;
+  std::string sweep_block_sizes, sweep_queue_depths;
+};
+
+void describe(CLI::App& app, Options& o, Texts& t) {
+  app.description(
+      "Measures NVMe throughput through zinf's own I/O stack (SwapStore, O_DIRECT).\n"
+      "With no flags: a short run in a temporary directory under the current one.");
+  app.add_option("--path", t.paths, "swap directory (repeat to stripe over several)")
+      ->type_name("DIR");
+  struct Valued {
+    const char* flag;
+    std::string* text;
+    const char* type;
+    const char* help;
+  };
+  const Valued valued[] = {
+      {"--size", &t.size, "N", "bytes written and read per loop (K/M/G suffixes; default 256M)"},
+      {"--block-size", &t.block_size, "N", "bytes per request and extent (default 1M)"},
+      {"--queue-depth", &t.queue_depth, "N", "requests in flight per thread (default 32)"},
+      {"--threads", &t.threads, "N", "I/O threads, aio.intra_op_parallelism (default 1)"},
+      {"--backend", &t.backend, "B", "io_uring, libaio, psync or all (default: all available)"},
+      {"--op", &t.op, "O",
+       "read, write, both, or mixed: reads and writes at once, half the data each (default "
+       "both)"},
+      {"--loops", &t.loops, "N", "repetitions (default 1)"},
+      {"--sweep-block-sizes", &t.sweep_block_sizes, "L",
+       "comma-separated sizes (default 128K,256K,1M,4M)"},
+      {"--sweep-queue-depths", &t.sweep_queue_depths, "L",
+       "comma-separated depths (default 1,4,8,16,32,64)"},
+      {"--csv", &o.csv, "FILE", "sweep output (default swapbench-sweep.csv)"},
+      {"--svg", &o.svg, "FILE", "sweep output (default swapbench-sweep.svg)"},
+      {"--emit-config", &o.emit_config, "FILE", "with --tune: write that block as a config file"},
+  };
+  for (const Valued& v : valued) app.add_option(v.flag, *v.text, v.help)->type_name(v.type);
+  struct Switch {
+    const char* flag;
+    bool* value;
+    const char* help;
+  };
+  const Switch switches[] = {
+      {"--checksum", &o.checksum, "CRC32C on every extent; verified reads leave the CPU caches"},
+      {"--sqpoll", &o.sqpoll, "io_uring kernel submission polling (zinf.sqpoll)"},
+      {"--verify", &o.verify, "check the data read back"},
+      {"--json", &o.json, "one JSON object on stdout"},
+      {"--sweep", &o.sweep, "block sizes x queue depths x backends; writes --csv and --svg"},
+      {"--tune", &o.tune, "sweep, then print the best read/write and the DeepSpeed \"aio\" block"},
+  };
+  for (const Switch& w : switches) app.add_flag(w.flag, *w.value, w.help);
+}
+
+Status apply(const Texts& t, Options& o) {
+  auto size_into = [](std::string_view flag, const std::string& text,
+                      std::uint64_t& out) -> Status {
+    if (text.empty()) return Status::ok();
+    auto s = parse_size(text);
+    if (!s.is_ok()) return flag_error(flag, s.status().message());
+    out = *s;
+    return Status::ok();
+  };
+  auto count_into = [](std::string_view flag, const std::string& text,
+                       std::uint32_t& out) -> Status {
+    if (text.empty()) return Status::ok();
+    ZINF_ASSIGN_OR_RETURN(std::uint64_t n, parse_count(flag, text));
+    if (n > 65536) return flag_error(flag, "at most 65536, got " + text);
+    out = static_cast<std::uint32_t>(n);
+    return Status::ok();
+  };
+  o.paths.assign(t.paths.begin(), t.paths.end());
+  ZINF_RETURN_IF_ERROR(size_into("--size", t.size, o.size));
+  ZINF_RETURN_IF_ERROR(size_into("--block-size", t.block_size, o.block_size));
+  ZINF_RETURN_IF_ERROR(count_into("--queue-depth", t.queue_depth, o.queue_depth));
+  ZINF_RETURN_IF_ERROR(count_into("--threads", t.threads, o.threads));
+  ZINF_RETURN_IF_ERROR(count_into("--loops", t.loops, o.loops));
+  if (!t.backend.empty() && t.backend != "all") {
+    auto b = parse_io_backend(t.backend);
+    if (!b.is_ok() || *b == IoBackend::kAuto) {
+      return flag_error("--backend",
+                        "expected io_uring, libaio, psync or all, got '" + t.backend + "'");
+    }
+    o.backends = {*b};
+  }
+  if (!t.op.empty()) {
+    const std::map<std::string, std::vector<Op>> ops = {{"read", {Op::kRead}},
+                                                        {"write", {Op::kWrite}},
+                                                        {"both", {Op::kWrite, Op::kRead}},
+                                                        {"mixed", {Op::kMixed}}};
+    auto it = ops.find(t.op);
+    if (it == ops.end())
+      return flag_error("--op", "expected read, write, both or mixed, got '" + t.op + "'");
+    o.ops = it->second;
+  }
+  if (!t.sweep_block_sizes.empty()) {
+    ZINF_ASSIGN_OR_RETURN(
+        o.sweep_block_sizes,
+        parse_list<std::uint64_t>("--sweep-block-sizes", t.sweep_block_sizes, parse_size));
+  }
+  if (!t.sweep_queue_depths.empty()) {
+    ZINF_ASSIGN_OR_RETURN(o.sweep_queue_depths,
+                          parse_list<std::uint32_t>(
+                              "--sweep-queue-depths", t.sweep_queue_depths,
+                              [](std::string_view v) { return parse_count("queue depth", v); }));
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
 Result<Options> parse_options(int argc, const char* const* argv) {
   Options o;
-  using Handler = std::function<Status(std::string_view)>;
-  auto size_into = [](std::string_view flag, std::uint64_t& out) {
-    return [flag, &out](std::string_view v) -> Status {
-      auto s = parse_size(v);
-      if (!s.is_ok()) return flag_error(flag, s.status().message());
-      out = *s;
-      return Status::ok();
-    };
-  };
-  auto count_into = [](std::string_view flag, std::uint32_t& out) {
-    return [flag, &out](std::string_view v) -> Status {
-      ZINF_ASSIGN_OR_RETURN(std::uint64_t n, parse_count(flag, v));
-      if (n > 65536) return flag_error(flag, "at most 65536, got " + std::string(v));
-      out = static_cast<std::uint32_t>(n);
-      return Status::ok();
-    };
-  };
-  const std::map<std::string_view, Handler> with_value = {
-      {"--path",
-       [&](std::string_view v) {
-         o.paths.emplace_back(v);
-         return Status::ok();
-       }},
-      {"--size", size_into("--size", o.size)},
-      {"--block-size", size_into("--block-size", o.block_size)},
-      {"--queue-depth", count_into("--queue-depth", o.queue_depth)},
-      {"--threads", count_into("--threads", o.threads)},
-      {"--loops", count_into("--loops", o.loops)},
-      {"--backend",
-       [&](std::string_view v) -> Status {
-         if (v == "all") return Status::ok();
-         auto b = parse_io_backend(v);
-         if (!b.is_ok() || *b == IoBackend::kAuto) {
-           return flag_error("--backend", "expected io_uring, libaio, psync or all, got '" +
-                                              std::string(v) + "'");
-         }
-         o.backends = {*b};
-         return Status::ok();
-       }},
-      {"--op",
-       [&](std::string_view v) -> Status {
-         if (v == "read") {
-           o.ops = {Op::kRead};
-         } else if (v == "write") {
-           o.ops = {Op::kWrite};
-         } else if (v == "both") {
-           o.ops = {Op::kWrite, Op::kRead};
-         } else if (v == "mixed") {
-           o.ops = {Op::kMixed};
-         } else {
-           return flag_error("--op",
-                             "expected read, write, both or mixed, got '" + std::string(v) + "'");
-         }
-         return Status::ok();
-       }},
-      {"--emit-config",
-       [&](std::string_view v) {
-         o.emit_config = v;
-         return Status::ok();
-       }},
-      {"--csv",
-       [&](std::string_view v) {
-         o.csv = v;
-         return Status::ok();
-       }},
-      {"--svg",
-       [&](std::string_view v) {
-         o.svg = v;
-         return Status::ok();
-       }},
-      {"--sweep-block-sizes",
-       [&](std::string_view v) -> Status {
-         ZINF_ASSIGN_OR_RETURN(o.sweep_block_sizes,
-                               parse_list<std::uint64_t>("--sweep-block-sizes", v, parse_size));
-         return Status::ok();
-       }},
-      {"--sweep-queue-depths",
-       [&](std::string_view v) -> Status {
-         ZINF_ASSIGN_OR_RETURN(
-             o.sweep_queue_depths,
-             parse_list<std::uint32_t>("--sweep-queue-depths", v, [](std::string_view s) {
-               return parse_count("queue depth", s);
-             }));
-         return Status::ok();
-       }},
-  };
-  const std::map<std::string_view, bool*> switches = {
-      {"--checksum", &o.checksum}, {"--verify", &o.verify}, {"--json", &o.json},
-      {"--sweep", &o.sweep},       {"--tune", &o.tune},     {"--help", &o.help},
-      {"--sqpoll", &o.sqpoll},
-  };
-  for (int i = 1; i < argc; ++i) {
-    std::string_view arg = argv[i];
-    std::string_view value;
-    bool has_value = false;
-    if (const auto eq = arg.find('='); eq != std::string_view::npos && arg.starts_with("--")) {
-      value = arg.substr(eq + 1);
-      arg = arg.substr(0, eq);
-      has_value = true;
-    }
-    if (auto s = switches.find(arg); s != switches.end()) {
-      if (has_value) return flag_error(arg, "takes no value");
-      *s->second = true;
-      continue;
-    }
-    auto h = with_value.find(arg);
-    if (h == with_value.end())
-      return Status::invalid_argument("unknown flag '" + std::string(arg) + "'");
-    if (!has_value) {
-      if (i + 1 >= argc) return flag_error(arg, "needs a value");
-      value = argv[++i];
-    }
-    ZINF_RETURN_IF_ERROR(h->second(value));
+  Texts t;
+  CLI::App app{"swapbench", "swapbench"};
+  describe(app, o, t);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    o.help = true;
+    return o;
+  } catch (const CLI::ParseError& e) {
+    return Status::invalid_argument(e.what());
   }
+  ZINF_RETURN_IF_ERROR(apply(t, o));
   ZINF_RETURN_IF_ERROR(check_block_size("--block-size", o.block_size));
   for (std::uint64_t bs : o.sweep_block_sizes)
     ZINF_RETURN_IF_ERROR(check_block_size("--sweep-block-sizes", bs));
@@ -240,30 +252,11 @@ Status check_paths(const std::vector<std::filesystem::path>& paths, std::uint64_
 }
 
 std::string usage() {
-  return R"(usage: swapbench [flags]
-Measures NVMe throughput through zinf's own I/O stack (SwapStore, O_DIRECT).
-With no flags: a short run in a temporary directory under the current one.
-
-  --path DIR            swap directory (repeat to stripe over several)
-  --size N              bytes written and read per loop (K/M/G suffixes; default 256M)
-  --block-size N        bytes per request and extent (default 1M)
-  --queue-depth N       requests in flight per thread (default 32)
-  --threads N           I/O threads, aio.intra_op_parallelism (default 1)
-  --backend B           io_uring, libaio, psync or all (default: all available)
-  --op O                read, write, both, or mixed: reads and writes at once,
-                        half the data each (default both)
-  --loops N             repetitions (default 1)
-  --checksum            CRC32C on every extent; verified reads leave the CPU caches
-  --sqpoll              io_uring kernel submission polling (zinf.sqpoll)
-  --verify              check the data read back
-  --json                one JSON object on stdout
-  --sweep               block sizes x queue depths x backends; writes --csv and --svg
-  --sweep-block-sizes L comma-separated sizes (default 128K,256K,1M,4M)
-  --sweep-queue-depths L comma-separated depths (default 1,4,8,16,32,64)
-  --csv FILE, --svg FILE  sweep outputs (default swapbench-sweep.csv/.svg)
-  --tune                sweep, then print the best read/write and the DeepSpeed "aio" block
-  --emit-config FILE    with --tune: write that block as a config file
-)";
+  Options o;
+  Texts t;
+  CLI::App app{"swapbench", "swapbench"};
+  describe(app, o, t);
+  return app.help();
 }
 
 }  // namespace zinf::swapbench
