@@ -10,6 +10,7 @@ packages=(
   libtorch-dev libopenblas0-pthread
   libgloo-dev libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev
   fio
+  gnuplot-nox   # tools/zinf-report
   clang libclang-rt-14-dev   # the fuzz preset (clang-14's libFuzzer runtime is in the second)
 )
 

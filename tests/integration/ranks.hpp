@@ -8,33 +8,16 @@
 #pragma once
 
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
 
+#include "run_shell.hpp"
+
 namespace zinf::test {
 
 inline bool in_rank() { return std::getenv("ZINF_TEST_IN_RANK") != nullptr; }
-
-struct Job {
-  int status = -1;     // zinf-launch's exit status
-  std::string output;  // everything it printed, stdout and stderr
-};
-
-// Runs `command` through the shell; its status and output.
-inline Job run_shell(const std::string& command) {
-  Job job;
-  FILE* p = popen((command + " 2>&1").c_str(), "r");
-  if (p == nullptr) return job;
-  char buf[4096];
-  for (std::size_t n; (n = fread(buf, 1, sizeof(buf), p)) > 0;) job.output.append(buf, n);
-  const int w = pclose(p);
-  job.status = WIFEXITED(w) ? WEXITSTATUS(w) : 128 + WTERMSIG(w);
-  return job;
-}
 
 // `ranks` copies of this binary, running only `test` (a gtest filter), under
 // zinf-launch, with `env` ("K=V ...") added.

@@ -25,6 +25,7 @@
 
 #include "common/sanitizer.hpp"
 #include "gpt/model.hpp"
+#include "run_shell.hpp"
 #include "swap/swap_test_util.hpp"
 #include "zinf/common/aligned.hpp"
 #include "zinf/zinf.hpp"
@@ -523,13 +524,8 @@ TEST(EngineTest, ZinfCkptInspectsVerifiesAndConsolidates) {
   const auto ckpt = dir.path() / "ckpt";
   engine.save_checkpoint(ckpt);
   auto run = [](const std::string& args) {
-    std::string out;
-    FILE* pipe = ::popen((std::string(ZINF_CKPT_PATH) + " " + args + " 2>&1").c_str(), "r");
-    char buf[4096];
-    std::size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
-    const int status = ::pclose(pipe);
-    return std::pair{WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+    const auto job = test::run_shell(std::string(ZINF_CKPT_PATH) + " " + args);
+    return std::pair{job.status, job.output};
   };
   auto [inspect_status, inspected] = run("inspect " + ckpt.string());
   EXPECT_EQ(inspect_status, 0) << inspected;

@@ -2,9 +2,7 @@
 // end (tiny sizes) for --json, --verify, --tune --emit-config and the default.
 #include <gtest/gtest.h>
 #include <stdlib.h>
-#include <sys/wait.h>
 
-#include <array>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -12,6 +10,7 @@
 
 #include "options.hpp"
 #include "report.hpp"
+#include "run_shell.hpp"
 #include "zinf/common/config.hpp"
 
 namespace zinf::swapbench {
@@ -132,14 +131,9 @@ TEST(SwapbenchReportTest, SvgHasAxesAndOnePolylinePerSeries) {
 
 // Runs the real binary with `args` in `cwd`; returns (exit code, stdout).
 std::pair<int, std::string> run_swapbench(const std::string& args, const std::string& cwd) {
-  const std::string cmd =
-      "cd '" + cwd + "' && ZINF_LOG=warn '" + SWAPBENCH_PATH + "' " + args + " 2>/dev/null";
-  FILE* pipe = ::popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  while (std::size_t n = std::fread(buf.data(), 1, buf.size(), pipe)) out.append(buf.data(), n);
-  const int status = ::pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+  const auto job = zinf::test::run_shell("(cd '" + cwd + "' && ZINF_LOG=warn '" + SWAPBENCH_PATH +
+                                         "' " + args + " 2>/dev/null)");
+  return {job.status, job.output};
 }
 
 class SwapbenchBinaryTest : public ::testing::Test {
