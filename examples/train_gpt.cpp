@@ -35,6 +35,7 @@
 #include <zinf/zinf.hpp>
 
 #include "gpt/model.hpp"
+#include "progress.hpp"
 
 namespace {
 
@@ -274,6 +275,9 @@ Run train_engine(const Args& a, zinf::Config cfg, const std::string& text) {
   const int ran = std::max(a.steps - start, 0);
   Run run(!a.json_path.empty());
   double total = 0;
+  const double tokens_per_step = static_cast<double>(gas) * a.batch * world * a.model.seq;
+  zinf::tools::ProgressLine progress;  // on a terminal, rank 0's
+  const bool show_progress = progress.tty() && engine.rank() == 0;
   for (int s = start; s < a.steps; ++s) {
     double loss_sum = 0;
     for (int micro = 0; micro < gas; ++micro) {
@@ -300,17 +304,26 @@ Run train_engine(const Args& a, zinf::Config cfg, const std::string& text) {
     run.add(std::move(step));
     if ((s + 1) % a.print_every == 0 || s + 1 == a.steps) {
       const auto [stage, busy] = busiest(r);
+      progress.clear();
       std::printf(
-          "step %4llu  loss %.4f  wall %.3f s = fwd+bwd %.3f + step %.3f | busiest %s "
-          "%.3f s | stall %.3f s%s\n",
-          static_cast<unsigned long long>(r.step), loss, r.wall_s, r.fwd_bwd_s, r.step_s, stage,
-          busy, r.stall_s, r.skipped ? " | skipped (inf/nan)" : "");
+          "step %4llu  loss %.4f  %.0f tokens/s  wall %.3f s = fwd+bwd %.3f + step %.3f | "
+          "busiest %s %.3f s | stall %.3f s%s\n",
+          static_cast<unsigned long long>(r.step), loss, tokens_per_step / r.wall_s, r.wall_s,
+          r.fwd_bwd_s, r.step_s, stage, busy, r.stall_s, r.skipped ? " | skipped (inf/nan)" : "");
       std::fflush(stdout);
     }
+    if (show_progress) {
+      const double mean_wall = run.mean("wall_s");
+      const auto eta = static_cast<long>(mean_wall * (a.steps - s - 1));
+      char what[96];
+      std::snprintf(what, sizeof what, "loss %.4f, %.0f tokens/s, ETA %ldm%02lds", loss,
+                    mean_wall > 0 ? tokens_per_step / mean_wall : 0.0, eta / 60, eta % 60);
+      progress.show(static_cast<std::size_t>(s + 1), static_cast<std::size_t>(a.steps), what);
+    }
   }
+  progress.clear();
   const int timed = ran > 1 ? ran - 1 : 1;
-  run.tokens_per_s =
-      total > 0 ? static_cast<double>(timed) * gas * a.batch * world * a.model.seq / total : 0.0;
+  run.tokens_per_s = total > 0 ? timed * tokens_per_step / total : 0.0;
   run.world_size = world;
   const zinf::MemoryReport m = engine.memory_report();
   run.memory = {{"device_budget_bytes", m.device_budget == UINT64_MAX ? 0 : m.device_budget},

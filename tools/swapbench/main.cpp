@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "options.hpp"
+#include "progress.hpp"
 #include "report.hpp"
 #include "runner.hpp"
 #include "zinf/common/logging.hpp"
@@ -80,13 +81,6 @@ RunConfig base_config(const Options& o, const std::vector<std::filesystem::path>
   return c;
 }
 
-void progress(std::size_t done, std::size_t total, const std::string& what) {
-  constexpr int kWidth = 30;
-  const int filled = static_cast<int>(kWidth * done / std::max<std::size_t>(total, 1));
-  std::cerr << "\r[" << std::string(filled, '#') << std::string(kWidth - filled, ' ') << "] "
-            << done << "/" << total << " " << what << "\033[K" << std::flush;
-}
-
 double harmonic(double a, double b) { return a > 0 && b > 0 ? 2 / (1 / a + 1 / b) : 0; }
 
 int sweep(const Options& o, const std::vector<std::filesystem::path>& paths,
@@ -95,6 +89,7 @@ int sweep(const Options& o, const std::vector<std::filesystem::path>& paths,
   const std::size_t total =
       o.sweep_block_sizes.size() * o.sweep_queue_depths.size() * backends.size();
   std::size_t done = 0;
+  tools::ProgressLine progress;
   for (IoBackend b : backends) {
     for (std::uint64_t bs : o.sweep_block_sizes) {
       for (std::uint32_t qd : o.sweep_queue_depths) {
@@ -103,12 +98,12 @@ int sweep(const Options& o, const std::vector<std::filesystem::path>& paths,
         c.block_size = bs;
         c.queue_depth = qd;
         c.size = std::max(o.size / bs * bs, bs);
-        progress(done, total,
-                 std::string(to_string(b)) + " block " + std::to_string(bs >> 10) + "K qd " +
-                     std::to_string(qd));
+        progress.show(done, total,
+                      std::string(to_string(b)) + " block " + std::to_string(bs >> 10) + "K qd " +
+                          std::to_string(qd));
         auto r = run(c);
         if (!r.is_ok()) {
-          std::cerr << "\n";
+          progress.clear();
           return run_error(r.status());
         }
         all.insert(all.end(), r->begin(), r->end());
@@ -116,8 +111,7 @@ int sweep(const Options& o, const std::vector<std::filesystem::path>& paths,
       }
     }
   }
-  progress(done, total, "done");
-  std::cerr << "\n";
+  progress.clear();
   std::ofstream(o.csv) << to_csv(all);
   std::ofstream(o.svg) << to_svg(all,
                                  "swapbench: GB/s against queue depth (" + paths[0].string() + ")");
