@@ -36,6 +36,7 @@
 
 #include "gpt/model.hpp"
 #include "progress.hpp"
+#include "storage_json.hpp"
 
 namespace {
 
@@ -168,6 +169,17 @@ void print_curve(const std::vector<double>& losses) {
   }
 }
 
+// Each swap path the engine uses, what it is on, and for what.
+json nvme_paths_json(const zinf::MemoryReport& m) {
+  json out = json::array();
+  for (const auto& p : m.nvme_paths) {
+    json entry = zinf::tools::storage_json(p.path, p.storage);
+    entry["role"] = p.role;
+    out.push_back(std::move(entry));
+  }
+  return out;
+}
+
 // What a run recorded. Every step's numbers go into running means (over the
 // steps after the first, which records the trace); the steps themselves are
 // kept only for --json, so a long run's memory does not grow with its steps
@@ -256,6 +268,11 @@ Run train_engine(const Args& a, zinf::Config cfg, const std::string& text) {
       zinf::format_bytes(m0.host_param_buffers + m0.host_grad_buffers).c_str(),
       zinf::format_bytes(m0.host_grads).c_str(), zinf::format_bytes(m0.host_optimizer).c_str(),
       m0.pinned ? "yes" : "no", m0.fixed_buffers ? "yes" : "no");
+  for (const auto& p : m0.nvme_paths) {
+    std::printf("  %s.nvme_path %s: %s%s\n", p.role.c_str(), p.path.c_str(),
+                p.storage.describe().c_str(),
+                p.storage.ram_backed ? " (warning: memory, not NVMe)" : "");
+  }
   engine.reset_peak_memory();
 
   const int gas = static_cast<int>(engine.config().gradient_accumulation_steps.value_or(1));
@@ -337,6 +354,7 @@ Run train_engine(const Args& a, zinf::Config cfg, const std::string& text) {
                 {"nvme", {{"params", m.nvme_params}, {"optimizer", m.nvme_optimizer}}},
                 {"pinned", m.pinned},
                 {"fixed_buffers", m.fixed_buffers},
+                {"nvme_paths", nvme_paths_json(m)},
                 // The least that crosses to the device per step: every gathered
                 // unit once in forward and once in backward.
                 {"h2d_ideal_bytes", 2 * (m.nvme_params + m.host_params) * gas},

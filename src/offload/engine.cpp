@@ -153,6 +153,7 @@ EngineImpl::EngineImpl(std::shared_ptr<torch::nn::Module> model, const Config& c
       units_[i].entry->index = i;
     }
   }
+  describe_nvme_paths();
   const MemoryReport m = memory_report();
   if (world_size_ > 1) {
     ZINF_LOG(kInfo) << "engine: rank " << rank_ << " of " << world_size_ << ", stage "
@@ -691,6 +692,28 @@ void EngineImpl::make_optimizer() {
   pieces_ = tier_->pieces();
 }
 
+// Says once what each swap path is on, and warns where it is memory (a
+// tmpfs): offloading there saves no host memory at all.
+void EngineImpl::describe_nvme_paths() {
+  const auto& z = config_.zero_optimization;
+  auto add = [&](const char* role, const std::string& path) {
+    MemoryReport::NvmePath p{role, path, swap::describe_storage(path)};
+    ZINF_LOG(kInfo) << role << ".nvme_path " << path << ": " << p.storage.describe();
+    if (p.storage.ram_backed) {
+      ZINF_LOG(kWarn) << role << ".nvme_path " << path << " is on " << p.storage.filesystem
+                      << ": memory, not NVMe; what is offloaded there still takes host memory";
+    }
+    nvme_paths_.push_back(std::move(p));
+  };
+  auto add_all = [&](const char* role, OffloadDevice device, const std::string& path) {
+    if (device != OffloadDevice::kNvme) return;
+    add(role, path);
+    for (const auto& extra : config_.zinf.nvme_paths) add(role, extra);
+  };
+  add_all("offload_param", z.offload_param.device, z.offload_param.nvme_path);
+  add_all("offload_optimizer", z.offload_optimizer.device, z.offload_optimizer.nvme_path);
+}
+
 MemoryReport EngineImpl::memory_report() const {
   MemoryReport m;
   const gpu::MemoryStats d = device_->memory();
@@ -713,6 +736,7 @@ MemoryReport EngineImpl::memory_report() const {
   m.fixed_buffers = (param_nvme || optimizer_nvme) &&
                     (!param_nvme || store_->nvme->stats().fixed_buffers) &&
                     (!optimizer_nvme || t.fixed_buffers);
+  m.nvme_paths = nvme_paths_;
   return m;
 }
 

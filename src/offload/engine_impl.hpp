@@ -66,6 +66,7 @@ class EngineImpl final : public Coordinator::Actions {
   const StepReport& report() const { return report_; }
   CoordinatorStats coordinator_stats() const { return coordinator_->stats(); }
   MemoryReport memory_report() const;
+  void describe_nvme_paths();
   void reset_peak_memory() { device_->reset_peak(); }
   torch::OrderedDict<std::string, torch::Tensor> consolidated_parameters() const;
 
@@ -226,9 +227,10 @@ class EngineImpl final : public Coordinator::Actions {
   std::unique_ptr<gpu::Stream> d2h_;
   // The pools before the stores that read and write them: a store, destroyed
   // first, waits for its requests in flight before the memory goes.
-  std::unique_ptr<gpu::PinnedPool> param_pool_;    // NVMe reads, write-back
-  std::unique_ptr<gpu::PinnedPool> grad_pool_;     // gradients leaving the device
-  std::shared_ptr<detail::PartitionStore> store_;  // offload_param cpu/nvme homes
+  std::unique_ptr<gpu::PinnedPool> param_pool_;     // NVMe reads, write-back
+  std::unique_ptr<gpu::PinnedPool> grad_pool_;      // gradients leaving the device
+  std::shared_ptr<detail::PartitionStore> store_;   // offload_param cpu/nvme homes
+  std::vector<MemoryReport::NvmePath> nvme_paths_;  // what the swap paths are on
   std::vector<UnitRec> units_;
   std::vector<Param> params_;
   std::vector<Partition> partitions_;

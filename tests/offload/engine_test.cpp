@@ -13,14 +13,16 @@
 #include <gtest/gtest.h>
 #include <malloc.h>
 #include <sys/resource.h>
-#include <sys/wait.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
+#include <cstdio>
 #include <fstream>
 #include <functional>
 #include <map>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <string>
 
 #include "common/sanitizer.hpp"
@@ -512,6 +514,68 @@ void flip_byte(const std::filesystem::path& file, std::streamoff at) {
 // fp32 file that a plain LibTorch program loads with torch::load, holding
 // the engine's parameters (DeepSpeed's zero_to_fp32); a corrupt one fails
 // verify, naming the file.
+// Everything written to stderr (zinf's log) while `fn` runs.
+template <typename Fn>
+std::string stderr_of(Fn&& fn) {
+  std::fflush(stderr);
+  const int saved = ::dup(STDERR_FILENO);
+  char name[] = "/tmp/zinf-stderr-XXXXXX";
+  const int fd = ::mkstemp(name);
+  ::dup2(fd, STDERR_FILENO);
+  fn();
+  std::fflush(stderr);
+  ::dup2(saved, STDERR_FILENO);
+  ::close(saved);
+  ::close(fd);
+  std::ifstream in(name);
+  std::stringstream text;
+  text << in.rdbuf();
+  std::remove(name);
+  return text.str();
+}
+
+// The engine says what each swap path is on, in its log and its memory
+// report, and warns where one is memory (a tmpfs), not where it is a disk.
+TEST(EngineTest, ReportsWhatEachSwapPathIsOnAndWarnsOnTmpfs) {
+  std::error_code ec;
+  const std::filesystem::path shm = "/dev/shm";
+  if (!std::filesystem::is_directory(shm, ec) || !swap::describe_storage(shm).ram_backed)
+    GTEST_SKIP() << "no tmpfs at /dev/shm here";
+  const auto o = small_gpt();
+  for (const bool on_tmpfs : {false, true}) {
+    ScratchDir disk;
+    const std::filesystem::path where = on_tmpfs ? shm : disk.path();
+    Homes s;
+    s.param = "nvme";
+    s.optim = "nvme";
+    const Config cfg = parse(config_json(s, where.string()));
+    std::optional<Engine<gpt::GPT>> engine;
+    std::string refused;
+    const std::string log = stderr_of([&] {
+      try {
+        engine.emplace(build(o, cfg, false), cfg);
+      } catch (const Error& e) {
+        refused = e.what();
+      }
+    });
+    if (on_tmpfs && refused.find("O_DIRECT") != std::string::npos)
+      GTEST_SKIP() << "this kernel's tmpfs refuses O_DIRECT: " << refused;
+    ASSERT_TRUE(refused.empty()) << refused;
+    const MemoryReport m = engine->memory_report();
+    ASSERT_EQ(m.nvme_paths.size(), 2u);
+    for (const auto& p : m.nvme_paths) {
+      EXPECT_EQ(p.path, where.string());
+      EXPECT_EQ(p.storage.ram_backed, on_tmpfs) << p.storage.describe();
+      EXPECT_NE(log.find(p.role + ".nvme_path " + where.string() + ": " + p.storage.describe()),
+                std::string::npos)
+          << log;
+    }
+    EXPECT_EQ(m.nvme_paths[0].role, "offload_param");
+    EXPECT_EQ(m.nvme_paths[1].role, "offload_optimizer");
+    EXPECT_EQ(log.find("memory, not NVMe") != std::string::npos, on_tmpfs) << log;
+  }
+}
+
 TEST(EngineTest, ZinfCkptInspectsVerifiesAndConsolidates) {
   ScratchDir dir;
   Homes s;

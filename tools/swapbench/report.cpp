@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "storage_json.hpp"
 #include "zinf/swap/file.hpp"
 
 namespace zinf::swapbench {
@@ -89,15 +90,7 @@ std::string to_json(const std::vector<RunResult>& results, const std::vector<std
   nlohmann::json storage = nlohmann::json::array();
   for (const auto& p : paths) {
     const swap::StorageInfo s = swap::describe_storage(p);
-    storage.push_back({{"path", p},
-                       {"filesystem", s.filesystem},
-                       {"ram_backed", s.ram_backed},
-                       {"device", s.device},
-                       {"model", s.model},
-                       {"rotational", s.rotational},
-                       {"virtual_disk", s.virtual_disk},
-                       {"memlock_limit", s.memlock_limit},
-                       {"summary", s.describe()}});
+    storage.push_back(tools::storage_json(p, s));
   }
   return nlohmann::json{{"tool", "swapbench"},
                         {"version", "0.1.0"},

@@ -66,6 +66,7 @@
 
 #include "zinf/common/config.hpp"
 #include "zinf/offload/unit.hpp"
+#include "zinf/swap/file.hpp"
 #include "zinf/swap/io_engine.hpp"
 
 namespace zinf {
@@ -144,6 +145,15 @@ struct MemoryReport {
   std::uint64_t nvme_optimizer = 0;
   bool pinned = false;         // every host buffer above is page-locked
   bool fixed_buffers = false;  // every NVMe store moves its buffers as io_uring fixed buffers
+  // Where the NVMe bytes above live: each swap path the engine uses, with
+  // what it is on (file system, block device, virtual or not, RAM-backed,
+  // and RLIMIT_MEMLOCK), as swapbench reports it.
+  struct NvmePath {
+    std::string role;  // "offload_param" or "offload_optimizer"
+    std::string path;
+    swap::StorageInfo storage;
+  };
+  std::vector<NvmePath> nvme_paths;
 };
 
 // Sets LibTorch's CPU compute threads: its intra-op threads and, where
