@@ -315,8 +315,8 @@ TEST_P(IoQueueConformance, MissingCompletionIsCancelledAndTheQueueGoesOn) {
 // lost, keeps its slot while the queue goes on with the others, and is
 // returned once its completion comes.
 TEST_P(IoQueueConformance, RequestStuckPastCancelIsLostThenReturned) {
-  auto q = make_queue(2, held_first(std::chrono::milliseconds(1500)),
-                      std::chrono::milliseconds(200));
+  auto q =
+      make_queue(2, held_first(std::chrono::milliseconds(1500)), std::chrono::milliseconds(200));
   auto stuck = AlignedBuffer::allocate(kIoAlignment);
   auto other = AlignedBuffer::allocate(kIoAlignment);
   ASSERT_TRUE(stuck.is_ok() && other.is_ok());
@@ -344,8 +344,8 @@ TEST_P(IoQueueConformance, RequestStuckPastCancelIsLostThenReturned) {
 }
 
 TEST_P(IoQueueConformance, QueueWithEverySlotLostRefusesWork) {
-  auto q = make_queue(1, held_first(std::chrono::milliseconds(800)),
-                      std::chrono::milliseconds(100));
+  auto q =
+      make_queue(1, held_first(std::chrono::milliseconds(800)), std::chrono::milliseconds(100));
   auto buf = AlignedBuffer::allocate(kIoAlignment);
   ASSERT_TRUE(buf.is_ok());
   ASSERT_NO_FATAL_FAILURE(lose_a_read(*q, buf->data(), 1));
