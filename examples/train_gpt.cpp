@@ -211,6 +211,7 @@ struct Run {
   double tokens_per_s = 0;  // of the whole job
   int world_size = 1;
   json memory;
+  double load_checkpoint_s = -1;  // with --resume
 };
 
 // Keeps the `keep` newest global_step<N> checkpoints in `dir` (the HF
@@ -284,13 +285,15 @@ Run train_engine(const Args& a, zinf::Config cfg, const std::string& text) {
   // --steps counts from the start of training, so a resumed run ends where
   // an uninterrupted one does, and reads the data from where it stopped.
   int start = 0;
+  Run run(!a.json_path.empty());
   if (a.resume) {
+    const auto t0 = std::chrono::steady_clock::now();
     engine.load_checkpoint(a.checkpoint_dir);
+    run.load_checkpoint_s = seconds_since(t0);
     start = static_cast<int>(engine.global_steps());
     std::printf("train_gpt: resumed from %s at step %d\n", a.checkpoint_dir.c_str(), start);
   }
   const int ran = std::max(a.steps - start, 0);
-  Run run(!a.json_path.empty());
   double total = 0;
   const double tokens_per_step = static_cast<double>(gas) * a.batch * world * a.model.seq;
   zinf::tools::ProgressLine progress;  // on a terminal, rank 0's
@@ -633,6 +636,7 @@ int main(int argc, char** argv) {
           {"host_peak_rss_bytes", peak_rss_bytes()},
           {"steps", run.steps}};
       for (const auto& [key, value] : run.memory.items()) out[key] = value;
+      if (run.load_checkpoint_s >= 0) out["load_checkpoint_s"] = run.load_checkpoint_s;
       std::ofstream file(a.json_path);
       file << out.dump(2) << "\n";
       if (!file) throw std::runtime_error("cannot write --json " + a.json_path);

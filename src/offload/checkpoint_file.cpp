@@ -53,6 +53,10 @@ std::uint64_t shard_elements(const std::vector<CheckpointPartition>& partitions,
   return n;
 }
 
+StateLayout Checkpoint::layout(int rank) const {
+  return {files[static_cast<std::size_t>(rank)].elements, num_states, version};
+}
+
 std::uint64_t Checkpoint::state_bytes(int rank) const {
   return static_cast<std::uint64_t>(num_states) * files[static_cast<std::size_t>(rank)].elements *
          sizeof(float);
@@ -88,8 +92,14 @@ Result<Checkpoint> read_checkpoint(const std::filesystem::path& dir, std::string
   try {
     c.manifest = nlohmann::json::parse(in);
     const auto& m = c.manifest;
-    if (m.at("format") != kCheckpointFormat || m.at("version") != kCheckpointVersion)
-      return bad("not a zinf checkpoint of version " + std::to_string(kCheckpointVersion));
+    if (m.at("format") != kCheckpointFormat)
+      return bad("not a zinf checkpoint (format is not \"" + std::string(kCheckpointFormat) +
+                 "\")");
+    c.version = static_cast<int>(natural(m.at("version"), "version", 1 << 20));
+    if (c.version < kOldestCheckpointVersion || c.version > kCheckpointVersion)
+      return bad("version " + std::to_string(c.version) + "; this zinf reads versions " +
+                 std::to_string(kOldestCheckpointVersion) + " to " +
+                 std::to_string(kCheckpointVersion));
     // Sizes are bounded before anything is computed from them: no overflow,
     // no allocation beyond the manifest's own size.
     const std::uint64_t world_size = natural(m.at("world_size"), "world_size", 1 << 20);
@@ -139,7 +149,8 @@ Result<Checkpoint> read_checkpoint(const std::filesystem::path& dir, std::string
       file.elements = shard_elements(c.partitions, c.world_size, r);
       const std::string name = checkpoint_state_file(r);
       const auto& entry = files.at(name);
-      if (natural(entry.at("bytes"), "a file's bytes", ~std::uint64_t{0}) != c.state_bytes(r))
+      if (natural(entry.at("bytes"), "a file's bytes", ~std::uint64_t{0}) !=
+          c.layout(r).file_bytes())
         return bad(name + "'s size disagrees with its shards' elements");
       const auto& crcs = entry.at("crc32c");
       if (crcs.size() != static_cast<std::size_t>(c.num_states))
@@ -160,8 +171,7 @@ Status read_checkpoint_state(const Checkpoint& c, int rank, int k, std::uint64_t
   const auto path = c.state_file(rank);
   swap::FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
   if (!fd.valid()) return Status::from_errno(errno, "cannot open " + path.string());
-  const std::uint64_t elements = c.files[static_cast<std::size_t>(rank)].elements;
-  const std::uint64_t offset = (k * elements + begin) * sizeof(float);
+  const std::uint64_t offset = k * c.layout(rank).region_stride() + begin * sizeof(float);
   auto* bytes = reinterpret_cast<std::byte*>(out);
   for (std::uint64_t done = 0; done < count * sizeof(float);) {
     const ssize_t n = ::pread(fd.get(), bytes + done, count * sizeof(float) - done,
@@ -172,29 +182,27 @@ Status read_checkpoint_state(const Checkpoint& c, int rank, int k, std::uint64_t
   return Status::ok();
 }
 
-Status verify_checkpoint_file(const Checkpoint& c, int rank) {
+Status verify_checkpoint_file(const Checkpoint& c, int rank, const StateIo& io) {
   const auto path = c.state_file(rank);
   std::error_code ec;
   if (fs::is_symlink(path, ec))
     return Status::invalid_argument(path.string() + " is a symbolic link; a checkpoint has none");
-  const auto size = std::filesystem::file_size(path, ec);
-  if (ec || size != c.state_bytes(rank)) {
-    return Status::data_loss(path.string() + " is " +
-                             (ec ? "missing" : std::to_string(size) + " bytes") + ", not " +
-                             std::to_string(c.state_bytes(rank)));
-  }
-  const CheckpointFile& file = c.files[static_cast<std::size_t>(rank)];
-  std::vector<float> buffer(std::min<std::uint64_t>(file.elements, 1 << 20));
+  if (!fs::exists(path, ec)) return Status::data_loss(path.string() + " is missing");
+  const StateLayout layout = c.layout(rank);
+  ZINF_ASSIGN_OR_RETURN(auto file, StateFile::open(path, layout, io));
+  // All the state arrays a chunk at a time, as the loader reads them.
+  constexpr std::uint64_t kStep = kStateChunk / sizeof(float);
+  for (std::uint64_t at = 0; at < layout.elements; at += kStep)
+    for (int k = 0; k < c.num_states; ++k)
+      ZINF_RETURN_IF_ERROR(file->read(k, nullptr, std::min(kStep, layout.elements - at)));
+  return check_state_crcs(c, rank, *file);
+}
+
+Status check_state_crcs(const Checkpoint& c, int rank, const StateFile& file) {
+  const auto& expected = c.files[static_cast<std::size_t>(rank)].crc32c;
   for (int k = 0; k < c.num_states; ++k) {
-    std::uint32_t crc = 0;
-    for (std::uint64_t at = 0; at < file.elements; at += buffer.size()) {
-      const std::uint64_t n = std::min<std::uint64_t>(buffer.size(), file.elements - at);
-      ZINF_RETURN_IF_ERROR(read_checkpoint_state(c, rank, k, at, buffer.data(), n));
-      crc =
-          swap::crc32c({reinterpret_cast<const std::byte*>(buffer.data()), n * sizeof(float)}, crc);
-    }
-    if (crc != file.crc32c[static_cast<std::size_t>(k)]) {
-      return Status::data_loss(path.string() + ": state " + std::to_string(k) +
+    if (file.crc32c(k) != expected[static_cast<std::size_t>(k)]) {
+      return Status::data_loss(c.state_file(rank).string() + ": state " + std::to_string(k) +
                                " fails its CRC32C (corrupt)");
     }
   }

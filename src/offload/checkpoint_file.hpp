@@ -6,9 +6,10 @@
 // Layout: the model's flattened state splits into partitions (the units'
 // flat spaces, in order), and each partition over the ranks as gpu::shard
 // says. Rank R's file holds, for each state array k in turn, R's shard of
-// every partition in partition order: the same space as R's optimizer
-// tier, so a rank saves and loads its file with sequential I/O, and a
-// world of one's file is the flattened state itself.
+// every partition in partition order (from version 3, each array padded to
+// 4 KiB: state_file.hpp): the same space as R's optimizer tier, so a rank
+// saves and loads its file with sequential I/O, and a world of one's file
+// is the flattened state itself.
 #pragma once
 
 #include <cstdint>
@@ -18,12 +19,16 @@
 #include <string>
 #include <vector>
 
+#include "offload/state_file.hpp"
 #include "zinf/common/status.hpp"
 
 namespace zinf::offload {
 
 inline constexpr const char* kCheckpointFormat = "zinf-checkpoint";
-inline constexpr int kCheckpointVersion = 2;
+// Version 3 pads each state array of a state file to 4 KiB (O_DIRECT);
+// version 2 files, unpadded, are still read.
+inline constexpr int kCheckpointVersion = 3;
+inline constexpr int kOldestCheckpointVersion = 2;
 
 // "rank<R>.state"
 std::string checkpoint_state_file(int rank);
@@ -57,6 +62,7 @@ struct CheckpointFile {
 struct Checkpoint {
   std::filesystem::path folder;  // DIR/TAG
   std::string tag;
+  int version = kCheckpointVersion;
   int world_size = 1;
   std::string optimizer;
   int num_states = 0;
@@ -68,8 +74,9 @@ struct Checkpoint {
   nlohmann::json manifest;            // the whole file, for what only the engine reads
 
   std::filesystem::path state_file(int rank) const { return folder / checkpoint_state_file(rank); }
-  std::uint64_t state_bytes(int rank) const;
-  std::uint64_t state_bytes() const;  // every rank's
+  StateLayout layout(int rank) const;
+  std::uint64_t state_bytes(int rank) const;  // the state's (without padding)
+  std::uint64_t state_bytes() const;          // every rank's
 };
 
 // DIR/TAG, or with an empty tag the one DIR/latest names. Errors name the
@@ -78,9 +85,12 @@ struct Checkpoint {
 Result<Checkpoint> read_checkpoint(const std::filesystem::path& dir, std::string tag);
 
 // Rank `rank`'s state file: its size and every state array's CRC32C.
-Status verify_checkpoint_file(const Checkpoint& checkpoint, int rank);
+Status verify_checkpoint_file(const Checkpoint& checkpoint, int rank, const StateIo& io = {});
 // Every rank's.
 Status verify_checkpoint(const Checkpoint& checkpoint);
+// Whether what `file` has read of rank `rank`'s state file (all of it)
+// matches the manifest's checksums.
+Status check_state_crcs(const Checkpoint& checkpoint, int rank, const StateFile& file);
 
 // Reads `count` elements of state `k` from element `begin` of rank `rank`'s
 // file into `out`.

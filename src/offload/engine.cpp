@@ -1505,22 +1505,53 @@ Status EngineImpl::update(float clip, StepStats& stats) {
   return s.is_ok() ? w : s;
 }
 
+Status EngineImpl::write_homes(HomeWriter& writer, const Piece& piece) {
+  for (const Segment& seg : segments(piece)) {
+    const Param& p = params_[seg.item];
+    ZINF_ASSIGN_OR_RETURN(std::byte * out, writer.dest(p.partition, home_offset(p, seg)));
+    ZINF_RETURN_IF_ERROR(executor_->convert(piece.state[0] + seg.piece_offset, out,
+                                            partitions_[p.partition].cdtype, seg.length));
+  }
+  const std::size_t part = group_partition_[piece.group];
+  if (piece.ends_group && partitions_[part].last_group == piece.group)
+    return writer.finish_partition(part);
+  return Status::ok();
+}
+
 Status EngineImpl::restore_homes() {
   HomeWriter writer(*this);
-  Status s = tier_->read([&](Piece& piece) -> Status {
-    for (const Segment& seg : segments(piece)) {
-      const Param& p = params_[seg.item];
-      ZINF_ASSIGN_OR_RETURN(std::byte * out, writer.dest(p.partition, home_offset(p, seg)));
-      ZINF_RETURN_IF_ERROR(executor_->convert(piece.state[0] + seg.piece_offset, out,
-                                              partitions_[p.partition].cdtype, seg.length));
-    }
-    const std::size_t part = group_partition_[piece.group];
-    if (piece.ends_group && partitions_[part].last_group == piece.group)
-      return writer.finish_partition(part);
-    return Status::ok();
-  });
+  Status s = tier_->read([&](Piece& piece) { return write_homes(writer, piece); });
   Status w = writer.finish();
   return s.is_ok() ? w : s;
+}
+
+Status EngineImpl::overwrite_state(const PieceFn& fill) {
+  Status s;
+  {
+    HomeWriter writer(*this);
+    StepStats stats;
+    s = tier_->overwrite(
+        [&](Piece& piece) -> Status {
+          ZINF_RETURN_IF_ERROR(fill(piece));
+          ZINF_RETURN_IF_ERROR(write_homes(writer, piece));
+          // Every write-back lands before the tier commits the new state.
+          return piece.index + 1 == pieces_ ? writer.finish() : Status::ok();
+        },
+        stats);
+    Status w = writer.finish();
+    if (s.is_ok()) s = w;
+  }
+  if (s.is_ok() || !tier_->atomic()) return s;
+  // The tier kept the old state: so do the parameters.
+  Status restored = restore_homes();
+  if (!restored.is_ok()) {
+    broken_ = true;
+    return Status(s.code(), s.message() +
+                                "; restoring the parameters from the state as it was "
+                                "also failed (" +
+                                restored.message() + "): rebuild the engine");
+  }
+  return s;
 }
 
 void EngineImpl::step() {

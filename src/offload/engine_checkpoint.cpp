@@ -16,14 +16,17 @@
 // renames it over TAG (exchanged atomically when TAG exists), fsyncs the
 // parent, then writes `latest` the same way. A crash of any rank at any
 // instant leaves the old checkpoint or the new one. The state streams
-// piece by piece through the tier (no copy of the whole state in host
-// memory). The ranks agree after each stage: a failure on one is an error
-// on all, and the folder is removed.
+// piece by piece from the tier into the file (state_file.hpp: O_DIRECT,
+// reads and writes overlapped, no copy of the whole state in host memory).
+// The ranks agree after each stage: a failure on one is an error on all,
+// and the folder is removed.
 //
 // Loading checks everything (format, world size, optimizer, parameters,
-// partitions, sizes, checksums: each rank reads its own file once) on every
-// rank before any rank changes anything; the state then goes in through the
-// tier's update (atomic on NVMe).
+// partitions, sizes, checksums) before anything changes: on every rank
+// before any rank changes anything, and on one rank with an atomic tier
+// (NVMe) while it streams the file into the tier, whose commit a mismatch
+// prevents. The state goes in through the tier's overwrite, the parameters
+// from their new masters in the same pass.
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
@@ -33,8 +36,7 @@
 
 #include "offload/checkpoint_file.hpp"
 #include "offload/engine_impl.hpp"
-#include "swap/crc32c.hpp"
-#include "swap/engines.hpp"
+#include "offload/state_file.hpp"
 #include "zinf/common/logging.hpp"
 #include "zinf/swap/file.hpp"
 
@@ -164,36 +166,6 @@ std::string shape_text(const std::vector<std::int64_t>& shape, const std::string
   return dtype + "[" + dims + "]";
 }
 
-// The state file's writes go through the swap layer's error policy (short
-// writes continued, EINTR retried, every error naming the file, offset and
-// errno) on the pread/pwrite engine, and through the fault injector when
-// EngineOptions::checkpoint_fault asks.
-Result<std::unique_ptr<swap::IoQueue>> state_writer(int fd, const fs::path& path,
-                                                    std::optional<swap::FaultSpec> fault) {
-  swap::IoEngineOptions options;
-  options.queue_depth = 1;
-  ZINF_ASSIGN_OR_RETURN(std::unique_ptr<swap::IoEngine> engine, swap::make_psync_engine(options));
-  if (fault) engine = swap::make_fault_injecting_engine(std::move(engine), *fault);
-  ZINF_RETURN_IF_ERROR(engine->add_file(fd, path.string()).status());
-  return std::make_unique<swap::IoQueue>(std::move(engine));
-}
-
-Status write_at(swap::IoQueue& queue, const std::byte* data, std::uint64_t bytes,
-                std::uint64_t offset) {
-  constexpr std::uint64_t kMaxRequest = 1u << 30;
-  for (std::uint64_t done = 0; done < bytes;) {
-    const auto length = static_cast<std::uint32_t>(std::min(kMaxRequest, bytes - done));
-    const swap::IoRequest r{
-        swap::IoOp::kWrite, 0, offset + done, const_cast<std::byte*>(data + done), length, 0};
-    ZINF_RETURN_IF_ERROR(queue.submit({&r, 1}).status());
-    swap::IoResult result;
-    ZINF_RETURN_IF_ERROR(queue.wait({&result, 1}, 1).status());
-    ZINF_RETURN_IF_ERROR(result.status);
-    done += length;
-  }
-  return Status::ok();
-}
-
 }  // namespace
 
 void EngineImpl::save_checkpoint(const fs::path& dir, std::string tag) {
@@ -270,7 +242,9 @@ void EngineImpl::save_checkpoint(const fs::path& dir, std::string tag) {
     for (int r = 0; r < world_size_; ++r) {
       const auto n = static_cast<std::size_t>(num_states_);
       files[checkpoint_state_file(r)] = {
-          {"bytes", num_states_ * shard_elements(layout, world_size_, r) * sizeof(float)},
+          {"bytes",
+           StateLayout{shard_elements(layout, world_size_, r), num_states_, kCheckpointVersion}
+               .file_bytes()},
           {"crc32c", std::vector<std::uint32_t>(crc + r * n, crc + (r + 1) * n)}};
       json g = {{"cpu", hex(all_cpu_rng->data() + r * cpu_bytes, cpu_bytes)}};
       if (device_bytes > 0)
@@ -315,23 +289,21 @@ void EngineImpl::save_checkpoint(const fs::path& dir, std::string tag) {
 }
 
 Status EngineImpl::write_state(const fs::path& path, std::vector<std::uint32_t>& crcs) {
-  swap::FileDescriptor fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-  if (!fd.valid()) return Status::from_errno(errno, "cannot create " + path.string());
-  ZINF_ASSIGN_OR_RETURN(auto queue,
-                        state_writer(fd.get(), path, std::exchange(options_.checkpoint_fault, {})));
+  const StateLayout layout{own_elements_, num_states_, kCheckpointVersion};
+  ZINF_ASSIGN_OR_RETURN(auto file, StateFile::create(path, layout, checkpoint_io()));
   Status s = tier_->read([&](Piece& piece) -> Status {
-    for (int k = 0; k < num_states_; ++k) {
-      const std::size_t bytes = piece.count * sizeof(float);
-      const std::uint64_t offset = (k * own_elements_ + piece.begin) * sizeof(float);
-      const auto* data = reinterpret_cast<const std::byte*>(piece.state[k]);
-      crcs[k] = swap::crc32c({data, bytes}, crcs[k]);
-      ZINF_RETURN_IF_ERROR(write_at(*queue, data, bytes, offset));
-    }
+    for (int k = 0; k < num_states_; ++k)
+      ZINF_RETURN_IF_ERROR(file->write(k, piece.state[k], piece.count));
     return Status::ok();
   });
+  if (s.is_ok()) s = file->finish();
   if (!s.is_ok()) return s.with_context("writing the checkpoint's state");
-  if (::fsync(fd.get()) != 0) return Status::from_errno(errno, "cannot fsync " + path.string());
+  for (int k = 0; k < num_states_; ++k) crcs[static_cast<std::size_t>(k)] = file->crc32c(k);
   return Status::ok();
+}
+
+StateIo EngineImpl::checkpoint_io() {
+  return {config_.zinf.io_backend, std::exchange(options_.checkpoint_fault, {})};
 }
 
 Status EngineImpl::check_checkpoint(const Checkpoint& c, torch::Tensor& cpu_rng,
@@ -389,8 +361,7 @@ Status EngineImpl::check_checkpoint(const Checkpoint& c, torch::Tensor& cpu_rng,
   } catch (const nlohmann::json::exception& e) {
     return bad(std::string("manifest.json: ") + e.what());
   }
-  // Every byte of this rank's file checked before any state changes.
-  return verify_checkpoint_file(c, rank_);
+  return Status::ok();
 }
 
 void EngineImpl::load_checkpoint(const fs::path& dir, std::string tag) {
@@ -405,35 +376,48 @@ void EngineImpl::load_checkpoint(const fs::path& dir, std::string tag) {
   if (!s.is_ok()) fail(s.with_context("load_checkpoint (nothing was changed)"));
   const Checkpoint& c = *read;
   torch::Tensor cpu_rng, device_rng;
-  s = agree(check_checkpoint(c, cpu_rng, device_rng));
+  // Every byte of the state is checked before any state changes. One rank
+  // whose tier is atomic checks its file as it loads it, and the last
+  // piece's check fails the load before the tier keeps anything; otherwise
+  // each rank reads its file twice, to check it, then to load it, as ranks
+  // must agree that every file is whole before any loads.
+  const bool check_while_loading = world_size_ == 1 && tier_->atomic();
+  const StateIo io = checkpoint_io();
+  s = check_checkpoint(c, cpu_rng, device_rng);
+  if (s.is_ok() && !check_while_loading) s = verify_checkpoint_file(c, rank_, io);
+  s = agree(std::move(s));
   if (!s.is_ok()) {
     fail(Status(s.code(), "load_checkpoint " + c.folder.string() + ": " + s.message() +
                               "; nothing was changed"));
   }
 
-  // Now the state goes in: through the tier's update (on NVMe, all or
-  // nothing on this rank), then every parameter from its master.
-  StepStats stats;
-  s = agree(tier_->update(
-      [&](Piece& piece) -> Status {
-        for (int k = 0; k < num_states_; ++k)
-          ZINF_RETURN_IF_ERROR(
-              read_checkpoint_state(c, rank_, k, piece.begin, piece.state[k], piece.count));
-        return Status::ok();
-      },
-      stats));
-  if (!s.is_ok()) {
-    fail(s.with_context("load_checkpoint " + c.folder.string() +
-                        (tier_->atomic() && world_size_ == 1
-                             ? " (nothing was changed)"
-                             : " (the optimizer state is partly loaded: load again)")));
+  // Now the state goes in through the tier (on NVMe, all or nothing on this
+  // rank), the parameters from their new masters in the same pass, then the
+  // resident ones gathered.
+  auto file = StateFile::open(c.state_file(rank_), c.layout(rank_), io);
+  s = file.status();
+  if (s.is_ok()) {
+    const std::size_t last = tier_->pieces() - 1;
+    // A file that changed since its verification fails too.
+    s = overwrite_state([&](Piece& piece) -> Status {
+      for (int k = 0; k < num_states_; ++k)
+        ZINF_RETURN_IF_ERROR((*file)->read(k, piece.state[k], piece.count));
+      return piece.index == last ? check_state_crcs(c, rank_, **file) : Status::ok();
+    });
   }
-  s = agree(restore_homes());
-  if (s.is_ok()) s = gather_resident();
+  s = agree(std::move(s));
+  if (!s.is_ok()) {
+    const char* what = broken_ ? ""
+                       : tier_->atomic() && world_size_ == 1
+                           ? "; nothing was changed"
+                           : "; the optimizer state is partly loaded: load again";
+    fail(Status(s.code(), "load_checkpoint " + c.folder.string() + ": " + s.message() + what));
+  }
+  s = agree(gather_resident());
   if (!s.is_ok()) {
     broken_ = true;
     fail(s.with_context("load_checkpoint " + c.folder.string() +
-                        ": writing the parameters from the loaded state failed"));
+                        ": gathering the resident parameters failed"));
   }
   const auto& m = c.manifest;
   for (std::size_t i = 0; i < params_.size(); ++i) params_[i].step = c.params[i].step;

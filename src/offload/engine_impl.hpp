@@ -29,6 +29,7 @@ namespace zinf::offload {
 
 class EngineImpl;
 struct Checkpoint;
+struct StateIo;
 
 enum class Home : std::uint8_t { kDevice, kHost, kNvme };
 
@@ -204,14 +205,24 @@ class EngineImpl final : public Coordinator::Actions {
   // The step.
   void apply_schedule();  // hyper_'s lr (and betas) at schedule_t_
   Status update(float clip, StepStats& stats);
+  // Every parameter from its master in the tier, as it is.
   Status restore_homes();
+  // The optimizer state replaced by what `fill` writes into each piece (a
+  // checkpoint's load), every parameter rewritten from its new master in the
+  // same pass. On failure an atomic tier keeps the old state, and the
+  // parameters are rewritten from it (broken_ if that fails too).
+  Status overwrite_state(const PieceFn& fill);
 
   // Checkpoints (engine_checkpoint.cpp).
   Status write_state(const std::filesystem::path& path, std::vector<std::uint32_t>& crcs);
+  // How checkpoint state files do I/O (the config's backend; a fault, once, for tests).
+  StateIo checkpoint_io();
   // What does not fit this engine in `c` (and this rank's generator states).
+  // The manifest against this engine (not the state file's bytes).
   Status check_checkpoint(const Checkpoint& c, torch::Tensor& cpu_rng,
                           torch::Tensor& device_rng) const;
   class HomeWriter;
+  Status write_homes(HomeWriter& writer, const Piece& piece);  // the piece's parameters
   Status read_partition(const Partition& part, std::byte* out) const;
   std::vector<Segment> segments(const Piece& piece) const;
   // Elements into its partition's home of a segment of `p`.

@@ -6,9 +6,9 @@
 // The pipeline (update). While the CPU computes piece i in set i % K, the
 // helper thread waits for the write of piece i-1 (set (i-1) % K) and then
 // reads piece i+K-1 into that set; reads of the next K-2 pieces are already
-// in flight. Computed pieces are written to the slot that is not current.
-// The current slots switch only after every write of the step succeeded, so
-// a failure at any point leaves the previous state complete on disk.
+// in flight (overwrite, a checkpoint's load, reads nothing). Computed pieces are written to the
+// slot that is not current. The current slots switch only after every write of the step succeeded,
+// so a failure at any point leaves the previous state complete on disk.
 #include <algorithm>
 #include <chrono>
 #include <future>
@@ -84,45 +84,8 @@ class NvmeTier final : public StateTier {
     return Status::ok();
   }
 
-  Status update(const PieceFn& fn, StepStats& stats) override {
-    const std::size_t n = pieces_.size();
-    const auto k = static_cast<std::size_t>(kSets);
-    const swap::SwapStats before = store_->stats();
-    Status error;
-    auto note = [&](Status s) {
-      if (error.is_ok() && !s.is_ok()) error = std::move(s);
-    };
-    for (std::size_t i = 0; i < std::min(n, k - 1); ++i) note(read(i, set_of(i), slot_[i]));
-    for (std::size_t i = 0; i < n && error.is_ok(); ++i) {
-      const auto t_read = SteadyClock::now();
-      note(wait(set_of(i)));
-      stats.read_s += since(t_read);
-      if (!error.is_ok()) break;
-      // The helper recycles the set of piece i-1 for piece i+k-1.
-      auto helper = helper_.submit([this, i, n, k]() -> Status {
-        const int recycled = set_of(i + k - 1);
-        if (i >= 1) ZINF_RETURN_IF_ERROR(wait(recycled));
-        if (i + k - 1 < n) ZINF_RETURN_IF_ERROR(read(i + k - 1, recycled, slot_[i + k - 1]));
-        return Status::ok();
-      });
-      Piece piece = view(pieces_[i], set_of(i));
-      const auto t_compute = SteadyClock::now();
-      note(call_piece_fn(fn, piece));
-      stats.compute_s += since(t_compute);
-      note(helper.get());
-      if (error.is_ok()) note(write(i, set_of(i), 1 - slot_[i]));
-    }
-    const auto t_drain = SteadyClock::now();
-    for (int set = 0; set < kSets; ++set) note(wait(set));
-    stats.write_s += since(t_drain);
-    const swap::SwapStats after = store_->stats();
-    stats.bytes_read += after.bytes_read - before.bytes_read;
-    stats.bytes_written += after.bytes_written - before.bytes_written;
-    stats.sub_groups = shape_.groups.size();
-    if (!error.is_ok()) return error;
-    for (auto& s : slot_) s = 1 - s;
-    return Status::ok();
-  }
+  Status update(const PieceFn& fn, StepStats& stats) override { return run(fn, stats, true); }
+  Status overwrite(const PieceFn& fn, StepStats& stats) override { return run(fn, stats, false); }
 
   bool atomic() const override { return true; }
 
@@ -163,6 +126,50 @@ class NvmeTier final : public StateTier {
 
  private:
   static constexpr const char* kStateNames[] = {"master", "state1", "state2"};
+
+  // update() (read_old) and overwrite() (the sets are not read first: the
+  // helper only waits for the write that frees the next set).
+  Status run(const PieceFn& fn, StepStats& stats, bool read_old) {
+    const std::size_t n = pieces_.size();
+    const auto k = static_cast<std::size_t>(kSets);
+    const swap::SwapStats before = store_->stats();
+    Status error;
+    auto note = [&](Status s) {
+      if (error.is_ok() && !s.is_ok()) error = std::move(s);
+    };
+    for (std::size_t i = 0; read_old && i < std::min(n, k - 1); ++i)
+      note(read(i, set_of(i), slot_[i]));
+    for (std::size_t i = 0; i < n && error.is_ok(); ++i) {
+      const auto t_read = SteadyClock::now();
+      note(wait(set_of(i)));
+      stats.read_s += since(t_read);
+      if (!error.is_ok()) break;
+      // The helper recycles the set of piece i-1 for piece i+k-1.
+      auto helper = helper_.submit([this, i, n, k, read_old]() -> Status {
+        const int recycled = set_of(i + k - 1);
+        if (i >= 1) ZINF_RETURN_IF_ERROR(wait(recycled));
+        if (read_old && i + k - 1 < n)
+          ZINF_RETURN_IF_ERROR(read(i + k - 1, recycled, slot_[i + k - 1]));
+        return Status::ok();
+      });
+      Piece piece = view(pieces_[i], set_of(i));
+      const auto t_compute = SteadyClock::now();
+      note(call_piece_fn(fn, piece));
+      stats.compute_s += since(t_compute);
+      note(helper.get());
+      if (error.is_ok()) note(write(i, set_of(i), 1 - slot_[i]));
+    }
+    const auto t_drain = SteadyClock::now();
+    for (int set = 0; set < kSets; ++set) note(wait(set));
+    stats.write_s += since(t_drain);
+    const swap::SwapStats after = store_->stats();
+    stats.bytes_read += after.bytes_read - before.bytes_read;
+    stats.bytes_written += after.bytes_written - before.bytes_written;
+    stats.sub_groups = shape_.groups.size();
+    if (!error.is_ok()) return error;
+    for (auto& s : slot_) s = 1 - s;
+    return Status::ok();
+  }
 
   int set_of(std::size_t piece) const { return static_cast<int>(piece % kSets); }
 

@@ -83,6 +83,10 @@ class StateTier {
   // before; a tier that is not atomic (host memory, updated in place) keeps
   // what `fn` changed in the pieces before the failure.
   virtual Status update(const PieceFn& fn, StepStats& stats) = 0;
+  // update() for an `fn` that sets every element of every piece (a load):
+  // the stored state is not read first, so a piece's state is undefined
+  // when `fn` gets it. The same guarantees on failure.
+  virtual Status overwrite(const PieceFn& fn, StepStats& stats) = 0;
   virtual bool atomic() const = 0;
   // Visits every piece in order, read only.
   virtual Status read(const PieceFn& fn) = 0;

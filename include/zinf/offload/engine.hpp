@@ -76,7 +76,8 @@ struct EngineOptions {
   std::optional<std::uint64_t> device_budget;      // overrides zinf.device_budget (bytes)
   std::optional<swap::FaultSpec> param_fault;      // injected on the parameter swap store
   std::optional<swap::FaultSpec> optimizer_fault;  // and on the optimizer's
-  // And on the state-file writes of the next save_checkpoint (that one only).
+  // And on the state-file I/O of the next save_checkpoint or load_checkpoint
+  // (that one only; a load's check and its read each count from the first).
   std::optional<swap::FaultSpec> checkpoint_fault;
 };
 

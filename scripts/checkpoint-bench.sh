@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Engine checkpoint save and load throughput for bench/RESULTS.md, against
+# bounds swapbench measures on the same directory in the same round, in
+# ROUNDS rounds (default 3) on DIR (default: a directory under the current
+# one, removed after; never a tmpfs). The default GPT (train_gpt) with
+#   nvme: configs/zero3_nvme.json, the optimizer state on NVMe: a save reads
+#         each byte from the swap and writes it to the checkpoint, a load
+#         reads it from the checkpoint and writes it to the swap. Bound:
+#         swapbench --op mixed over twice the state (half read, half
+#         written at once), per state byte; also printed against
+#         "serial", a swapbench read then a write of each byte;
+#   cpu:  configs/zero3_cpu.json, the state in host memory: a save only
+#         writes (bound: swapbench --op write over the state), a load only
+#         reads (bound: swapbench --op read).
+# Each save is the checkpoint of step 3 of a 3-step run, each load the
+# --resume of a 4-step run from it. swapbench runs io_uring, 1 MiB blocks,
+# CRC32C on (as a save checksums), at the requests a save or load keeps in
+# flight: 8 on the state file (its chunks and depth), and for nvme as many
+# again on the swap (aio.queue_depth 8), so mixed runs at queue depth 16.
+#   ROUNDS=5 scripts/checkpoint-bench.sh [DIR]  (BUILD=build/gpu for another build)
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+build="${BUILD:-$root/build/release}"
+rounds="${ROUNDS:-3}"
+work="$(mktemp -d "${1:-$PWD}/zinf-checkpoint-bench-XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+export ZINF_LOG="${ZINF_LOG:-warn}"
+train="$build/examples/train_gpt"
+swap="$build/tools/swapbench/swapbench"
+sb() { mkdir -p sb && "$swap" --path sb --backend io_uring --block-size 1M --checksum --json "$@"; }
+echo "checkpoint-bench: $rounds rounds in $work"
+for r in $(seq 1 "$rounds"); do
+  for mode in nvme cpu; do
+    budget=()
+    [ "$mode" = cpu ] && budget=(--device-budget 0)
+    rm -rf ck zinf-nvme
+    "$train" --config "$root/configs/zero3_$mode.json" "${budget[@]}" --steps 3 --print-every 3 \
+      --checkpoint-dir ck --checkpoint-every 3 --json "$mode-save-$r.json" >/dev/null
+    "$train" --config "$root/configs/zero3_$mode.json" "${budget[@]}" --steps 4 \
+      --checkpoint-dir ck --resume --json "$mode-load-$r.json" >/dev/null
+    python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(sum(f["bytes"] for f in m["files"].values()))' \
+      ck/global_step3/manifest.json >"$mode-bytes-$r"
+  done
+  bytes="$(cat "nvme-bytes-$r")"
+  rm -rf ck zinf-nvme
+  for op in write read; do sb --size "$bytes" --queue-depth 8 --op "$op" >"sb-$op-$r.json"; rm -rf sb; done
+  sb --size "$((2 * bytes))" --queue-depth 16 --op mixed >"sb-mixed-$r.json"
+  rm -rf sb
+  echo "checkpoint-bench: round $r done"
+done
+python3 - "$rounds" <<'EOF'
+import json, statistics, sys
+rounds = int(sys.argv[1])
+def gbps(op, r):
+    return json.load(open(f"sb-{op}-{r}.json"))["results"][0]["gbps"]
+rows = {}
+for r in range(1, rounds + 1):
+    for mode in ("nvme", "cpu"):
+        n = int(open(f"{mode}-bytes-{r}").read())
+        save_s = json.load(open(f"{mode}-save-{r}.json"))["steps"][-1]["checkpoint_s"]
+        load_s = json.load(open(f"{mode}-load-{r}.json"))["load_checkpoint_s"]
+        # Bound throughput per state byte: mixed moves two bytes per state
+        # byte; "serial" is a read, then a write, of each byte.
+        serial = 1 / (1 / gbps("read", r) + 1 / gbps("write", r))
+        bounds = {"save": gbps("write", r), "load": gbps("read", r)}
+        if mode == "nvme":
+            bounds = {"save": gbps("mixed", r) / 2, "load": gbps("mixed", r) / 2}
+        for what, s in (("save", save_s), ("load", load_s)):
+            rows.setdefault((mode, what), []).append(
+                (n / s / 1e9, bounds[what], n / s / 1e9 / bounds[what], s, n / s / 1e9 / serial))
+print(f"state file {n / 2**20:.1f} MiB; medians over {rounds} rounds (GB/s = 1e9 B/s)")
+print(f"{'':12} {'seconds':>8} {'GB/s':>7} {'bound GB/s':>11} {'ratio':>6} {'/serial':>8}  ratios of each round")
+for (mode, what), v in rows.items():
+    med = lambda i: statistics.median(x[i] for x in v)
+    serial = f"{med(4):8.2f}" if mode == "nvme" else f"{'':8}"
+    print(f"{mode + ' ' + what:12} {med(3):8.2f} {med(0):7.2f} {med(1):11.2f} {med(2):6.2f} {serial}  "
+          + " ".join(f"{x[2]:.2f}" for x in v))
+for op in ("write", "read", "mixed"):
+    print(f"swapbench {op}: " + " ".join(f"{gbps(op, r):.2f}" for r in range(1, rounds + 1)) + " GB/s")
+EOF
