@@ -12,6 +12,10 @@
 //                  parameters and gradients and an NVMe OffloadAdamW
 //                  (sub_group_size 1M), minus the 8 bytes per parameter the
 //                  model itself holds.
+//   BM_TraceSpans  the engine's step timeline (zinf.trace_path): the cost of
+//                  one span written to a trace file in the current
+//                  directory (counter ns_per_span), to set against the spans
+//                  a step writes and its wall time.
 #include <benchmark/benchmark.h>
 #include <stdlib.h>
 #include <torch/torch.h>
@@ -23,6 +27,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "offload/trace.hpp"
 #include "zinf/common/aligned.hpp"
 #include "zinf/swap/swap_store.hpp"
 #include "zinf/zinf.hpp"
@@ -199,8 +204,27 @@ void BM_NvmeRss(benchmark::State& state) {
   }
 }
 
+void BM_TraceSpans(benchmark::State& state) {
+  const std::filesystem::path path = "zinf-bench-trace.json";
+  auto trace = zinf::offload::Trace::open(path, 0);
+  if (!trace.is_ok()) return state.SkipWithError(trace.status().to_string().c_str());
+  const auto spans = static_cast<std::size_t>(state.range(0));
+  std::vector<zinf::Interval> periods(spans);
+  const auto t0 = zinf::SteadyClock::now();
+  for (std::size_t i = 0; i < spans; ++i)
+    periods[i] = {t0 + std::chrono::microseconds(2 * i), t0 + std::chrono::microseconds(2 * i + 1)};
+  std::uint64_t step = 0;
+  const auto begin = std::chrono::steady_clock::now();
+  for (auto _ : state) (*trace)->spans(zinf::offload::Trace::kH2d, periods, ++step);
+  trace->reset();  // the last bytes flushed, inside the time
+  const std::chrono::duration<double, std::nano> took = std::chrono::steady_clock::now() - begin;
+  state.counters["ns_per_span"] = took.count() / static_cast<double>(state.iterations() * spans);
+  std::filesystem::remove(path);
+}
+
 }  // namespace
 
+BENCHMARK(BM_TraceSpans)->Arg(1000)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_CpuMode)->Arg(64 << 20)->Iterations(5)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_NvmeMode)
     ->Args({16 << 20, 2 << 20})

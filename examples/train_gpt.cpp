@@ -56,6 +56,7 @@ struct Args {
   std::string nvme_path;
   int print_every = 1;
   bool checkpoint_units = false;
+  std::string trace_path;
   std::string checkpoint_dir;
   int checkpoint_every = 0;  // 0: no checkpoints
   int checkpoint_keep = 0;   // 0: keep every checkpoint
@@ -552,6 +553,9 @@ int main(int argc, char** argv) {
   app.add_flag("--resume", a.resume,
                "continue from DIR/latest (needs --checkpoint-dir): the step count, the data "
                "position, the optimizer, scheduler and loss scaler go on from there");
+  app.add_option("--trace", a.trace_path,
+                 "write a Chrome trace (Perfetto) of every step to FILE (zinf.trace_path)")
+      ->type_name("FILE");
   app.add_flag("--checkpoint-units", a.checkpoint_units,
                "activation checkpointing: each block's backward recomputes its forward "
                "(zinf.checkpoint_units)");
@@ -583,6 +587,7 @@ int main(int argc, char** argv) {
     auto cfg = zinf::Config::from_file(a.config);
     zinf::throw_if_error(cfg.status());
     if (a.checkpoint_units) cfg->zinf.checkpoint_units = true;
+    if (!a.trace_path.empty()) cfg->zinf.trace_path = a.trace_path;
     auto& zero = cfg->zero_optimization;
     if (!a.nvme_path.empty()) {
       zero.offload_param.nvme_path = a.nvme_path;

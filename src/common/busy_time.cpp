@@ -4,23 +4,24 @@
 
 namespace zinf {
 
-double union_seconds(std::vector<Interval> intervals) {
+std::vector<Interval> merged(std::vector<Interval> intervals) {
   std::sort(intervals.begin(), intervals.end(),
             [](const Interval& a, const Interval& b) { return a.begin < b.begin; });
-  double total = 0;
-  bool have = false;
-  Interval run{};
+  std::vector<Interval> out;
   for (const Interval& i : intervals) {
     if (i.end <= i.begin) continue;
-    if (have && i.begin <= run.end) {
-      run.end = std::max(run.end, i.end);
+    if (!out.empty() && i.begin <= out.back().end) {
+      out.back().end = std::max(out.back().end, i.end);
       continue;
     }
-    if (have) total += run.seconds();
-    run = i;
-    have = true;
+    out.push_back(i);
   }
-  if (have) total += run.seconds();
+  return out;
+}
+
+double union_seconds(std::vector<Interval> intervals) {
+  double total = 0;
+  for (const Interval& i : merged(std::move(intervals))) total += i.seconds();
   return total;
 }
 

@@ -264,6 +264,11 @@ void EngineImpl::join_job() {
   if (Status s = check_job(config_, world_size_); !s.is_ok()) fail(s);
   sharded_params_ = world_size_ > 1 && config_.zero_optimization.stage == 3;
   partitioned_grads_ = world_size_ > 1 && config_.zero_optimization.stage >= 2;
+  if (!config_.zinf.trace_path.empty()) {
+    auto trace = Trace::open(Trace::path_for(config_.zinf.trace_path, rank_, world_size_), rank_);
+    if (!trace.is_ok()) fail(trace.status());
+    trace_ = std::move(*trace);
+  }
 }
 
 void EngineImpl::make_channels() {
@@ -1289,6 +1294,16 @@ void EngineImpl::take_busy(SteadyClock::time_point from, SteadyClock::time_point
   window_.h2d_s += union_seconds(clip(h2d, from, to));
   window_.d2h_s += union_seconds(clip(d2h, from, to));
   window_.param_read_s += union_seconds(clip(reads, from, to));
+  if (trace_) {
+    const std::uint64_t step = global_steps_ + 1;
+    const std::vector<Interval> stalls = merged(clip(stall, from, to));
+    trace_->spans(Trace::kForwardBackward, {{from, to}}, step);
+    trace_->spans(Trace::kCompute, complement(from, to, stalls), step);
+    trace_->spans(Trace::kStall, stalls, step);
+    trace_->spans(Trace::kH2d, merged(clip(h2d, from, to)), step);
+    trace_->spans(Trace::kD2h, merged(clip(d2h, from, to)), step);
+    trace_->spans(Trace::kParamReads, merged(clip(reads, from, to)), step);
+  }
   if (store_ && store_->nvme)
     window_.nvme_read_bytes += store_->nvme->stats().bytes_read - window_.store_read_bytes;
   ++window_.micro_steps;
@@ -1694,6 +1709,13 @@ void EngineImpl::step() {
     r.comm_bytes += c->stats().bytes;
   }
   r.comm_s = union_seconds(clip(comm, window_.open ? window_.begin : t0, t1));
+  if (trace_) {
+    trace_->spans(Trace::kStep, {{t0, t1}}, r.step);
+    trace_->spans(Trace::kOptimizerIo, merged(clip(io, t0, t1)), r.step);
+    trace_->spans(Trace::kComm, merged(clip(comm, window_.open ? window_.begin : t0, t1)), r.step);
+    trace_->counter("device bytes", t1, static_cast<double>(device_->memory().live));
+    trace_->counter("loss scale", t1, r.loss_scale);
+  }
   r.comm_bytes -= comm_bytes_;
   comm_bytes_ += r.comm_bytes;
   report_ = r;

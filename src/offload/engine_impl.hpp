@@ -15,6 +15,7 @@
 #include "offload/job.hpp"
 #include "offload/state_tier.hpp"
 #include "offload/torch_glue.hpp"
+#include "offload/trace.hpp"
 #include "offload/units.hpp"
 #include "zinf/common/busy_time.hpp"
 #include "zinf/common/loss_scaler.hpp"
@@ -299,6 +300,7 @@ class EngineImpl final : public Coordinator::Actions {
   };
   Window window_;
   BusyLog stall_;
+  std::unique_ptr<Trace> trace_;  // zinf.trace_path
   StepReport report_;
 
   // Worker threads last: joined before what their jobs use goes away.

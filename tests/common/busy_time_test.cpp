@@ -20,6 +20,15 @@ TEST(UnionSeconds, OverlapsCountOnce) {
   EXPECT_DOUBLE_EQ(union_seconds({at(5, 5), at(9, 3)}), 0.0);  // empty and reversed: nothing
 }
 
+TEST(Merged, DisjointInTimeOrder) {
+  const auto m = merged({at(20, 30), at(0, 10), at(5, 15), at(30, 35), at(9, 3)});
+  ASSERT_EQ(m.size(), 2u);
+  EXPECT_EQ(m[0].begin, at(0, 15).begin);
+  EXPECT_EQ(m[0].end, at(0, 15).end);
+  EXPECT_EQ(m[1].begin, at(20, 35).begin);  // touching periods join
+  EXPECT_EQ(m[1].end, at(20, 35).end);
+}
+
 TEST(Clip, KeepsThePartInside) {
   const auto t0 = SteadyClock::time_point{};
   auto c = clip({at(0, 10), at(15, 30), at(40, 50)}, t0 + milliseconds(5), t0 + milliseconds(20));

@@ -347,7 +347,8 @@ TEST(ConfigTest, EffectiveSettingsRoundTripThroughJson) {
       "offload_param": {"device": "nvme", "nvme_path": "./p", "buffer_count": 7},
       "offload_optimizer": {"device": "cpu", "buffer_count": 9}},
     "aio": {"queue_depth": 32},
-    "zinf": {"device": "cpu", "device_budget": 1e9, "nvme_paths": ["./q"]}
+    "zinf": {"device": "cpu", "device_budget": 1e9, "nvme_paths": ["./q"],
+             "trace_path": "steps.json"}
   })");
   const std::string once = to_json(c);
   Config again = parse_ok(once);
@@ -358,6 +359,7 @@ TEST(ConfigTest, EffectiveSettingsRoundTripThroughJson) {
   EXPECT_EQ(again.zero_optimization.offload_param.buffer_count, 7u);
   EXPECT_EQ(again.zero_optimization.offload_optimizer.buffer_count, 9u);
   EXPECT_EQ(again.zinf.device_budget, 1000000000u);
+  EXPECT_EQ(again.zinf.trace_path, "steps.json");
   EXPECT_TRUE(again.bf16_enabled);
   EXPECT_EQ(again.scheduler->type, "OneCycle");
   EXPECT_EQ(again.scheduler->cycle_second_step_size, 7u);

@@ -20,6 +20,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -28,6 +29,7 @@
 #include "common/sanitizer.hpp"
 #include "gpt/model.hpp"
 #include "offload/checkpoint_file.hpp"
+#include "offload/trace.hpp"
 #include "run_shell.hpp"
 #include "swap/swap_test_util.hpp"
 #include "zinf/common/aligned.hpp"
@@ -612,6 +614,90 @@ TEST(EngineTest, ZinfCkptInspectsVerifiesAndConsolidates) {
   EXPECT_EQ(corrupt_status, 1) << complaint;
   EXPECT_NE(complaint.find("rank0.state: state 0 fails its CRC32C"), std::string::npos)
       << complaint;
+}
+
+// zinf.trace_path: a Chrome trace with every stage's track, whose spans,
+// track by track and step by step, add up to the StepReport's times and
+// stay inside their step, with counters once a step.
+TEST(EngineTest, TraceSpansAddUpToEachStepsReport) {
+  ScratchDir dir;
+  Homes s;
+  s.param = "nvme";
+  s.optim = "nvme";
+  Config cfg = parse(config_json(s, dir.path().string()));
+  cfg.zinf.trace_path = (dir.path() / "trace.json").string();
+  const auto o = small_gpt();
+  std::vector<StepReport> reports;
+  {
+    Engine<gpt::GPT> engine(build(o, cfg, false), cfg);
+    for (std::uint64_t k = 0; k < 3; ++k) {
+      micro_step(engine, o, k);
+      reports.push_back(engine.last_step_report());
+    }
+  }
+  std::ifstream in(dir.path() / "trace.json");
+  const auto trace = nlohmann::json::parse(in);
+  std::map<int, std::string> tracks;
+  for (const auto& e : trace)
+    if (e["ph"] == "M" && e["name"] == "thread_name") tracks[e["tid"]] = e["args"]["name"];
+  const std::map<std::string, double StepReport::*> figures = {
+      {"step (update)", &StepReport::step_s},
+      {"forward + backward", &StepReport::fwd_bwd_s},
+      {"compute", &StepReport::compute_s},
+      {"stall (waiting for parameters)", &StepReport::stall_s},
+      {"nvme: parameter reads", &StepReport::param_read_s},
+      {"copy: host to device", &StepReport::h2d_s},
+      {"copy: device to host", &StepReport::d2h_s},
+      {"nvme: optimizer state + parameter write-back", &StepReport::optim_io_s},
+      {"communication", &StepReport::comm_s}};
+  std::set<std::string> named;
+  for (const auto& [tid, name] : tracks) named.insert(name);
+  for (const auto& [name, figure] : figures) EXPECT_TRUE(named.count(name)) << name;
+  std::map<std::pair<std::uint64_t, std::string>, double> sums;
+  std::map<std::uint64_t, std::pair<double, double>> bounds;  // first forward, update's end (us)
+  std::map<std::string, int> counters;
+  for (const auto& e : trace) {
+    if (e["ph"] == "C") ++counters[e["name"]];
+    if (e["ph"] != "X") continue;
+    const std::uint64_t step = e["args"]["step"];
+    const std::string track = tracks.at(e["tid"]);
+    const double ts = e["ts"], dur = e["dur"];
+    EXPECT_GE(dur, 0) << track;
+    sums[{step, track}] += dur / 1e6;
+    auto& b = bounds.try_emplace(step, 1e300, -1e300).first->second;
+    if (track == "forward + backward") b.first = std::min(b.first, ts);
+    if (track == "step (update)") b.second = ts + dur;
+  }
+  ASSERT_EQ(bounds.size(), reports.size());
+  for (const StepReport& r : reports) {
+    for (const auto& [name, figure] : figures) {
+      const double want = r.*figure;
+      const double got = sums[{r.step, name}];
+      EXPECT_NEAR(got, want, std::max(1e-6, 0.01 * want)) << "step " << r.step << ", " << name;
+    }
+    EXPECT_GT(r.param_read_s, 0) << "the test should see parameter reads";
+  }
+  for (const auto& e : trace) {
+    if (e["ph"] != "X") continue;
+    const auto [from, to] = bounds.at(e["args"]["step"]);
+    const double ts = e["ts"], dur = e["dur"];
+    EXPECT_GE(ts, from - 1e-3) << tracks.at(e["tid"]) << " before its step";
+    EXPECT_LE(ts + dur, to + 1e-3) << tracks.at(e["tid"]) << " after its step";
+  }
+  EXPECT_EQ(counters["device bytes"], 3);
+  EXPECT_EQ(counters["loss scale"], 3);
+  EXPECT_EQ(offload::Trace::path_for("/runs/t.json", 0, 1), "/runs/t.json");
+  EXPECT_EQ(offload::Trace::path_for("/runs/t.json", 1, 2), "/runs/t.rank1.json");
+  Config bad = cfg;
+  bad.zinf.trace_path = (dir.path() / "missing" / "trace.json").string();
+  try {
+    Engine<gpt::GPT> engine(build(o, bad, false), bad);
+    ADD_FAILURE() << "built with a trace_path in a missing folder";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("zinf.trace_path: cannot create " + bad.zinf.trace_path),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 // A checkpoint that does not fit the engine (another model, a corrupt file,

@@ -22,7 +22,10 @@ struct Interval {
   double seconds() const { return std::chrono::duration<double>(end - begin).count(); }
 };
 
-// The length of the union of `intervals` (in any order, overlapping or not).
+// The union of `intervals` (in any order, overlapping or not) as disjoint
+// intervals in time order.
+std::vector<Interval> merged(std::vector<Interval> intervals);
+// Its length.
 double union_seconds(std::vector<Interval> intervals);
 
 // Intervals clipped to [from, to); those outside are dropped.

@@ -73,6 +73,10 @@ struct EngineConfig {
   // before it fails with an error naming what it waited for; torch's
   // default process-group timeout.
   std::uint32_t comm_timeout = 1800;
+  // A Chrome trace (Perfetto's JSON) of every step: each stage's busy
+  // periods on a track of its own, counters per step. With several ranks,
+  // rank R writes <stem>.rank<R><extension>. Empty: no trace.
+  std::string trace_path;
 };
 
 struct OffloadOptimizerConfig {

@@ -1,0 +1,117 @@
+#include "offload/trace.hpp"
+
+#include <cstdio>
+
+#include "zinf/common/logging.hpp"
+
+namespace zinf::offload {
+
+namespace fs = std::filesystem;
+
+const char* Trace::name(Track track) {
+  switch (track) {
+    case kStep:
+      return "step (update)";
+    case kForwardBackward:
+      return "forward + backward";
+    case kCompute:
+      return "compute";
+    case kStall:
+      return "stall (waiting for parameters)";
+    case kParamReads:
+      return "nvme: parameter reads";
+    case kH2d:
+      return "copy: host to device";
+    case kD2h:
+      return "copy: device to host";
+    case kOptimizerIo:
+      return "nvme: optimizer state + parameter write-back";
+    case kComm:
+      return "communication";
+    case kTracks:
+      break;
+  }
+  return "?";
+}
+
+fs::path Trace::path_for(const fs::path& path, int rank, int world) {
+  if (world <= 1) return path;
+  return path.parent_path() /
+         (path.stem().string() + ".rank" + std::to_string(rank) + path.extension().string());
+}
+
+Trace::Trace(std::ofstream out, fs::path path, int rank)
+    : out_(std::move(out)), path_(std::move(path)), rank_(rank) {}
+
+Result<std::unique_ptr<Trace>> Trace::open(const fs::path& path, int rank) {
+  std::ofstream out(path, std::ios::trunc);
+  if (!out) return Status::from_errno(errno, "zinf.trace_path: cannot create " + path.string());
+  out << "[\n";
+  std::unique_ptr<Trace> trace(new Trace(std::move(out), path, rank));
+  trace->event(R"({"ph":"M","name":"process_name","pid":)" + std::to_string(rank) +
+               R"(,"args":{"name":"zinf rank )" + std::to_string(rank) + R"("}})");
+  for (int t = 0; t < kTracks; ++t) {
+    const std::string tid = std::to_string(t);
+    trace->event(R"({"ph":"M","name":"thread_name","pid":)" + std::to_string(rank) + R"(,"tid":)" +
+                 tid + R"(,"args":{"name":")" + name(static_cast<Track>(t)) + R"("}})");
+    trace->event(R"({"ph":"M","name":"thread_sort_index","pid":)" + std::to_string(rank) +
+                 R"(,"tid":)" + tid + R"(,"args":{"sort_index":)" + tid + "}}");
+  }
+  return trace;
+}
+
+Trace::~Trace() {
+  out_ << "\n]\n";
+  out_.flush();
+  if (!out_ && !failed_)
+    ZINF_LOG(kWarn) << "zinf.trace_path: writing " << path_.string() << " failed";
+}
+
+double Trace::micros(SteadyClock::time_point t) const {
+  return std::chrono::duration<double, std::micro>(t - origin_).count();
+}
+
+void Trace::event(const std::string& json) {
+  if (failed_) return;
+  if (!first_) out_ << ",\n";
+  first_ = false;
+  out_ << json;
+  if (!out_) {
+    failed_ = true;
+    ZINF_LOG(kWarn) << "zinf.trace_path: writing " << path_.string()
+                    << " failed; the run goes on without its trace";
+  }
+}
+
+void Trace::spans(Track track, const std::vector<Interval>& periods, std::uint64_t step) {
+  char text[256];
+  for (const Interval& i : periods) {
+    std::snprintf(text, sizeof text,
+                  R"({"ph":"X","name":"%s","pid":%d,"tid":%d,"ts":%.3f,"dur":%.3f,)"
+                  R"("args":{"step":%llu}})",
+                  name(track), rank_, static_cast<int>(track), micros(i.begin),
+                  micros(i.end) - micros(i.begin), static_cast<unsigned long long>(step));
+    event(text);
+  }
+}
+
+void Trace::counter(const char* what, SteadyClock::time_point at, double value) {
+  char text[256];
+  std::snprintf(text, sizeof text,
+                R"({"ph":"C","name":"%s","pid":%d,"ts":%.3f,"args":{"value":%.17g}})", what, rank_,
+                micros(at), value);
+  event(text);
+}
+
+std::vector<Interval> complement(SteadyClock::time_point from, SteadyClock::time_point to,
+                                 const std::vector<Interval>& holes) {
+  std::vector<Interval> out;
+  for (const Interval& h : holes) {
+    if (h.begin > from) out.push_back({from, std::min(h.begin, to)});
+    from = std::max(from, h.end);
+  }
+  if (from < to) out.push_back({from, to});
+  return out;
+}
+
+}  // namespace zinf::offload

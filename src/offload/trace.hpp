@@ -1,0 +1,68 @@
+// The engine's step timeline (zinf.trace_path): a Chrome trace in the JSON
+// array format that Perfetto and chrome://tracing open. The process is the
+// rank; each stage is a track (a named thread) holding one complete event
+// per busy period, the same periods the StepReport's times are the lengths
+// of, so a track's spans in a step add up to that step's figure. Each span
+// carries its step; counters (device bytes, loss scale) come once a step.
+//
+// Threads: the engine's, one at a time. A write error is logged once, and
+// the run goes on without its trace.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <vector>
+
+#include "zinf/common/busy_time.hpp"
+#include "zinf/common/status.hpp"
+
+namespace zinf::offload {
+
+class Trace {
+ public:
+  enum Track : int {
+    kStep,             // the update
+    kForwardBackward,  // each micro-step's forward and backward
+    kCompute,          // the compute stream working: forward and backward less stalls
+    kStall,            // compute waiting for parameters
+    kParamReads,       // NVMe reads of parameters
+    kH2d,
+    kD2h,
+    kOptimizerIo,  // the update's NVMe reads and writes, parameter write-back included
+    kComm,         // collectives in flight
+    kTracks
+  };
+  static const char* name(Track track);
+
+  // `path` as it is for a world of one, <stem>.rank<R><extension> otherwise.
+  static std::filesystem::path path_for(const std::filesystem::path& path, int rank, int world);
+  // A new file (replacing one there), its tracks named.
+  static Result<std::unique_ptr<Trace>> open(const std::filesystem::path& path, int rank);
+  ~Trace();  // closes the array
+  Trace(const Trace&) = delete;
+  Trace& operator=(const Trace&) = delete;
+
+  // Disjoint intervals (merged()), each one span.
+  void spans(Track track, const std::vector<Interval>& periods, std::uint64_t step);
+  void counter(const char* name, SteadyClock::time_point at, double value);
+
+ private:
+  Trace(std::ofstream out, std::filesystem::path path, int rank);
+  void event(const std::string& json);
+  double micros(SteadyClock::time_point t) const;
+
+  std::ofstream out_;
+  std::filesystem::path path_;
+  int rank_;
+  SteadyClock::time_point origin_ = SteadyClock::now();
+  bool first_ = true;
+  bool failed_ = false;
+};
+
+// [from, to) less the disjoint, ordered `holes`.
+std::vector<Interval> complement(SteadyClock::time_point from, SteadyClock::time_point to,
+                                 const std::vector<Interval>& holes);
+
+}  // namespace zinf::offload
