@@ -6,6 +6,7 @@
 #include <fstream>
 #include <numeric>
 
+#include "common/progress_log.hpp"
 #include "gpu/communicator.hpp"
 #include "swap/crc32c.hpp"
 #include "zinf/swap/file.hpp"
@@ -192,9 +193,12 @@ Status verify_checkpoint_file(const Checkpoint& c, int rank, const StateIo& io) 
   ZINF_ASSIGN_OR_RETURN(auto file, StateFile::open(path, layout, io));
   // All the state arrays a chunk at a time, as the loader reads them.
   constexpr std::uint64_t kStep = kStateChunk / sizeof(float);
-  for (std::uint64_t at = 0; at < layout.elements; at += kStep)
-    for (int k = 0; k < c.num_states; ++k)
-      ZINF_RETURN_IF_ERROR(file->read(k, nullptr, std::min(kStep, layout.elements - at)));
+  ProgressLog progress("verifying " + path.string(), c.state_bytes(rank));
+  for (std::uint64_t at = 0; at < layout.elements; at += kStep) {
+    const std::uint64_t n = std::min(kStep, layout.elements - at);
+    for (int k = 0; k < c.num_states; ++k) ZINF_RETURN_IF_ERROR(file->read(k, nullptr, n));
+    progress.add(c.num_states * n * sizeof(float));
+  }
   return check_state_crcs(c, rank, *file);
 }
 

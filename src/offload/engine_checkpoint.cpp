@@ -34,6 +34,7 @@
 #include <chrono>
 #include <nlohmann/json.hpp>
 
+#include "common/progress_log.hpp"
 #include "offload/checkpoint_file.hpp"
 #include "offload/engine_impl.hpp"
 #include "offload/state_file.hpp"
@@ -291,9 +292,11 @@ void EngineImpl::save_checkpoint(const fs::path& dir, std::string tag) {
 Status EngineImpl::write_state(const fs::path& path, std::vector<std::uint32_t>& crcs) {
   const StateLayout layout{own_elements_, num_states_, kCheckpointVersion};
   ZINF_ASSIGN_OR_RETURN(auto file, StateFile::create(path, layout, checkpoint_io()));
+  ProgressLog progress("save_checkpoint " + path.string(), layout.num_states * layout.data_bytes());
   Status s = tier_->read([&](Piece& piece) -> Status {
     for (int k = 0; k < num_states_; ++k)
       ZINF_RETURN_IF_ERROR(file->write(k, piece.state[k], piece.count));
+    progress.add(num_states_ * piece.count * sizeof(float));
     return Status::ok();
   });
   if (s.is_ok()) s = file->finish();
@@ -398,10 +401,12 @@ void EngineImpl::load_checkpoint(const fs::path& dir, std::string tag) {
   s = file.status();
   if (s.is_ok()) {
     const std::size_t last = tier_->pieces() - 1;
+    ProgressLog progress("load_checkpoint " + c.state_file(rank_).string(), c.state_bytes(rank_));
     // A file that changed since its verification fails too.
     s = overwrite_state([&](Piece& piece) -> Status {
       for (int k = 0; k < num_states_; ++k)
         ZINF_RETURN_IF_ERROR((*file)->read(k, piece.state[k], piece.count));
+      progress.add(num_states_ * piece.count * sizeof(float));
       return piece.index == last ? check_state_crcs(c, rank_, **file) : Status::ok();
     });
   }

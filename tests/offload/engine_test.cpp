@@ -31,6 +31,7 @@
 #include "offload/checkpoint_file.hpp"
 #include "offload/trace.hpp"
 #include "run_shell.hpp"
+#include "stderr_of.hpp"
 #include "swap/swap_test_util.hpp"
 #include "zinf/common/aligned.hpp"
 #include "zinf/zinf.hpp"
@@ -513,30 +514,6 @@ void flip_byte(const std::filesystem::path& file, std::streamoff at) {
   f.put(byte);
 }
 
-// zinf-ckpt: inspect and verify a checkpoint, and consolidate it into one
-// fp32 file that a plain LibTorch program loads with torch::load, holding
-// the engine's parameters (DeepSpeed's zero_to_fp32); a corrupt one fails
-// verify, naming the file.
-// Everything written to stderr (zinf's log) while `fn` runs.
-template <typename Fn>
-std::string stderr_of(Fn&& fn) {
-  std::fflush(stderr);
-  const int saved = ::dup(STDERR_FILENO);
-  char name[] = "/tmp/zinf-stderr-XXXXXX";
-  const int fd = ::mkstemp(name);
-  ::dup2(fd, STDERR_FILENO);
-  fn();
-  std::fflush(stderr);
-  ::dup2(saved, STDERR_FILENO);
-  ::close(saved);
-  ::close(fd);
-  std::ifstream in(name);
-  std::stringstream text;
-  text << in.rdbuf();
-  std::remove(name);
-  return text.str();
-}
-
 // The engine says what each swap path is on, in its log and its memory
 // report, and warns where one is memory (a tmpfs), not where it is a disk.
 TEST(EngineTest, ReportsWhatEachSwapPathIsOnAndWarnsOnTmpfs) {
@@ -554,7 +531,7 @@ TEST(EngineTest, ReportsWhatEachSwapPathIsOnAndWarnsOnTmpfs) {
     const Config cfg = parse(config_json(s, where.string()));
     std::optional<Engine<gpt::GPT>> engine;
     std::string refused;
-    const std::string log = stderr_of([&] {
+    const std::string log = test::stderr_of([&] {
       try {
         engine.emplace(build(o, cfg, false), cfg);
       } catch (const Error& e) {
@@ -579,6 +556,10 @@ TEST(EngineTest, ReportsWhatEachSwapPathIsOnAndWarnsOnTmpfs) {
   }
 }
 
+// zinf-ckpt: inspect and verify a checkpoint, and consolidate it into one
+// fp32 file that a plain LibTorch program loads with torch::load, holding
+// the engine's parameters (DeepSpeed's zero_to_fp32); a corrupt one fails
+// verify, naming the file.
 TEST(EngineTest, ZinfCkptInspectsVerifiesAndConsolidates) {
   ScratchDir dir;
   Homes s;
