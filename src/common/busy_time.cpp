@@ -25,6 +25,22 @@ double union_seconds(std::vector<Interval> intervals) {
   return total;
 }
 
+std::vector<Interval> subtract(const std::vector<Interval>& periods,
+                               const std::vector<Interval>& holes) {
+  const std::vector<Interval> gaps = merged(holes);
+  std::vector<Interval> out;
+  for (Interval p : merged(periods)) {
+    for (const Interval& h : gaps) {
+      if (h.end <= p.begin || h.begin >= p.end) continue;
+      if (h.begin > p.begin) out.push_back({p.begin, h.begin});
+      p.begin = std::max(p.begin, h.end);
+      if (p.begin >= p.end) break;
+    }
+    if (p.begin < p.end) out.push_back(p);
+  }
+  return out;
+}
+
 std::vector<Interval> clip(const std::vector<Interval>& intervals, SteadyClock::time_point from,
                            SteadyClock::time_point to) {
   std::vector<Interval> out;

@@ -1298,7 +1298,7 @@ void EngineImpl::take_busy(SteadyClock::time_point from, SteadyClock::time_point
     const std::uint64_t step = global_steps_ + 1;
     const std::vector<Interval> stalls = merged(clip(stall, from, to));
     trace_->spans(Trace::kForwardBackward, {{from, to}}, step);
-    trace_->spans(Trace::kCompute, complement(from, to, stalls), step);
+    trace_->spans(Trace::kCompute, subtract({{from, to}}, stalls), step);
     trace_->spans(Trace::kStall, stalls, step);
     trace_->spans(Trace::kH2d, merged(clip(h2d, from, to)), step);
     trace_->spans(Trace::kD2h, merged(clip(d2h, from, to)), step);
@@ -1415,7 +1415,8 @@ class EngineImpl::HomeWriter {
     return first;
   }
 
-  double waited_s() const { return waited_s_; }
+  double waited_s() const { return union_seconds(waits_); }
+  const std::vector<Interval>& waits() const { return waits_; }
 
  private:
   struct Pending {
@@ -1436,7 +1437,7 @@ class EngineImpl::HomeWriter {
     Pending p = std::move(pending_.front());
     pending_.pop_front();
     Status s = p.ticket ? e_.store_->nvme->wait(*p.ticket) : p.event->synchronize();
-    waited_s_ += seconds(t0, SteadyClock::now());
+    waits_.push_back({t0, SteadyClock::now()});
     if (s.is_ok()) return s;
     return s.with_context("writing back the updated parameters of partition '" +
                           e_.partitions_[p.partition].key + "'");
@@ -1446,7 +1447,7 @@ class EngineImpl::HomeWriter {
   std::size_t current_ = kNone;
   std::shared_ptr<Lease> lease_;
   std::deque<Pending> pending_;
-  double waited_s_ = 0;
+  std::vector<Interval> waits_;  // retire_oldest()'s, one after another
 };
 
 // Stage 1: the window's gradients were accumulated whole on every rank;
@@ -1517,6 +1518,7 @@ Status EngineImpl::update(float clip, StepStats& stats) {
   Status s = tier_->update(fn, stats);
   Status w = writer.finish();
   stats.compute_s -= writer.waited_s();
+  stats.compute_periods = subtract(stats.compute_periods, writer.waits());
   return s.is_ok() ? w : s;
 }
 
@@ -1713,6 +1715,7 @@ void EngineImpl::step() {
     trace_->spans(Trace::kStep, {{t0, t1}}, r.step);
     trace_->spans(Trace::kOptimizerIo, merged(clip(io, t0, t1)), r.step);
     trace_->spans(Trace::kComm, merged(clip(comm, window_.open ? window_.begin : t0, t1)), r.step);
+    trace_->spans(Trace::kCpuAdam, st.compute_periods, r.step);
     trace_->counter("device bytes", t1, static_cast<double>(device_->memory().live));
     trace_->counter("loss scale", t1, r.loss_scale);
   }

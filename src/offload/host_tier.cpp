@@ -33,7 +33,8 @@ class HostTier final : public StateTier {
   Status update(const PieceFn& fn, StepStats& stats) override {
     const auto t0 = SteadyClock::now();
     Status s = read(fn);
-    stats.compute_s += std::chrono::duration<double>(SteadyClock::now() - t0).count();
+    stats.compute_periods.push_back({t0, SteadyClock::now()});
+    stats.compute_s += stats.compute_periods.back().seconds();
     stats.sub_groups = shape_.groups.size();
     return s;
   }

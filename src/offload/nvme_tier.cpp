@@ -155,7 +155,8 @@ class NvmeTier final : public StateTier {
       Piece piece = view(pieces_[i], set_of(i));
       const auto t_compute = SteadyClock::now();
       note(call_piece_fn(fn, piece));
-      stats.compute_s += since(t_compute);
+      stats.compute_periods.push_back({t_compute, SteadyClock::now()});
+      stats.compute_s += stats.compute_periods.back().seconds();
       note(helper.get());
       if (error.is_ok()) note(write(i, set_of(i), 1 - slot_[i]));
     }

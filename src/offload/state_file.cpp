@@ -74,7 +74,8 @@ struct StateFile::State {
   Status submit(int c, std::uint64_t offset) {
     Chunk& chunk = chunks[static_cast<std::size_t>(c)];
     // O_DIRECT transfers whole blocks: a region's last chunk reads or
-    // writes its padding too (there is padding only where direct is on).
+    // writes its padding too (a version 3 file always has it; a version 2
+    // file, read through the page cache, has none).
     const std::uint64_t length =
         writing || direct ? align_up(chunk.bytes, kIoAlignment) : chunk.bytes;
     const swap::IoRequest r{writing ? swap::IoOp::kWrite : swap::IoOp::kRead,

@@ -28,6 +28,8 @@ const char* Trace::name(Track track) {
       return "nvme: optimizer state + parameter write-back";
     case kComm:
       return "communication";
+    case kCpuAdam:
+      return "cpu adam";
     case kTracks:
       break;
   }
@@ -101,17 +103,6 @@ void Trace::counter(const char* what, SteadyClock::time_point at, double value) 
                 R"({"ph":"C","name":"%s","pid":%d,"ts":%.3f,"args":{"value":%.17g}})", what, rank_,
                 micros(at), value);
   event(text);
-}
-
-std::vector<Interval> complement(SteadyClock::time_point from, SteadyClock::time_point to,
-                                 const std::vector<Interval>& holes) {
-  std::vector<Interval> out;
-  for (const Interval& h : holes) {
-    if (h.begin > from) out.push_back({from, std::min(h.begin, to)});
-    from = std::max(from, h.end);
-  }
-  if (from < to) out.push_back({from, to});
-  return out;
 }
 
 }  // namespace zinf::offload

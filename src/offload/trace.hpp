@@ -32,6 +32,7 @@ class Trace {
     kD2h,
     kOptimizerIo,  // the update's NVMe reads and writes, parameter write-back included
     kComm,         // collectives in flight
+    kCpuAdam,      // the optimizer's CPU kernel (its waits for parameter write-back excluded)
     kTracks
   };
   static const char* name(Track track);
@@ -60,9 +61,5 @@ class Trace {
   bool first_ = true;
   bool failed_ = false;
 };
-
-// [from, to) less the disjoint, ordered `holes`.
-std::vector<Interval> complement(SteadyClock::time_point from, SteadyClock::time_point to,
-                                 const std::vector<Interval>& holes);
 
 }  // namespace zinf::offload

@@ -29,6 +29,18 @@ TEST(Merged, DisjointInTimeOrder) {
   EXPECT_EQ(m[1].end, at(20, 35).end);
 }
 
+TEST(Subtract, LeavesThePeriodsOutsideTheHoles) {
+  const auto d = subtract({at(0, 10), at(20, 40), at(5, 12)}, {at(2, 4), at(30, 50), at(3, 6)});
+  ASSERT_EQ(d.size(), 3u);
+  EXPECT_EQ(d[0].end, at(0, 2).end);
+  EXPECT_EQ(d[1].begin, at(6, 12).begin);
+  EXPECT_EQ(d[1].end, at(6, 12).end);
+  EXPECT_EQ(d[2].begin, at(20, 30).begin);
+  EXPECT_EQ(d[2].end, at(20, 30).end);
+  EXPECT_NEAR(union_seconds(d), 0.002 + 0.006 + 0.010, 1e-12);
+  EXPECT_TRUE(subtract({at(0, 10)}, {at(0, 10)}).empty());
+}
+
 TEST(Clip, KeepsThePartInside) {
   const auto t0 = SteadyClock::time_point{};
   auto c = clip({at(0, 10), at(15, 30), at(40, 50)}, t0 + milliseconds(5), t0 + milliseconds(20));

@@ -630,7 +630,8 @@ TEST(EngineTest, TraceSpansAddUpToEachStepsReport) {
       {"copy: host to device", &StepReport::h2d_s},
       {"copy: device to host", &StepReport::d2h_s},
       {"nvme: optimizer state + parameter write-back", &StepReport::optim_io_s},
-      {"communication", &StepReport::comm_s}};
+      {"communication", &StepReport::comm_s},
+      {"cpu adam", &StepReport::cpu_adam_s}};
   std::set<std::string> named;
   for (const auto& [tid, name] : tracks) named.insert(name);
   for (const auto& [name, figure] : figures) EXPECT_TRUE(named.count(name)) << name;

@@ -28,6 +28,11 @@ std::vector<Interval> merged(std::vector<Interval> intervals);
 // Its length.
 double union_seconds(std::vector<Interval> intervals);
 
+// `periods` less `holes` (each in any order, overlapping or not), as
+// disjoint intervals in time order.
+std::vector<Interval> subtract(const std::vector<Interval>& periods,
+                               const std::vector<Interval>& holes);
+
 // Intervals clipped to [from, to); those outside are dropped.
 std::vector<Interval> clip(const std::vector<Interval>& intervals, SteadyClock::time_point from,
                            SteadyClock::time_point to);

@@ -36,6 +36,7 @@
 #include <memory>
 #include <vector>
 
+#include "zinf/common/busy_time.hpp"
 #include "zinf/offload/offload_options.hpp"
 
 namespace zinf {
@@ -64,6 +65,7 @@ struct StepStats {
   std::uint64_t bytes_read = 0;
   std::uint64_t bytes_written = 0;
   std::uint64_t sub_groups = 0;
+  std::vector<Interval> compute_periods;  // when the CPU kernel ran (compute_s is their sum)
 };
 
 // Bytes each tier holds for the optimizer, and how the host bytes are held.
