@@ -29,13 +29,56 @@ struct Options {
   int seq = 64;
   bool tied = false;  // the LM head reuses the token embedding
 
-  // Parameters of the model these options build.
+  // The parameters the model these options builds has, without building
+  // it (for a planner such as zinf-plan): the root's (outside every unit),
+  // then each unit's, in the order the modules list them.
+  struct Param {
+    std::string name;
+    std::vector<std::int64_t> shape;
+  };
+  struct Unit {
+    std::string name;
+    std::vector<Param> params;
+  };
+  struct Shapes {
+    std::vector<Param> root;
+    std::vector<Unit> units;
+  };
+  Shapes shapes() const {
+    const std::int64_t h = hidden, v = vocab;
+    auto linear = [&](const std::string& name, std::int64_t in, std::int64_t out) {
+      return std::vector<Param>{{name + ".weight", {out, in}}, {name + ".bias", {out}}};
+    };
+    auto norm = [&](const std::string& name) {
+      return std::vector<Param>{{name + ".weight", {h}}, {name + ".bias", {h}}};
+    };
+    Shapes s;
+    s.root = {{"wte.weight", {v, h}}, {"wpe.weight", {std::int64_t{seq}, h}}};
+    for (auto& p : norm("ln_f")) s.root.push_back(p);
+    for (int i = 0; i < layers; ++i) {
+      Unit block{"h" + std::to_string(i), {}};
+      for (const auto& part : {norm("ln1"), linear("attn.qkv", h, 3 * h), linear("attn.proj", h, h),
+                               norm("ln2"), linear("fc", h, 4 * h), linear("out", 4 * h, h)})
+        block.params.insert(block.params.end(), part.begin(), part.end());
+      s.units.push_back(std::move(block));
+    }
+    if (!tied) s.units.push_back({"head", {{"lm.weight", {v, h}}}});
+    return s;
+  }
+
   std::int64_t parameters() const {
-    const std::int64_t h = hidden;
-    const std::int64_t block =
-        2 * 2 * h + (h * 3 * h + 3 * h) + (h * h + h) + (h * 4 * h + 4 * h) + (4 * h * h + h);
-    return std::int64_t{vocab} * h + std::int64_t{seq} * h + layers * block + 2 * h +
-           (tied ? 0 : std::int64_t{vocab} * h);
+    const Shapes s = shapes();
+    std::int64_t n = 0;
+    auto count = [&](const std::vector<Param>& params) {
+      for (const Param& p : params) {
+        std::int64_t e = 1;
+        for (std::int64_t d : p.shape) e *= d;
+        n += e;
+      }
+    };
+    count(s.root);
+    for (const Unit& u : s.units) count(u.params);
+    return n;
   }
 };
 

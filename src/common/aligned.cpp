@@ -18,7 +18,7 @@ Result<AlignedBuffer> AlignedBuffer::allocate(std::size_t bytes, std::size_t ali
                                     " is not a power of two");
   }
   AlignedBuffer buf;
-  buf.size_ = align_up(bytes == 0 ? alignment : bytes, alignment);
+  buf.size_ = size_for(bytes, alignment);
   if (buf.size_ >= kMapThreshold && alignment <= kIoAlignment) {
     void* p =
         ::mmap(nullptr, buf.size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -21,8 +21,6 @@
 namespace zinf::gpu {
 namespace {
 
-constexpr std::size_t kAlignment = 256;
-
 class HostEvent final : public Event {
  public:
   explicit HostEvent(bool done = false) : done_(done) {}
@@ -159,9 +157,9 @@ class CpuDevice final : public AccountedDevice {
   }
 
   Result<void*> allocate(std::size_t bytes, std::string_view what) override {
-    const std::size_t size = align_up(std::max<std::size_t>(bytes, 1), kAlignment);
+    const std::size_t size = allocation_bytes(DeviceType::kCpu, bytes);
     ZINF_RETURN_IF_ERROR(account_.reserve(size, what));
-    void* p = std::aligned_alloc(kAlignment, size);
+    void* p = std::aligned_alloc(allocation_bytes(DeviceType::kCpu, 1), size);  // its granularity
     if (p == nullptr) {
       account_.release(size);
       return Status::resource_exhausted("device cpu: host memory exhausted allocating " +
@@ -174,7 +172,7 @@ class CpuDevice final : public AccountedDevice {
     if (ptr == nullptr) return;
     if (after) (void)after->synchronize();
     std::free(ptr);
-    account_.release(align_up(std::max<std::size_t>(bytes, 1), kAlignment));
+    account_.release(allocation_bytes(DeviceType::kCpu, bytes));
   }
 
   Stream& compute_stream() override { return compute_; }

@@ -24,8 +24,6 @@
 namespace zinf::gpu {
 namespace {
 
-constexpr std::size_t kAlignment = 512;
-
 Status cuda_error(cudaError_t e, std::string_view what) {
   return Status(StatusCode::kInternal, std::string(what) + ": " + cudaGetErrorName(e) + " (" +
                                            cudaGetErrorString(e) + ")");
@@ -179,7 +177,7 @@ class CudaDevice final : public AccountedDevice {
   }
 
   Result<void*> allocate(std::size_t bytes, std::string_view what) override {
-    const std::size_t size = align_up(std::max<std::size_t>(bytes, 1), kAlignment);
+    const std::size_t size = allocation_bytes(DeviceType::kCuda, bytes);
     std::lock_guard lock(mutex_);
     cudaSetDevice(index_);
     auto [first, last] = cache_.equal_range(size);
@@ -206,8 +204,7 @@ class CudaDevice final : public AccountedDevice {
   void deallocate(void* ptr, std::size_t bytes, EventPtr after) override {
     if (ptr == nullptr) return;
     std::lock_guard lock(mutex_);
-    cache_.emplace(align_up(std::max<std::size_t>(bytes, 1), kAlignment),
-                   Cached{ptr, std::move(after)});
+    cache_.emplace(allocation_bytes(DeviceType::kCuda, bytes), Cached{ptr, std::move(after)});
   }
 
   Stream& compute_stream() override { return compute_; }

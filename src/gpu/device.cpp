@@ -2,11 +2,17 @@
 #include <algorithm>
 
 #include "gpu/devices.hpp"
+#include "zinf/common/aligned.hpp"
 #include "zinf/common/logging.hpp"
 
 namespace zinf::gpu {
 
 std::string_view to_string(DeviceType type) { return type == DeviceType::kCuda ? "cuda" : "cpu"; }
+
+std::size_t allocation_bytes(DeviceType type, std::size_t bytes) {
+  const std::size_t granularity = type == DeviceType::kCuda ? 512 : 256;
+  return align_up(std::max<std::size_t>(bytes, 1), granularity);
+}
 
 Status MemoryAccount::reserve(std::uint64_t bytes, std::string_view what) {
   std::lock_guard lock(mutex_);

@@ -195,26 +195,8 @@ EngineImpl::~EngineImpl() {
 }
 
 void EngineImpl::check_config() {
-  const auto& z = config_.zero_optimization;
   const std::string& src = config_.source;
-  if (z.stage == 0) {
-    fail(Status::invalid_argument(
-        src +
-        ": zero_optimization.stage is 0 (ZeRO off), and zinf's engine is ZeRO with offload; "
-        "set stage 1, 2 or 3 (on one process they train the same)"));
-  }
-  if (z.offload_optimizer.device == OffloadDevice::kNone) {
-    fail(Status::invalid_argument(
-        src +
-        ": zero_optimization.offload_optimizer.device is \"none\": zinf's engine runs "
-        "the optimizer on the CPU; set it to \"cpu\" or \"nvme\""));
-  }
-  if (!config_.optimizer) {
-    fail(Status::invalid_argument(
-        src +
-        ": the engine needs an \"optimizer\" block, e.g. {\"type\": \"AdamW\", "
-        "\"params\": {\"lr\": 1e-4}}"));
-  }
+  if (Status s = check_engine_config(config_); !s.is_ok()) fail(s);
   if (config_.train_batch_size || config_.train_micro_batch_size_per_gpu ||
       config_.gradient_accumulation_steps) {
     Status s = config_.resolve_batch(static_cast<std::uint64_t>(world_size_));
@@ -237,7 +219,7 @@ void EngineImpl::check_config() {
   } else {
     hyper_.algorithm = ca::Algorithm::kAdam;
   }
-  num_states_ = hyper_.algorithm == ca::Algorithm::kAdam ? 3 : 2;
+  num_states_ = state_arrays(o);
   if (config_.scheduler) {
     auto schedule = LrSchedule::create(*config_.scheduler, o.lr);
     if (!schedule.is_ok()) fail(schedule.status().with_context(src));
@@ -595,19 +577,16 @@ void EngineImpl::make_buffers() {
   std::uint64_t staged = 0;  // the largest partition that goes through the pool
   for (const Partition& part : partitions_) {
     const std::uint64_t home_numel = part.home_bytes / c10::elementSize(part.dtype);
-    if (part.home == Home::kNvme && home_numel > op.buffer_size) {
-      fail(Status::invalid_argument(
-          config_.source + ": unit '" + units_[params_[part.params.front()].unit].name + "' has " +
-          std::to_string(home_numel) +
-          " parameter elements, more than zero_optimization.offload_param.buffer_size = " +
-          std::to_string(op.buffer_size) + "; raise buffer_size"));
+    if (part.home == Home::kNvme) {
+      if (Status s = check_buffer_size(units_[params_[part.params.front()].unit].name, home_numel,
+                                       config_);
+          !s.is_ok())
+        fail(s);
     }
     if (part.home != Home::kHost) staged = std::max(staged, part.home_bytes);
   }
   if (staged > 0) {
-    auto pool = gpu::PinnedPool::create(
-        device_.get(), {"offload_param buffers", staged, std::max<std::size_t>(1, op.buffer_count),
-                        op.pin_memory});
+    auto pool = gpu::PinnedPool::create(device_.get(), param_buffer_options(staged, op));
     if (!pool.is_ok()) fail(pool.status());
     param_pool_ = std::move(*pool);
     if (store_ && store_->nvme) {
@@ -617,11 +596,7 @@ void EngineImpl::make_buffers() {
   }
   std::uint64_t largest = 0;
   for (const Param& p : params_) largest = std::max(largest, p.numel * c10::elementSize(p.dtype));
-  constexpr std::uint64_t kGradBuffer = 16 << 20;
-  auto grads = gpu::PinnedPool::create(
-      device_.get(),
-      {"gradient buffers", std::max<std::uint64_t>(1, std::min(largest, kGradBuffer)), 4,
-       op.pin_memory});
+  auto grads = gpu::PinnedPool::create(device_.get(), grad_buffer_options(largest, op.pin_memory));
   if (!grads.is_ok()) fail(grads.status());
   grad_pool_ = std::move(*grads);
   const std::uint64_t grad_elements = partitioned_grads_ ? own_elements_ : elements_;

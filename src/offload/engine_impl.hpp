@@ -13,6 +13,7 @@
 
 #include "offload/coordinator.hpp"
 #include "offload/job.hpp"
+#include "offload/plan.hpp"
 #include "offload/state_tier.hpp"
 #include "offload/torch_glue.hpp"
 #include "offload/trace.hpp"

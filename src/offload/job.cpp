@@ -36,4 +36,27 @@ Status check_job(const Config& config, int world) {
   return Status::ok();
 }
 
+Status check_engine_config(const Config& config) {
+  const auto& z = config.zero_optimization;
+  if (z.stage == 0) {
+    return Status::invalid_argument(
+        config.source +
+        ": zero_optimization.stage is 0 (ZeRO off), and zinf's engine is ZeRO with offload; "
+        "set stage 1, 2 or 3 (on one process they train the same)");
+  }
+  if (z.offload_optimizer.device == OffloadDevice::kNone) {
+    return Status::invalid_argument(
+        config.source +
+        ": zero_optimization.offload_optimizer.device is \"none\": zinf's engine runs "
+        "the optimizer on the CPU; set it to \"cpu\" or \"nvme\"");
+  }
+  if (!config.optimizer) {
+    return Status::invalid_argument(
+        config.source +
+        ": the engine needs an \"optimizer\" block, e.g. {\"type\": \"AdamW\", "
+        "\"params\": {\"lr\": 1e-4}}");
+  }
+  return Status::ok();
+}
+
 }  // namespace zinf::offload

@@ -35,6 +35,30 @@ std::uint64_t largest_group(const TierShape& shape) {
   return shape.groups.empty() ? 1 : *std::max_element(shape.groups.begin(), shape.groups.end());
 }
 
+// kSets sets of one piece's state arrays.
+gpu::PinnedPool::Options pool_options(const TierShape& shape, const OffloadOptions& o) {
+  return {"offload_optimizer buffers", align_up(shape.chunk * sizeof(float), kIoAlignment),
+          static_cast<std::size_t>(kSets * shape.num_states), o.pin_memory()};
+}
+
+// zinf streams each sub-group through kSets sets of pieces: read i+1,
+// update i, write i-1. A piece fills every lane's queue with requests of one
+// aio block, is at most a sub-group, keeps the pool under half of the state
+// and within what DeepSpeed's buffer_count buffers would take; pieces are
+// whole pages (at least one).
+std::uint64_t piece_elements(const TierShape& shape, const OffloadOptions& o) {
+  constexpr std::uint64_t kPage = kIoAlignment / sizeof(float);
+  const std::uint64_t io = o.block_size() * o.queue_depth() *
+                           std::max<std::uint32_t>(1, o.intra_op_parallelism()) / sizeof(float);
+  const std::uint64_t half = shape.elements() / (2 * kSets);
+  const std::uint64_t largest = largest_group(shape);
+  const std::uint64_t deepspeed_pool = std::uint64_t{o.buffer_count()} * largest;
+  const std::uint64_t within =
+      deepspeed_pool / (kSets * static_cast<std::uint64_t>(shape.num_states));
+  const std::uint64_t chunk = std::min({io, half / kPage * kPage, largest, within / kPage * kPage});
+  return std::max(kPage, chunk);
+}
+
 class NvmeTier final : public StateTier {
  public:
   explicit NvmeTier(const TierShape& shape)
@@ -53,11 +77,8 @@ class NvmeTier final : public StateTier {
     so.buffered_io_fallback = o.buffered_io_fallback();
     so.fault = o.fault();
     ZINF_ASSIGN_OR_RETURN(store_, swap::SwapStore::open(so));
-    array_bytes_ = align_up(shape_.chunk * sizeof(float), kIoAlignment);
-    ZINF_ASSIGN_OR_RETURN(
-        pool_, gpu::PinnedPool::create(
-                   nullptr, {"offload_optimizer buffers", array_bytes_,
-                             static_cast<std::size_t>(kSets * shape_.num_states), o.pin_memory()}));
+    ZINF_ASSIGN_OR_RETURN(pool_, gpu::PinnedPool::create(nullptr, pool_options(shape_, o)));
+    array_bytes_ = pool_->buffer_bytes();
     for (std::size_t i = 0; i < pool_->count(); ++i) buffers_.push_back(pool_->acquire());
     if (Status s = store_->register_buffers(pool_->io_regions()); !s.is_ok())
       ZINF_LOG(kWarn) << "offload_optimizer: " << s.message() << "; using plain buffers";
@@ -252,24 +273,25 @@ Result<std::unique_ptr<StateTier>> make_nvme_tier(TierShape shape, const Offload
         "one for the gradient, as DeepSpeed counts them); raise buffer_count to " +
         std::to_string(needed) + " or more");
   }
-  // zinf streams each sub-group through kSets sets of pieces instead: read
-  // i+1, update i, write i-1. A piece fills every lane's queue with requests
-  // of one aio block, is at most a sub-group, keeps the pool under half of
-  // the state and within what DeepSpeed's buffers would take; pieces are
-  // whole pages (at least one).
-  constexpr std::uint64_t kPage = kIoAlignment / sizeof(float);
-  const std::uint64_t io = o.block_size() * o.queue_depth() *
-                           std::max<std::uint32_t>(1, o.intra_op_parallelism()) / sizeof(float);
-  const std::uint64_t half = shape.elements() / (2 * kSets);
-  const std::uint64_t largest = largest_group(shape);
-  const std::uint64_t deepspeed_pool = std::uint64_t{o.buffer_count()} * largest;
-  const std::uint64_t within = deepspeed_pool / (kSets * states);
-  const std::uint64_t chunk = std::min({io, half / kPage * kPage, largest, within / kPage * kPage});
-  shape.chunk = std::max(kPage, chunk);
+  shape.chunk = piece_elements(shape, o);
   auto tier = std::make_unique<NvmeTier>(shape);
   ZINF_RETURN_IF_ERROR(tier->open(o));
   ZINF_RETURN_IF_ERROR(tier->initialize(init));
   return std::unique_ptr<StateTier>(std::move(tier));
+}
+
+TierFootprint tier_footprint(TierShape shape, const OffloadOptions& o) {
+  TierFootprint f;
+  const auto states = static_cast<std::uint64_t>(shape.num_states);
+  if (o.device() != "nvme") {
+    f.host = states * AlignedBuffer::size_for(shape.elements() * sizeof(float));
+    return f;
+  }
+  shape.chunk = piece_elements(shape, o);
+  f.host = gpu::PinnedPool::bytes_for(pool_options(shape, o));
+  for (const Piece& p : shape.pieces())
+    f.nvme += 2 * states * align_up(p.count * sizeof(float), kIoAlignment);
+  return f;
 }
 
 }  // namespace zinf::offload

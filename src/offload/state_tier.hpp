@@ -110,4 +110,13 @@ Result<std::unique_ptr<StateTier>> make_host_tier(const TierShape& shape, bool p
 Result<std::unique_ptr<StateTier>> make_nvme_tier(TierShape shape, const OffloadOptions& options,
                                                   const char* algorithm, const PieceFn& init);
 
+// What a tier of `shape` made with `options` (offload_optimizer's device
+// "cpu" or "nvme") holds once it has stepped, as its bytes() reports it: an
+// NVMe tier then has both slots of every piece stored.
+struct TierFootprint {
+  std::uint64_t host = 0;
+  std::uint64_t nvme = 0;
+};
+TierFootprint tier_footprint(TierShape shape, const OffloadOptions& options);
+
 }  // namespace zinf::offload

@@ -29,6 +29,7 @@
 #include "common/sanitizer.hpp"
 #include "gpt/model.hpp"
 #include "offload/checkpoint_file.hpp"
+#include "offload/plan.hpp"
 #include "offload/trace.hpp"
 #include "run_shell.hpp"
 #include "stderr_of.hpp"
@@ -1281,6 +1282,87 @@ TEST(EngineFp16Test, TheScaleDoublesAfterEachWindowOfCleanSteps) {
     chain_step(engine, k, torch::kHalf);
     EXPECT_DOUBLE_EQ(engine.last_step_report().loss_scale, expected[k]) << "step " << k + 1;
     EXPECT_FALSE(engine.last_step_report().skipped);
+  }
+}
+
+// zinf-plan's model: gpt::Options::shapes() lists what the model builds.
+TEST(EngineTest, TheGptShapesAreTheModelsParameters) {
+  auto o = small_gpt();
+  for (bool tied : {false, true}) {
+    o.tied = tied;
+    gpt::GPT model(o);
+    std::vector<std::pair<std::string, std::vector<std::int64_t>>> listed, built;
+    const auto shapes = o.shapes();
+    for (const auto& p : shapes.root) listed.emplace_back(p.name, p.shape);
+    for (const auto& u : shapes.units)
+      for (const auto& p : u.params) listed.emplace_back(u.name + "." + p.name, p.shape);
+    for (const auto& p : model->named_parameters()) {
+      const bool in_unit = p.key().rfind("h", 0) == 0 || p.key().rfind("head.", 0) == 0;
+      if (!in_unit) built.emplace_back(p.key(), p.value().sizes().vec());
+    }
+    for (const auto& p : model->named_parameters()) {
+      const bool in_unit = p.key().rfind("h", 0) == 0 || p.key().rfind("head.", 0) == 0;
+      if (in_unit) built.emplace_back(p.key(), p.value().sizes().vec());
+    }
+    EXPECT_EQ(listed, built) << "tied " << tied;
+    std::int64_t n = 0;
+    for (const auto& p : model->parameters()) n += p.numel();
+    EXPECT_EQ(o.parameters(), n);
+  }
+}
+
+// The planner's bytes are the engine's MemoryReport and the bytes its steps
+// move, exactly, for each home of the parameters and the optimizer state,
+// mixed precision too.
+TEST(EngineTest, ThePlanIsTheEnginesMemoryExactly) {
+  ScratchDir dir;
+  const auto o = small_gpt();
+  const auto shapes = o.shapes();
+  offload::ModelShape model;
+  auto convert = [](const std::vector<gpt::Options::Param>& params) {
+    std::vector<offload::ModelParam> out;
+    for (const auto& p : params) out.push_back({p.name, p.shape, torch::kFloat});
+    return out;
+  };
+  model.root = convert(shapes.root);
+  for (const auto& u : shapes.units) model.units.push_back({u.name, convert(u.params)});
+  struct Case {
+    std::string param, optim, top_extra;
+    std::uint64_t persistence;
+  };
+  for (const Case& c : {Case{"none", "cpu", "", 1000}, Case{"cpu", "cpu", "", 1000},
+                        Case{"nvme", "cpu", "", 100000}, Case{"none", "nvme", "", 1000},
+                        Case{"nvme", "nvme", "", 1000},
+                        Case{"nvme", "nvme", R"(, "bf16": {"enabled": true})", 1000}}) {
+    SCOPED_TRACE(c.param + " / " + c.optim + c.top_extra);
+    Homes s;
+    s.param = c.param;
+    s.optim = c.optim;
+    s.top_extra = c.top_extra;
+    s.persistence = c.persistence;
+    const Config cfg = parse(config_json(s, dir.path().string()));
+    auto plan = offload::plan_memory(model, cfg, 1, 0);
+    ASSERT_TRUE(plan.is_ok()) << plan.status().to_string();
+    Engine<gpt::GPT> engine(build(o, cfg, true), cfg);
+    micro_step(engine, o, 0);  // a step: both NVMe slots of the optimizer's state written
+    micro_step(engine, o, 1);  // and one that replays the coordinator's trace
+    const MemoryReport m = engine.memory_report();
+    const StepReport& r = engine.last_step_report();
+    EXPECT_EQ(plan->h2d_bytes, r.h2d_bytes);
+    EXPECT_EQ(plan->param_read_bytes, r.param_read_bytes);
+    EXPECT_EQ(plan->d2h_bytes, r.d2h_bytes);
+    EXPECT_EQ(plan->optim_read_bytes, r.optim_read_bytes);
+    EXPECT_EQ(plan->optim_write_bytes, r.optim_write_bytes);
+    EXPECT_EQ(plan->param_write_bytes, r.param_write_bytes);
+    EXPECT_EQ(plan->host_params, m.host_params);
+    EXPECT_EQ(plan->host_param_buffers, m.host_param_buffers);
+    EXPECT_EQ(plan->host_grads, m.host_grads);
+    EXPECT_EQ(plan->host_grad_buffers, m.host_grad_buffers);
+    EXPECT_EQ(plan->host_optimizer, m.host_optimizer);
+    EXPECT_EQ(plan->nvme_params, m.nvme_params);
+    EXPECT_EQ(plan->nvme_optimizer, m.nvme_optimizer);
+    EXPECT_EQ(plan->device_resident, m.device_live);  // between steps only the resident remain
+    EXPECT_EQ(plan->elements, static_cast<std::uint64_t>(o.parameters()));
   }
 }
 

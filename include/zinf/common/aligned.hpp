@@ -41,6 +41,11 @@ class AlignedBuffer {
   AlignedBuffer() = default;
   static Result<AlignedBuffer> allocate(std::size_t bytes, std::size_t alignment = kIoAlignment,
                                         bool lock = false);
+  // What allocate(bytes, alignment) returns a buffer of (a zero-byte
+  // request takes one alignment unit).
+  static std::size_t size_for(std::size_t bytes, std::size_t alignment = kIoAlignment) {
+    return align_up(bytes == 0 ? alignment : bytes, alignment);
+  }
   ~AlignedBuffer();
   AlignedBuffer(AlignedBuffer&& other) noexcept;
   AlignedBuffer& operator=(AlignedBuffer&& other) noexcept;

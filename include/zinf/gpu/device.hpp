@@ -40,6 +40,9 @@ namespace zinf::gpu {
 
 enum class DeviceType : std::uint8_t { kCpu, kCuda };
 std::string_view to_string(DeviceType type);
+// Bytes an allocation of `bytes` takes on a device of `type` (its
+// allocator's granularity), as MemoryStats counts them.
+std::size_t allocation_bytes(DeviceType type, std::size_t bytes);
 
 struct DeviceOptions {
   // "auto" (cuda where a GPU is visible, else cpu), "cpu" (host-emulated) or "cuda".

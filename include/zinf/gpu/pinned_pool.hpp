@@ -68,6 +68,10 @@ class PinnedPool {
   // `device` pins the memory (null: mlock). Fails only if the memory cannot
   // be allocated or the options are empty.
   static Result<std::unique_ptr<PinnedPool>> create(Device* device, Options options);
+  // The bytes() of a pool created with `options`.
+  static std::size_t bytes_for(const Options& options) {
+    return AlignedBuffer::size_for(align_up(options.buffer_bytes, kIoAlignment) * options.count);
+  }
   ~PinnedPool();
   PinnedPool(const PinnedPool&) = delete;
   PinnedPool& operator=(const PinnedPool&) = delete;
