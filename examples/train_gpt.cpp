@@ -34,7 +34,9 @@
 #include <zinf/common/logging.hpp>
 #include <zinf/zinf.hpp>
 
+#include "gpt/flags.hpp"
 #include "gpt/model.hpp"
+#include "memory_json.hpp"
 #include "progress.hpp"
 #include "storage_json.hpp"
 
@@ -349,13 +351,8 @@ Run train_engine(const Args& a, zinf::Config cfg, const std::string& text) {
   const zinf::MemoryReport m = engine.memory_report();
   run.memory = {{"device_budget_bytes", m.device_budget == UINT64_MAX ? 0 : m.device_budget},
                 {"peak_device_bytes", m.device_peak},
-                {"host",
-                 {{"params", m.host_params},
-                  {"param_buffers", m.host_param_buffers},
-                  {"grads", m.host_grads},
-                  {"grad_buffers", m.host_grad_buffers},
-                  {"optimizer", m.host_optimizer}}},
-                {"nvme", {{"params", m.nvme_params}, {"optimizer", m.nvme_optimizer}}},
+                {"host", zinf::tools::host_json(m)},
+                {"nvme", zinf::tools::nvme_json(m)},
                 {"pinned", m.pinned},
                 {"fixed_buffers", m.fixed_buffers},
                 {"nvme_paths", nvme_paths_json(m)},
@@ -509,20 +506,7 @@ int main(int argc, char** argv) {
   CLI::App app{
       "Trains a GPT with zinf's ZeRO-3 engine (or, with --reference torch, with plain "
       "LibTorch) on a text file, and reports where the time and memory went."};
-  a.model.layers = 20;
-  a.model.hidden = 512;
-  a.model.heads = 8;
-  a.model.seq = 16;
-  app.add_option("--layers", a.model.layers, "transformer blocks")->capture_default_str();
-  app.add_option("--hidden", a.model.hidden, "hidden size")->capture_default_str();
-  app.add_option("--heads", a.model.heads, "attention heads")->capture_default_str();
-  app.add_option("--seq", a.model.seq, "sequence length (tokens are bytes)")->capture_default_str();
-  app.add_option("--batch", a.batch,
-                 "micro-batch (per rank); default: the config's batch keys, else 2 (a value "
-                 "they contradict is an error)")
-      ->check(CLI::PositiveNumber);
-  app.add_option("--vocab", a.model.vocab, "vocabulary (256: every byte)")->capture_default_str();
-  app.add_flag("--tied", a.model.tied, "tie the LM head to the token embedding");
+  gpt::add_model_flags(app, a.model, a.batch);
   app.add_option("--config", a.config, "DeepSpeed JSON config")->capture_default_str();
   app.add_option("--device", a.device, "auto, cpu (host-emulated) or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
@@ -604,21 +588,7 @@ int main(int argc, char** argv) {
     if (place.rank != 0 && std::freopen("/dev/null", "w", stdout) == nullptr)
       throw std::runtime_error("cannot quiet the output of rank " + std::to_string(place.rank));
     const auto world = static_cast<std::uint64_t>(place.world_size);
-    // The micro-batch is the config's where its batch keys give one.
-    if (cfg->train_batch_size || cfg->train_micro_batch_size_per_gpu) {
-      zinf::throw_if_error(cfg->resolve_batch(world));
-      const auto micro = static_cast<int>(*cfg->train_micro_batch_size_per_gpu);
-      if (a.batch != 0 && a.batch != micro) {
-        throw std::runtime_error("--batch " + std::to_string(a.batch) + " contradicts " +
-                                 cfg->source + ": its batch keys give a micro-batch of " +
-                                 std::to_string(micro) + " (train_micro_batch_size_per_gpu)");
-      }
-      a.batch = micro;
-    } else {
-      if (a.batch == 0) a.batch = 2;
-      cfg->train_micro_batch_size_per_gpu = static_cast<std::uint64_t>(a.batch);
-      zinf::throw_if_error(cfg->resolve_batch(world));
-    }
+    gpt::resolve_batch(*cfg, a.batch, world);
 
     const Run run =
         a.reference.empty() ? train_engine(a, *cfg, text) : train_reference(a, *cfg, text);

@@ -1,0 +1,81 @@
+// zinf-plan: its JSON has what a plan must say, adds up, and bad input is
+// an error naming the flag or file. (Its bytes against the engine's own:
+// tests/offload/engine_test.cpp, ThePlanIsTheEnginesMemoryExactly.)
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "run_shell.hpp"
+
+namespace {
+
+const std::string kSmall = " --layers 2 --hidden 64 --heads 4 --seq 16 --device cpu";
+
+zinf::test::Job run(const std::string& args) {
+  return zinf::test::run_shell(std::string(ZINF_PLAN_PATH) + " " + args);
+}
+
+std::string config(const char* name) { return std::string(ZINF_CONFIGS_DIR) + "/" + name; }
+std::string path(const std::string& name) { return std::string(ZINF_TEST_TMP) + "/" + name; }
+
+nlohmann::json plan(const std::string& args) {
+  zinf::test::Job r = run(args + " --json 2>/dev/null");
+  EXPECT_EQ(r.status, 0) << r.output;
+  return nlohmann::json::parse(r.output);
+}
+
+TEST(ZinfPlanTest, TheJsonSaysWhatAPlanMustAndAddsUp) {
+  const auto p = plan("--config " + config("zero3_cpu.json") + kSmall);
+  for (const char* key :
+       {"device_peak_bytes", "host_bytes", "pinned_bytes", "nvme_bytes", "nvme_read_bytes_per_step",
+        "nvme_write_bytes_per_step", "step_s", "bottleneck", "fits"})
+    EXPECT_TRUE(p.contains(key)) << key;
+  std::uint64_t host = 0;
+  for (const auto& [k, v] : p["host"].items()) host += v.get<std::uint64_t>();
+  EXPECT_EQ(p["host_bytes"].get<std::uint64_t>(), host);
+  EXPECT_EQ(p["nvme_bytes"], 0);
+  EXPECT_GT(p["step_s"].get<double>(), 0);
+  EXPECT_GE(p["step_s"].get<double>(), p["fwd_bwd_s"].get<double>());
+  EXPECT_LE(p["pinned_bytes"].get<std::uint64_t>(), host);
+  EXPECT_GT(p["device_peak_bytes"].get<std::uint64_t>(),
+            p["device_resident_bytes"].get<std::uint64_t>());
+}
+
+TEST(ZinfPlanTest, NvmeTrafficComesWithTheSwapbenchRatesItIsTimedBy) {
+  std::ofstream(path("plan-swapbench.json")) << R"({"tool": "swapbench", "results": [
+    {"op": "read", "block_size": 1048576, "queue_depth": 8, "gbps": 2.0},
+    {"op": "read", "block_size": 131072, "queue_depth": 8, "gbps": 9.0},
+    {"op": "mixed", "block_size": 1048576, "queue_depth": 8, "gbps": 1.0}]})";
+  const auto p =
+      plan("--config " + config("zero3_nvme.json") + kSmall + " --swapbench " + path("plan-swapbench.json"));
+  EXPECT_GT(p["nvme_bytes"].get<std::uint64_t>(), 0u);
+  // The row at the config's aio block size and queue depth (1M, 8), not the fastest.
+  EXPECT_DOUBLE_EQ(p["rates"]["nvme_read_gbps"].get<double>(), 2.0);
+  const double reads = p["nvme_read_bytes_per_step"].get<double>();
+  EXPECT_GT(reads, 0);
+  EXPECT_NEAR(p["stages"]["optimizer io"].get<double>(),
+              (p["nvme_write_bytes_per_step"].get<double>() + reads -
+               p["h2d_bytes_per_step"].get<double>()) /
+                  1e9,
+              1e-9);
+}
+
+TEST(ZinfPlanTest, BadInputIsAnErrorNamingTheFlagOrFile) {
+  zinf::test::Job r = run("--config " + config("zero3_nvme.json") + kSmall);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("--swapbench"), std::string::npos) << r.output;
+  std::ofstream(path("plan-bad.json")) << "{not json";
+  r = run("--config " + config("zero3_nvme.json") + kSmall + " --swapbench " + path("plan-bad.json"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("plan-bad.json: not JSON"), std::string::npos) << r.output;
+  r = run("--config " + config("zero3_cpu.json") + kSmall + " --batch 5");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("--batch 5 contradicts"), std::string::npos) << r.output;
+  r = run("--config " + path("missing.json") + kSmall);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("missing.json"), std::string::npos) << r.output;
+}
+
+}  // namespace
