@@ -63,6 +63,10 @@ class InlineStream final : public Stream {
     copy(dst, src, bytes);
     return Status::ok();
   }
+  Status copy_within_device(void* dst, const void* src, std::size_t bytes) override {
+    copy(dst, src, bytes);
+    return Status::ok();
+  }
   Result<EventPtr> record() override { return EventPtr(std::make_shared<HostEvent>(true)); }
   Status wait(const EventPtr& event) override {
     return event ? event->synchronize() : null_event(name_);
@@ -90,6 +94,9 @@ class ThreadStream final : public Stream {
     return copy(dst, src, bytes);
   }
   Status copy_to_host(void* dst, const void* src, std::size_t bytes) override {
+    return copy(dst, src, bytes);
+  }
+  Status copy_within_device(void* dst, const void* src, std::size_t bytes) override {
     return copy(dst, src, bytes);
   }
   Result<EventPtr> record() override {

@@ -80,6 +80,9 @@ class CudaStream final : public Stream {
   Status copy_to_host(void* dst, const void* src, std::size_t bytes) override {
     return copy(dst, src, bytes, cudaMemcpyDeviceToHost);
   }
+  Status copy_within_device(void* dst, const void* src, std::size_t bytes) override {
+    return copy(dst, src, bytes, cudaMemcpyDeviceToDevice);
+  }
   Result<EventPtr> record() override {
     cudaSetDevice(device_);
     cudaEvent_t e;

@@ -183,7 +183,7 @@ EngineImpl::~EngineImpl() {
     if (u.entry != nullptr) u.entry->engine = nullptr;
   }
   for (Partition& part : partitions_) {
-    if (part.device != nullptr) device_->deallocate(part.device, part.bytes);
+    if (part.device != nullptr) device_->deallocate(part.device, part.home_bytes);
     part.device = nullptr;
   }
   for (Param& p : params_) p.storage.release();
@@ -243,7 +243,6 @@ void EngineImpl::join_job() {
   world_ = std::move(*world);
   rank_ = world_->rank();
   world_size_ = world_->world_size();
-  if (Status s = check_job(config_, world_size_); !s.is_ok()) fail(s);
   sharded_params_ = world_size_ > 1 && config_.zero_optimization.stage == 3;
   partitioned_grads_ = world_size_ > 1 && config_.zero_optimization.stage >= 2;
   if (!config_.zinf.trace_path.empty()) {
@@ -312,7 +311,7 @@ Home EngineImpl::param_home() const {
     case OffloadDevice::kNvme:
       return Home::kNvme;
     default:
-      return Home::kDevice;
+      return sharded_params_ ? Home::kDeviceShard : Home::kDevice;
   }
 }
 
@@ -423,7 +422,7 @@ void EngineImpl::add_unit(const std::string& name, const std::shared_ptr<torch::
   units_.back().entry = entry;
   const Home home = param_home();
   if (plan.numel > 0) {
-    if (home != Home::kDevice && key.empty()) {
+    if ((home == Home::kHost || home == Home::kNvme) && key.empty()) {
       // Not partitioned by a scope: partition it now.
       if (!store_) {
         auto store = detail::PartitionStore::open(config_, options_.param_fault);
@@ -497,18 +496,31 @@ std::size_t EngineImpl::add_partition(std::size_t unit,
 // that need the device's budget.
 void EngineImpl::place_partitions() {
   const std::uint64_t budget = device_->memory().budget;
+  // A partition gathered on use must fit the device whole.
+  auto check_fits = [&](const UnitRec& unit, const Partition& part) {
+    if (part.bytes <= budget) return;
+    fail(Status::resource_exhausted("unit '" + unit.name + "' needs " + format_bytes(part.bytes) +
+                                    " on the device, more than the device budget of " +
+                                    format_bytes(budget) +
+                                    " (zinf.device_budget): split the unit, or raise the budget"));
+  };
   torch::NoGradGuard no_grad;
   for (std::size_t i = 0; i < partitions_.size(); ++i) {
     Partition& part = partitions_[i];
     const UnitRec& unit = units_[params_[part.params.front()].unit];
     const std::size_t elem = c10::elementSize(part.dtype);
     switch (part.home) {
-      case Home::kDevice: {
+      case Home::kDevice:
+      case Home::kDeviceShard: {
+        const bool shard = part.home == Home::kDeviceShard;
         const bool persistent = unit.persistent == i;
         auto mem = device_->allocate(
-            part.bytes,
-            (persistent ? "the persistent parameters of unit '" : "the parameters of unit '") +
-                unit.name + "' (offload_param none keeps them on the device)");
+            part.home_bytes, shard ? "this rank's shard of the parameters of unit '" + unit.name +
+                                         "' (stage 3 partitions them over the ranks)"
+                                   : (persistent ? "the persistent parameters of unit '"
+                                                 : "the parameters of unit '") +
+                                         unit.name +
+                                         "' (offload_param none keeps them on the device)");
         if (!mem.is_ok()) fail(mem.status());
         part.device = *mem;
         auto staging = AlignedBuffer::allocate(part.bytes);
@@ -525,11 +537,19 @@ void EngineImpl::place_partitions() {
           if (!s.is_ok())
             fail(s.with_context("the initial parameters of unit '" + unit.name + "'"));
         }
-        s = h2d_->copy_to_device(part.device, staging->data(), part.bytes);
+        s = h2d_->copy_to_device(part.device, staging->data() + part.home_begin * elem,
+                                 part.home_bytes);
         if (s.is_ok()) s = h2d_->synchronize();
         if (!s.is_ok()) fail(s);
-        for (std::size_t k : part.params)
-          params_[k].storage.bind(static_cast<std::byte*>(part.device) + params_[k].offset * elem);
+        for (std::size_t k : part.params) {
+          if (shard) {
+            params_[k].storage.release();
+          } else {
+            params_[k].storage.bind(static_cast<std::byte*>(part.device) +
+                                    params_[k].offset * elem);
+          }
+        }
+        if (shard) check_fits(unit, part);
         break;
       }
       case Home::kHost: {
@@ -546,12 +566,7 @@ void EngineImpl::place_partitions() {
       }
       case Home::kNvme:
         for (std::size_t k : part.params) params_[k].storage.release();
-        if (part.bytes > budget) {
-          fail(Status::resource_exhausted(
-              "unit '" + unit.name + "' needs " + format_bytes(part.bytes) +
-              " on the device, more than the device budget of " + format_bytes(budget) +
-              " (zinf.device_budget): split the unit, or raise the budget"));
-        }
+        check_fits(unit, part);
         break;
     }
   }
@@ -614,7 +629,8 @@ Status EngineImpl::read_partition(const Partition& part, std::byte* out) const {
     case Home::kNvme:
       return store_->get(part.key, out, part.home_bytes);
     case Home::kDevice:
-      ZINF_RETURN_IF_ERROR(d2h_->copy_to_host(out, part.device, part.bytes));
+    case Home::kDeviceShard:
+      ZINF_RETURN_IF_ERROR(d2h_->copy_to_host(out, part.device, part.home_bytes));
       return d2h_->synchronize();
   }
   return Status::internal("unknown home");
@@ -823,9 +839,15 @@ Status EngineImpl::fetch(std::size_t unit) {
   Gather& g = u.gather;
   ZINF_ASSIGN_OR_RETURN(g.device,
                         device_->allocate(part.bytes, "the parameters of unit '" + u.name + "'"));
-  window_.h2d_bytes += part.home_bytes;
   std::byte* home_at =
       static_cast<std::byte*>(g.device) + part.home_begin * c10::elementSize(part.dtype);
+  if (part.home == Home::kDeviceShard) {  // the shard into place; gather_unit() brings the rest
+    gpu::Stream& compute = device_->compute_stream();
+    ZINF_RETURN_IF_ERROR(compute.copy_within_device(home_at, part.device, part.home_bytes));
+    ZINF_ASSIGN_OR_RETURN(g.ready, compute.record());
+    return Status::ok();
+  }
+  window_.h2d_bytes += part.home_bytes;
   if (part.home == Home::kHost) {
     ZINF_RETURN_IF_ERROR(h2d_->copy_to_device(home_at, part.host, part.home_bytes));
     ZINF_ASSIGN_OR_RETURN(g.ready, h2d_->record());
@@ -1367,8 +1389,9 @@ class EngineImpl::HomeWriter {
       ZINF_ASSIGN_OR_RETURN(auto ticket,
                             e_.store_->nvme->write(part.key, {p.lease->data(), part.home_bytes}));
       p.ticket = ticket;
-    } else {  // resident: this rank's elements (the others' arrive by gather_resident())
-      const std::size_t at = part.own.begin * c10::elementSize(part.dtype);
+    } else {  // on the device: this rank's elements (the others' arrive by gather_resident()
+              // for a resident partition, by the next gather for a shard)
+      const std::size_t at = (part.own.begin - part.home_begin) * c10::elementSize(part.dtype);
       ZINF_RETURN_IF_ERROR(e_.h2d_->copy_to_device(static_cast<std::byte*>(part.device) + at,
                                                    p.lease->data() + at,
                                                    part.own.count * c10::elementSize(part.dtype)));

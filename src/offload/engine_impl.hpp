@@ -33,7 +33,12 @@ class EngineImpl;
 struct Checkpoint;
 struct StateIo;
 
-enum class Home : std::uint8_t { kDevice, kHost, kNvme };
+// Where a partition lives between uses. kDevice: whole on the device, bound
+// for good (offload_param none in stages 1-2, and persistent parameters);
+// kDeviceShard: this rank's shard on the device, gathered from the ranks'
+// shards on use (offload_param none in stage 3 across ranks); kHost, kNvme:
+// offload_param's tier (this rank's shard in stage 3 across ranks).
+enum class Home : std::uint8_t { kDevice, kDeviceShard, kHost, kNvme };
 
 // One checkpointed unit call, from its forward to its backward.
 struct RecomputeState : torch::CustomClassHolder {
@@ -133,7 +138,7 @@ class EngineImpl final : public Coordinator::Actions {
     bool reduced = false;          // partitioned gradients: its shard was written this window
     std::vector<std::size_t> params;
     std::byte* host = nullptr;   // Home::kHost
-    void* device = nullptr;      // Home::kDevice: the resident copy
+    void* device = nullptr;      // kDevice: the resident copy; kDeviceShard: the shard
     std::size_t last_group = 0;  // the tier's last group of this partition
   };
 

@@ -23,19 +23,6 @@ Result<std::shared_ptr<gpu::World>> join_job(const Config& config) {
   return world;
 }
 
-Status check_job(const Config& config, int world) {
-  if (world == 1) return Status::ok();
-  const auto& z = config.zero_optimization;
-  const bool params_offloaded = z.offload_param.device != OffloadDevice::kNone;  // stage 3 only
-  if (z.stage == 3 && !params_offloaded) {
-    return Status::unimplemented(
-        config.source + ": stage 3 across " + std::to_string(world) +
-        " ranks partitions the parameters in offload_param's tier; device-only partitions are "
-        "not built yet: set offload_param.device to \"cpu\" or \"nvme\", or use stage 2");
-  }
-  return Status::ok();
-}
-
 Status check_engine_config(const Config& config) {
   const auto& z = config.zero_optimization;
   if (z.stage == 0) {

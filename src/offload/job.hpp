@@ -24,8 +24,6 @@ struct Sharding {
   gpu::ShardRange own(std::uint64_t count) const { return gpu::shard(count, world, rank); }
 };
 
-// What a job of `world` ranks supports of `config`'s zero_optimization.
-Status check_job(const Config& config, int world);
 // What the engine needs of any config: a ZeRO stage, the optimizer offloaded
 // (it runs on the CPU) and an "optimizer" block.
 Status check_engine_config(const Config& config);

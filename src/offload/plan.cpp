@@ -117,7 +117,6 @@ Status count_gathers(std::vector<Coordinator::Unit> units, std::vector<std::uint
 
 Result<MemoryPlan> plan_memory(const ModelShape& model, const Config& config, int world, int rank) {
   ZINF_RETURN_IF_ERROR(check_engine_config(config));
-  ZINF_RETURN_IF_ERROR(check_job(config, world));
   const auto& z = config.zero_optimization;
   const bool sharded = world > 1 && z.stage == 3;
   const bool partitioned_grads = world > 1 && z.stage >= 2;
@@ -160,15 +159,15 @@ Result<MemoryPlan> plan_memory(const ModelShape& model, const Config& config, in
     const detail::UnitPlan& plan = plans[i];
     Coordinator::Unit cu;
     cu.numel = plan.numel;
-    cu.resident = plan.numel == 0 || !offloaded;
+    cu.resident = plan.numel == 0 || (!offloaded && !sharded);
     cu.stageable = plan.numel > 0 && nvme_params;
     coordinated.push_back(cu);
     const std::size_t elem = c10::elementSize(plan.dtype);
-    unit_bytes.push_back(cu.resident ? 0 : plan.numel * elem);
+    unit_bytes.push_back(cu.resident || !offloaded ? 0 : plan.numel * elem);  // host to device
     unit_nvme_bytes.push_back(
         cu.stageable ? (sharded ? sharding.own(plan.numel).count : plan.numel) * elem : 0);
     const std::string& name = i == 0 ? std::string("root") : model.units[i - 1].name;
-    if (plan.numel > 0) add(name, plan.partitioned, plan.dtype, !offloaded);
+    if (plan.numel > 0) add(name, plan.partitioned, plan.dtype, !offloaded && !sharded);
     if (!plan.persistent.empty()) add(name, plan.persistent, plan.persistent_dtype, true);
   }
 
@@ -190,11 +189,12 @@ Result<MemoryPlan> plan_memory(const ModelShape& model, const Config& config, in
       m.gathered_bytes += p.bytes;
       m.largest_gathered = std::max(m.largest_gathered, p.bytes);
       m.param_home_bytes += p.home_bytes;
+      if (!offloaded) m.device_resident += gpu::allocation_bytes(device, p.home_bytes);  // a shard
       if (z.offload_param.device == OffloadDevice::kNvme)
         ZINF_RETURN_IF_ERROR(check_buffer_size(p.unit, p.home_bytes / p.elem, config));
       if (z.offload_param.device == OffloadDevice::kCpu) {
         m.host_params += AlignedBuffer::size_for(p.home_bytes);
-      } else if (p.home_bytes > 0) {
+      } else if (nvme_params && p.home_bytes > 0) {
         m.nvme_params += align_up(p.home_bytes, kIoAlignment);
         m.nvme_home_bytes += p.home_bytes;
       }

@@ -219,7 +219,6 @@ PartitionScope::PartitionScope(const Config& config) {
   state_->config = config;
   auto job = offload::join_job(config);
   throw_if_error(job.status());
-  throw_if_error(offload::check_job(config, (*job)->world_size()));
   if ((*job)->world_size() > 1) {
     auto init = (*job)->communicator("partition init", gpu::Backend::kGloo);
     throw_if_error(init.status());

@@ -19,7 +19,6 @@
 #include <nlohmann/json.hpp>
 
 #include "integration/ranks.hpp"
-#include "offload/job.hpp"
 #include "swap/swap_test_util.hpp"
 #include "zinf/zinf.hpp"
 
@@ -152,10 +151,9 @@ void train(
 
 // What a rank holds of each partitioned state.
 nlohmann::json held(const MemoryReport& m) {
-  return {{"host_params", m.host_params},
-          {"nvme_params", m.nvme_params},
-          {"host_grads", m.host_grads},
-          {"host_optimizer", m.host_optimizer},
+  return {{"device_live", m.device_live},  // between steps: what stays on the device
+          {"host_params", m.host_params},      {"nvme_params", m.nvme_params},
+          {"host_grads", m.host_grads},        {"host_optimizer", m.host_optimizer},
           {"nvme_optimizer", m.nvme_optimizer}};
 }
 
@@ -215,6 +213,7 @@ TEST_P(EngineRanks, TwoRanksTrainAsOneWithTheirBatchesTogether) {
           expect_half("host_grads", s.stage >= 2);
           expect_half("host_params", s.stage == 3 && s.param == "cpu");
           expect_half("nvme_params", s.stage == 3 && s.param == "nvme");
+          expect_half("device_live", s.stage == 3 && s.param == "none");
           if (s.stage == 1) {
             EXPECT_EQ(mine["host_grads"],
                       memory["host_grads"]);  // stage 1 keeps the gradients whole
@@ -235,12 +234,6 @@ TEST(EngineRanksTest, RanksWithDifferentConfigsFailOnEveryRank) {
     EXPECT_NE(std::string(e.what()).find("runs a different configuration"), std::string::npos)
         << e.what();
   }
-}
-
-TEST(EngineRanksTest, StageThreeAcrossRanksNeedsAParameterTier) {
-  EXPECT_EQ(offload::check_job(config(Case{3, "none", "cpu"}, "", 1), 1).code(), StatusCode::kOk);
-  EXPECT_EQ(offload::check_job(config(Case{3, "none", "cpu"}, "", 2), 2).code(),
-            StatusCode::kUnimplemented);
 }
 
 // Checkpoints of two ranks: each rank writes its shard of the state; N
@@ -330,14 +323,16 @@ TEST_P(RankCheckpoints, ResumeOnTwoRanksEqualsNoInterruption) {
 
 INSTANTIATE_TEST_SUITE_P(Stages, RankCheckpoints,
                          ::testing::Values(Case{1, "none", "cpu"}, Case{2, "none", "nvme", 1, true},
-                                           Case{3, "nvme", "nvme"}, Case{3, "cpu", "cpu", 1, true}),
+                                           Case{3, "nvme", "nvme"}, Case{3, "cpu", "cpu", 1, true},
+                                           Case{3, "none", "cpu"}),
                          [](const auto& p) { return name_of(p.param); });
 
 INSTANTIATE_TEST_SUITE_P(AllStages, EngineRanks,
                          ::testing::Values(Case{1, "none", "cpu"}, Case{1, "none", "nvme"},
                                            Case{2, "none", "cpu"}, Case{2, "none", "nvme"},
                                            Case{2, "none", "cpu", 2}, Case{3, "cpu", "cpu"},
-                                           Case{3, "nvme", "nvme"}, Case{3, "nvme", "cpu", 2}),
+                                           Case{3, "nvme", "nvme"}, Case{3, "nvme", "cpu", 2},
+                                           Case{3, "none", "cpu"}, Case{3, "none", "nvme", 2}),
                          [](const auto& p) { return name_of(p.param); });
 
 }  // namespace

@@ -77,6 +77,8 @@ class Stream {
   // the host side must be pinned (Device::pin).
   virtual Status copy_to_device(void* device_dst, const void* host_src, std::size_t bytes) = 0;
   virtual Status copy_to_host(void* host_dst, const void* device_src, std::size_t bytes) = 0;
+  virtual Status copy_within_device(void* device_dst, const void* device_src,
+                                    std::size_t bytes) = 0;
   // An event that completes when everything enqueued so far has.
   virtual Result<EventPtr> record() = 0;
   // Work enqueued after this waits for `event` (from any stream).

@@ -40,9 +40,9 @@
 // WORLD_SIZE, MASTER_ADDR, MASTER_PORT): each rank feeds its own
 // micro-batches, and the ranks train one model, as DeepSpeed's data
 // parallelism does. Gradients are averaged over the ranks; each rank holds
-// 1/N of the optimizer state (stage 1), of the gradients (stage 2) and, in
-// offload_param's tier, of the parameters (stage 3), and gathers the rest
-// when it is used. Every rank must call the engine in the same order
+// 1/N of the optimizer state (stage 1), of the gradients (stage 2) and of
+// the parameters (stage 3: in offload_param's tier, or on the device when
+// it is "none"), and gathers the rest when it is used. Every rank must call the engine in the same order
 // (forward, backward, step, save_checkpoint, consolidated_parameters);
 // a rank that stops makes the others fail after zinf.comm_timeout seconds.
 //
