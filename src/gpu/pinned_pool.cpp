@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <utility>
@@ -98,6 +99,7 @@ PinnedPool::Lease PinnedPool::acquire() {
   freed_.wait(lock, [&] { return !free_.empty(); });
   const std::size_t i = free_.back();
   free_.pop_back();
+  peak_in_use_ = std::max(peak_in_use_, count_ - free_.size());
   return Lease(this, i, memory_.data() + i * buffer_bytes_, buffer_bytes_);
 }
 
@@ -106,6 +108,7 @@ std::optional<PinnedPool::Lease> PinnedPool::try_acquire() {
   if (free_.empty()) return std::nullopt;
   const std::size_t i = free_.back();
   free_.pop_back();
+  peak_in_use_ = std::max(peak_in_use_, count_ - free_.size());
   return Lease(this, i, memory_.data() + i * buffer_bytes_, buffer_bytes_);
 }
 
@@ -120,6 +123,13 @@ void PinnedPool::give_back(std::size_t index) {
 std::size_t PinnedPool::in_use() const {
   std::lock_guard lock(mutex_);
   return count_ - free_.size();
+}
+
+std::size_t PinnedPool::take_peak_in_use() {
+  std::lock_guard lock(mutex_);
+  const std::size_t peak = peak_in_use_;
+  peak_in_use_ = count_ - free_.size();
+  return peak;
 }
 
 std::vector<std::span<std::byte>> PinnedPool::io_regions() const {

@@ -710,6 +710,19 @@ void EngineImpl::describe_nvme_paths() {
   add_all("offload_optimizer", z.offload_optimizer.device, z.offload_optimizer.nvme_path);
 }
 
+// Page-locked host bytes held for the whole run (pinned cpu partitions, the
+// optimizer tier's pinned memory), plus the most of each engine pool's
+// buffers on loan at once since the last call.
+std::uint64_t EngineImpl::pinned_in_use() {
+  const TierBytes t = tier_->bytes();
+  std::uint64_t bytes = t.host_pinned ? t.host : 0;
+  if (store_ && host_pinned_) bytes += store_->host_bytes();
+  for (gpu::PinnedPool* pool : {param_pool_.get(), grad_pool_.get()}) {
+    if (pool != nullptr && pool->pinned()) bytes += pool->take_peak_in_use() * pool->buffer_bytes();
+  }
+  return bytes;
+}
+
 MemoryReport EngineImpl::memory_report() const {
   MemoryReport m;
   const gpu::MemoryStats d = device_->memory();
@@ -1300,6 +1313,7 @@ void EngineImpl::take_busy(SteadyClock::time_point from, SteadyClock::time_point
     trace_->spans(Trace::kH2d, merged(clip(h2d, from, to)), step);
     trace_->spans(Trace::kD2h, merged(clip(d2h, from, to)), step);
     trace_->spans(Trace::kParamReads, merged(clip(reads, from, to)), step);
+    trace_->counter("pinned bytes in use", to, static_cast<double>(pinned_in_use()));
   }
   if (store_ && store_->nvme)
     window_.nvme_read_bytes += store_->nvme->stats().bytes_read - window_.store_read_bytes;
@@ -1715,6 +1729,7 @@ void EngineImpl::step() {
     trace_->spans(Trace::kComm, merged(clip(comm, window_.open ? window_.begin : t0, t1)), r.step);
     trace_->spans(Trace::kCpuAdam, st.compute_periods, r.step);
     trace_->counter("device bytes", t1, static_cast<double>(device_->memory().live));
+    trace_->counter("pinned bytes in use", t1, static_cast<double>(pinned_in_use()));
     trace_->counter("loss scale", t1, r.loss_scale);
   }
   r.comm_bytes -= comm_bytes_;

@@ -74,6 +74,8 @@ class EngineImpl final : public Coordinator::Actions {
   const StepReport& report() const { return report_; }
   CoordinatorStats coordinator_stats() const { return coordinator_->stats(); }
   MemoryReport memory_report() const;
+  // Page-locked host bytes in use (the trace's counter); restarts the pools' peaks.
+  std::uint64_t pinned_in_use();
   void describe_nvme_paths();
   void reset_peak_memory() { device_->reset_peak(); }
   torch::OrderedDict<std::string, torch::Tensor> consolidated_parameters() const;

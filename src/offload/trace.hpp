@@ -3,7 +3,8 @@
 // rank; each stage is a track (a named thread) holding one complete event
 // per busy period, the same periods the StepReport's times are the lengths
 // of, so a track's spans in a step add up to that step's figure. Each span
-// carries its step; counters (device bytes, loss scale) come once a step.
+// carries its step; counters (device bytes, pinned bytes in use, loss
+// scale) come once a step, pinned bytes also once a micro-step.
 //
 // Threads: the engine's, one at a time. A write error is logged once, and
 // the run goes on without its trace.

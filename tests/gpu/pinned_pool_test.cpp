@@ -31,6 +31,24 @@ TEST(PinnedPool, LendsEachBufferToOneHolderAtATime) {
   EXPECT_EQ((*pool)->in_use(), 0u);
 }
 
+TEST(PinnedPool, ThePeakOnLoanIsTakenAndRestartsFromWhatIsOnLoanNow) {
+  auto pool = PinnedPool::create(nullptr, {"test pool", 4096, 3, false});
+  ASSERT_TRUE(pool.is_ok()) << pool.status().to_string();
+  EXPECT_EQ(PinnedPool::bytes_for({"test pool", 4096, 3, false}), (*pool)->bytes());
+  EXPECT_EQ((*pool)->take_peak_in_use(), 0u);
+  {
+    auto a = (*pool)->acquire();
+    auto b = (*pool)->try_acquire();
+    auto c = (*pool)->acquire();
+    b.reset();
+    c = {};
+    EXPECT_EQ((*pool)->take_peak_in_use(), 3u);
+    EXPECT_EQ((*pool)->take_peak_in_use(), 1u);  // `a` is still on loan
+  }
+  EXPECT_EQ((*pool)->take_peak_in_use(), 1u);  // the period in which `a` came back
+  EXPECT_EQ((*pool)->take_peak_in_use(), 0u);
+}
+
 TEST(PinnedPool, PinsThroughTheDevice) {
   auto device = Device::create({"cpu", 0, 0});
   ASSERT_TRUE(device.is_ok());

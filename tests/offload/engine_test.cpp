@@ -600,7 +600,8 @@ TEST(EngineTest, ZinfCkptInspectsVerifiesAndConsolidates) {
 
 // zinf.trace_path: a Chrome trace with every stage's track, whose spans,
 // track by track and step by step, add up to the StepReport's times and
-// stay inside their step, with counters once a step.
+// stay inside their step, with counters once a step (pinned bytes also
+// once a micro-step).
 TEST(EngineTest, TraceSpansAddUpToEachStepsReport) {
   ScratchDir dir;
   Homes s;
@@ -669,6 +670,7 @@ TEST(EngineTest, TraceSpansAddUpToEachStepsReport) {
   }
   EXPECT_EQ(counters["device bytes"], 3);
   EXPECT_EQ(counters["loss scale"], 3);
+  EXPECT_EQ(counters["pinned bytes in use"], 6);  // after each micro-step and each step
   EXPECT_EQ(offload::Trace::path_for("/runs/t.json", 0, 1), "/runs/t.json");
   EXPECT_EQ(offload::Trace::path_for("/runs/t.json", 1, 2), "/runs/t.rank1.json");
   Config bad = cfg;

@@ -85,6 +85,9 @@ class PinnedPool {
   std::size_t count() const { return count_; }
   std::size_t bytes() const { return memory_.size(); }
   std::size_t in_use() const;
+  // The most buffers on loan at once since the last call (or creation);
+  // the next period starts from those on loan now.
+  std::size_t take_peak_in_use();
   const std::string& name() const { return name_; }
 
  private:
@@ -100,6 +103,7 @@ class PinnedPool {
   mutable std::mutex mutex_;
   std::condition_variable freed_;
   std::vector<std::size_t> free_;
+  std::size_t peak_in_use_ = 0;
 };
 
 }  // namespace zinf::gpu
