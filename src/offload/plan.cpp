@@ -162,10 +162,12 @@ Result<MemoryPlan> plan_memory(const ModelShape& model, const Config& config, in
     cu.resident = plan.numel == 0 || (!offloaded && !sharded);
     cu.stageable = plan.numel > 0 && nvme_params;
     coordinated.push_back(cu);
-    const std::size_t elem = c10::elementSize(plan.dtype);
-    unit_bytes.push_back(cu.resident || !offloaded ? 0 : plan.numel * elem);  // host to device
-    unit_nvme_bytes.push_back(
-        cu.stageable ? (sharded ? sharding.own(plan.numel).count : plan.numel) * elem : 0);
+    // A fetch moves this rank's home (its shard in stage 3 over N ranks; the
+    // all-gather brings the rest) from the host, or from NVMe and then the host.
+    const std::uint64_t home =
+        (sharded ? sharding.own(plan.numel).count : plan.numel) * c10::elementSize(plan.dtype);
+    unit_bytes.push_back(cu.resident || !offloaded ? 0 : home);
+    unit_nvme_bytes.push_back(cu.stageable ? home : 0);
     const std::string& name = i == 0 ? std::string("root") : model.units[i - 1].name;
     if (plan.numel > 0) add(name, plan.partitioned, plan.dtype, !offloaded && !sharded);
     if (!plan.persistent.empty()) add(name, plan.persistent, plan.persistent_dtype, true);

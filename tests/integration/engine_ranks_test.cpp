@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "integration/ranks.hpp"
+#include "offload/plan.hpp"
 #include "swap/swap_test_util.hpp"
 #include "zinf/zinf.hpp"
 
@@ -149,6 +150,49 @@ void train(
   }
 }
 
+// The Net's parameters for the planner.
+offload::ModelShape net_shape() {
+  auto linear = [](int in, int out) {
+    return std::vector<offload::ModelParam>{{"weight", {out, in}}, {"bias", {out}}};
+  };
+  offload::ModelShape m;
+  for (auto& p : linear(16, kHidden)) m.root.push_back({"input." + p.name, p.shape});
+  for (int i = 0; i < 3; ++i) {
+    offload::ModelUnit b{"b" + std::to_string(i), {}};
+    for (auto& p : linear(kHidden, kHidden)) b.params.push_back({"fc." + p.name, p.shape});
+    m.units.push_back(b);
+  }
+  offload::ModelUnit head{"head", {}};
+  for (auto& p : linear(kHidden, 8)) head.params.push_back({"out." + p.name, p.shape});
+  m.units.push_back(head);
+  return m;
+}
+
+// zinf-plan's accounting for this rank: the engine's bytes, exactly.
+void expect_planned(const Case& s, const std::string& nvme, const EngineBase& e) {
+  auto plan =
+      offload::plan_memory(net_shape(), config(s, nvme, e.world_size()), e.world_size(), e.rank());
+  ASSERT_TRUE(plan.is_ok()) << plan.status().to_string();
+  const MemoryReport m = e.memory_report();
+  const StepReport& r = e.last_step_report();
+  const std::string where =
+      "rank " + std::to_string(e.rank()) + " of " + std::to_string(e.world_size());
+  EXPECT_EQ(plan->device_resident, m.device_live) << where;
+  EXPECT_EQ(plan->host_params, m.host_params) << where;
+  EXPECT_EQ(plan->host_param_buffers, m.host_param_buffers) << where;
+  EXPECT_EQ(plan->host_grads, m.host_grads) << where;
+  EXPECT_EQ(plan->host_grad_buffers, m.host_grad_buffers) << where;
+  EXPECT_EQ(plan->host_optimizer, m.host_optimizer) << where;
+  EXPECT_EQ(plan->nvme_params, m.nvme_params) << where;
+  EXPECT_EQ(plan->nvme_optimizer, m.nvme_optimizer) << where;
+  EXPECT_EQ(plan->h2d_bytes * r.micro_steps, r.h2d_bytes) << where;
+  EXPECT_EQ(plan->param_read_bytes * r.micro_steps, r.param_read_bytes) << where;
+  EXPECT_EQ(plan->d2h_bytes * r.micro_steps, r.d2h_bytes) << where;
+  EXPECT_EQ(plan->optim_read_bytes, r.optim_read_bytes) << where;
+  EXPECT_EQ(plan->optim_write_bytes, r.optim_write_bytes) << where;
+  EXPECT_EQ(plan->param_write_bytes, r.param_write_bytes) << where;
+}
+
 // What a rank holds of each partitioned state.
 nlohmann::json held(const MemoryReport& m) {
   return {{"device_live", m.device_live},  // between steps: what stays on the device
@@ -171,10 +215,11 @@ TEST_P(EngineRanks, TwoRanksTrainAsOneWithTheirBatchesTogether) {
     std::vector<torch::Tensor> all;
     nlohmann::json one;
     train(s, dir.path().string(),
-          [&](int, const std::vector<torch::Tensor>& params, const EngineBase& e) {
+          [&](int step, const std::vector<torch::Tensor>& params, const EngineBase& e) {
             all.insert(all.end(), params.begin(), params.end());
             one["memory"] = held(e.memory_report());
             one["grad_norms"].push_back(e.last_step_report().grad_norm);
+            if (step + 1 == kSteps) expect_planned(s, dir.path().string(), e);
           });
     torch::save(all, reference + ".pt");
     std::ofstream(reference + ".json") << one.dump();
@@ -200,6 +245,7 @@ TEST_P(EngineRanks, TwoRanksTrainAsOneWithTheirBatchesTogether) {
                                    << ": max abs diff " << (got - ref).abs().max().item<double>();
           }
           if (step + 1 < kSteps) return;
+          expect_planned(s, dir.path().string(), e);
           // Half of each partitioned state (NVMe extents round each sub-group up to 4 KiB).
           const nlohmann::json mine = held(e.memory_report());
           const nlohmann::json& memory = one["memory"];
