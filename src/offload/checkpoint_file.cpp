@@ -58,10 +58,7 @@ StateLayout Checkpoint::layout(int rank) const {
   return {files[static_cast<std::size_t>(rank)].elements, num_states, version};
 }
 
-std::uint64_t Checkpoint::state_bytes(int rank) const {
-  return static_cast<std::uint64_t>(num_states) * files[static_cast<std::size_t>(rank)].elements *
-         sizeof(float);
-}
+std::uint64_t Checkpoint::state_bytes(int rank) const { return layout(rank).state_bytes(); }
 
 std::uint64_t Checkpoint::state_bytes() const {
   return static_cast<std::uint64_t>(num_states) * elements * sizeof(float);

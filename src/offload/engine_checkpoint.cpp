@@ -292,7 +292,7 @@ void EngineImpl::save_checkpoint(const fs::path& dir, std::string tag) {
 Status EngineImpl::write_state(const fs::path& path, std::vector<std::uint32_t>& crcs) {
   const StateLayout layout{own_elements_, num_states_, kCheckpointVersion};
   ZINF_ASSIGN_OR_RETURN(auto file, StateFile::create(path, layout, checkpoint_io()));
-  ProgressLog progress("save_checkpoint " + path.string(), layout.num_states * layout.data_bytes());
+  ProgressLog progress("save_checkpoint " + path.string(), layout.state_bytes());
   Status s = tier_->read([&](Piece& piece) -> Status {
     for (int k = 0; k < num_states_; ++k)
       ZINF_RETURN_IF_ERROR(file->write(k, piece.state[k], piece.count));

@@ -38,7 +38,10 @@ struct StateLayout {
   int num_states = 0;
   int version = 3;  // the checkpoint format's
 
-  std::uint64_t data_bytes() const { return elements * sizeof(float); }
+  std::uint64_t data_bytes() const { return elements * sizeof(float); }  // per region
+  std::uint64_t state_bytes() const {  // every region's, without padding
+    return static_cast<std::uint64_t>(num_states) * data_bytes();
+  }
   // Where region k+1 starts relative to region k.
   std::uint64_t region_stride() const;
   std::uint64_t file_bytes() const {
