@@ -15,7 +15,8 @@
 // the run's shape, on zinf.compute_threads) or given for a GPU
 // (--device-tflops, --pcie-gbps). Each micro-step's stages overlap, as the
 // engine overlaps them, so its time is its busiest stage's; the update is
-// the larger of the CPU kernel and the optimizer's NVMe traffic.
+// the larger of the CPU kernel and the optimizer's NVMe traffic. The
+// collectives between ranks are not in the time model (bytes per rank are).
 #include <torch/torch.h>
 
 #include <CLI/CLI.hpp>
@@ -380,6 +381,8 @@ int main(int argc, char** argv) {
     for (const Stage& s : update)
       std::printf("%s%s %.3f", &s == &update.front() ? "" : ", ", s.name, s.seconds);
     std::printf("); bottleneck: %s\n", bottleneck.name);
+    if (world > 1)
+      std::printf("(the collectives between the %d ranks are not in the time model)\n", world);
     std::printf(
         "rates: %s; copies %.1f GB/s%s; update %.2f ns/element; compute %.3f s per "
         "micro-step%s\n",
