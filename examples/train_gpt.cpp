@@ -65,25 +65,6 @@ struct Args {
   bool resume = false;
 };
 
-// "64M", "1.5G", "1048576": bytes (K, M, G are powers of 1024).
-std::uint64_t parse_bytes(const std::string& text) {
-  std::size_t used = 0;
-  const double value = std::stod(text, &used);
-  double scale = 1;
-  const std::string suffix = text.substr(used);
-  if (suffix == "K" || suffix == "KiB") {
-    scale = 1 << 10;
-  } else if (suffix == "M" || suffix == "MiB") {
-    scale = 1 << 20;
-  } else if (suffix == "G" || suffix == "GiB") {
-    scale = 1 << 30;
-  } else if (!suffix.empty()) {
-    throw std::invalid_argument("unknown suffix '" + suffix + "'");
-  }
-  if (value < 0) throw std::invalid_argument("negative");
-  return static_cast<std::uint64_t>(value * scale);
-}
-
 std::string read_text(const std::string& path) {
   std::ifstream in(path);
   if (!in) throw std::runtime_error("cannot read --data " + path);
@@ -239,15 +220,8 @@ Run train_engine(const Args& a, zinf::Config cfg, const std::string& text) {
   zinf::EngineOptions eo;
   eo.device = a.device;
   const std::uint64_t param_bytes = static_cast<std::uint64_t>(a.model.parameters()) * 4;
-  if (a.device_budget == "auto") {
-    // On the emulated device the default is a quarter of the parameters: a
-    // model 4x larger than its device.
-    if (a.device == "cpu" || (a.device == "auto" && !torch::cuda::is_available()))
-      eo.device_budget = param_bytes / 4;
-  } else {
-    eo.device_budget = parse_bytes(a.device_budget);
-  }
   const bool on_cuda = a.device == "cuda" || (a.device == "auto" && torch::cuda::is_available());
+  eo.device_budget = gpt::device_budget(a.device_budget, a.model, on_cuda);
   if (cfg.fp16.enabled && !on_cuda) {
     throw std::runtime_error(cfg.source +
                              ": fp16.enabled needs a CUDA device: this LibTorch has "
@@ -508,13 +482,7 @@ int main(int argc, char** argv) {
       "LibTorch) on a text file, and reports where the time and memory went."};
   gpt::add_model_flags(app, a.model, a.batch);
   app.add_option("--config", a.config, "DeepSpeed JSON config")->capture_default_str();
-  app.add_option("--device", a.device, "auto, cpu (host-emulated) or cuda")
-      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
-      ->capture_default_str();
-  app.add_option("--device-budget", a.device_budget,
-                 "device memory budget in bytes (64M, 2G); auto: a quarter of the parameters on "
-                 "the emulated device, the config's zinf.device_budget on cuda")
-      ->capture_default_str();
+  gpt::add_device_flags(app, a.device, a.device_budget);
   app.add_option("--steps", a.steps, "optimizer steps")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -559,7 +527,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    if (a.device_budget != "auto") (void)parse_bytes(a.device_budget);
+    if (a.device_budget != "auto") (void)gpt::parse_bytes(a.device_budget);
   } catch (const std::exception& e) {
     std::cerr << "train_gpt: --device-budget " << a.device_budget << ": " << e.what() << "\n";
     return 2;

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <zinf/common/config.hpp>
@@ -28,6 +30,46 @@ inline void add_model_flags(CLI::App& app, Options& model, int& batch) {
       ->check(CLI::PositiveNumber);
   app.add_option("--vocab", model.vocab, "vocabulary (256: every byte)")->capture_default_str();
   app.add_flag("--tied", model.tied, "tie the LM head to the token embedding");
+}
+
+// --device (auto, cpu, cuda) and --device-budget (bytes, or auto).
+inline void add_device_flags(CLI::App& app, std::string& device, std::string& budget) {
+  app.add_option("--device", device, "auto, cpu (host-emulated) or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->capture_default_str();
+  app.add_option("--device-budget", budget,
+                 "device memory budget in bytes (64M, 2G); auto: a quarter of the parameters on "
+                 "the emulated device, the config's zinf.device_budget on cuda")
+      ->capture_default_str();
+}
+
+// "64M", "1.5G", "1048576": bytes (K, M, G are powers of 1024).
+inline std::uint64_t parse_bytes(const std::string& text) {
+  std::size_t used = 0;
+  const double value = std::stod(text, &used);
+  double scale = 1;
+  const std::string suffix = text.substr(used);
+  if (suffix == "K" || suffix == "KiB") {
+    scale = 1 << 10;
+  } else if (suffix == "M" || suffix == "MiB") {
+    scale = 1 << 20;
+  } else if (suffix == "G" || suffix == "GiB") {
+    scale = 1 << 30;
+  } else if (!suffix.empty()) {
+    throw std::invalid_argument("unknown suffix '" + suffix + "'");
+  }
+  if (value < 0) throw std::invalid_argument("negative");
+  return static_cast<std::uint64_t>(value * scale);
+}
+
+// The budget --device-budget gives (nullopt: the config's zinf.device_budget).
+// "auto" on the emulated device is a quarter of the fp32 parameters: a model
+// 4x larger than its device.
+inline std::optional<std::uint64_t> device_budget(const std::string& flag, const Options& model,
+                                                  bool cuda) {
+  if (flag != "auto") return parse_bytes(flag);
+  if (cuda) return std::nullopt;
+  return static_cast<std::uint64_t>(model.parameters()) * sizeof(float) / 4;
 }
 
 // The micro-batch: the config's where its batch keys give one (a --batch

@@ -39,6 +39,11 @@ TEST(ZinfPlanTest, TheJsonSaysWhatAPlanMustAndAddsUp) {
   EXPECT_GT(p["step_s"].get<double>(), 0);
   EXPECT_GE(p["step_s"].get<double>(), p["fwd_bwd_s"].get<double>());
   EXPECT_LE(p["pinned_bytes"].get<std::uint64_t>(), host);
+  // train_gpt's default budget on the emulated device: a quarter of the fp32 parameters.
+  EXPECT_EQ(p["device_budget_bytes"].get<std::uint64_t>(),
+            p["model"]["parameters"].get<std::uint64_t>());
+  EXPECT_FALSE(
+      plan("--config " + config("zero3_cpu.json") + kSmall + " --device-budget 64K")["fits"]);
   EXPECT_GT(p["device_peak_bytes"].get<std::uint64_t>(),
             p["device_resident_bytes"].get<std::uint64_t>());
 }
@@ -48,8 +53,8 @@ TEST(ZinfPlanTest, NvmeTrafficComesWithTheSwapbenchRatesItIsTimedBy) {
     {"op": "read", "block_size": 1048576, "queue_depth": 8, "gbps": 2.0},
     {"op": "read", "block_size": 131072, "queue_depth": 8, "gbps": 9.0},
     {"op": "mixed", "block_size": 1048576, "queue_depth": 8, "gbps": 1.0}]})";
-  const auto p =
-      plan("--config " + config("zero3_nvme.json") + kSmall + " --swapbench " + path("plan-swapbench.json"));
+  const auto p = plan("--config " + config("zero3_nvme.json") + kSmall + " --swapbench " +
+                      path("plan-swapbench.json"));
   EXPECT_GT(p["nvme_bytes"].get<std::uint64_t>(), 0u);
   // The row at the config's aio block size and queue depth (1M, 8), not the fastest.
   EXPECT_DOUBLE_EQ(p["rates"]["nvme_read_gbps"].get<double>(), 2.0);
@@ -67,12 +72,16 @@ TEST(ZinfPlanTest, BadInputIsAnErrorNamingTheFlagOrFile) {
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.output.find("--swapbench"), std::string::npos) << r.output;
   std::ofstream(path("plan-bad.json")) << "{not json";
-  r = run("--config " + config("zero3_nvme.json") + kSmall + " --swapbench " + path("plan-bad.json"));
+  r = run("--config " + config("zero3_nvme.json") + kSmall + " --swapbench " +
+          path("plan-bad.json"));
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.output.find("plan-bad.json: not JSON"), std::string::npos) << r.output;
   r = run("--config " + config("zero3_cpu.json") + kSmall + " --batch 5");
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.output.find("--batch 5 contradicts"), std::string::npos) << r.output;
+  r = run("--config " + config("zero3_cpu.json") + kSmall + " --device-budget 12X");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("--device-budget 12X: unknown suffix"), std::string::npos) << r.output;
   r = run("--config " + path("missing.json") + kSmall);
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.output.find("missing.json"), std::string::npos) << r.output;

@@ -197,7 +197,7 @@ int main(int argc, char** argv) {
   gpt::Options model;
   int batch = 0;
   std::string config_path = ZINF_CONFIGS_DIR "/zero3_nvme.json";
-  std::string device = "auto";
+  std::string device = "auto", budget_flag = "auto";
   std::vector<std::string> swapbench_paths;
   int world = 1;
   double device_tflops = 0, pcie_gbps = 0;
@@ -208,9 +208,7 @@ int main(int argc, char** argv) {
       "whether it fits."};
   gpt::add_model_flags(app, model, batch);
   app.add_option("--config", config_path, "DeepSpeed JSON config")->capture_default_str();
-  app.add_option("--device", device, "auto, cpu (host-emulated) or cuda")
-      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
-      ->capture_default_str();
+  gpt::add_device_flags(app, device, budget_flag);
   app.add_option("--world-size", world, "ranks (data parallel)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -231,6 +229,11 @@ int main(int argc, char** argv) {
     const bool cuda =
         cfg.zinf.device == "cuda" || (cfg.zinf.device == "auto" && torch::cuda::is_available());
     cfg.zinf.device = cuda ? "cuda" : "cpu";
+    try {
+      if (const auto b = gpt::device_budget(budget_flag, model, cuda)) cfg.zinf.device_budget = *b;
+    } catch (const std::invalid_argument& e) {
+      throw std::runtime_error("--device-budget " + budget_flag + ": " + e.what());
+    }
     const std::uint64_t gas = cfg.gradient_accumulation_steps.value_or(1);
 
     zinf::offload::ModelShape shape;
