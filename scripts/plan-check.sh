@@ -33,6 +33,7 @@ for round in $(seq 1 "$rounds"); do
     "$swap" "${common[@]}" --op mixed > "sbm-$tag.json"
     sync  # the swap files' dirty pages written before anything is timed
     "$build/tools/zinf-plan/zinf-plan" --config "$root/configs/$name.json" --device cpu \
+      --device-budget "$budget" \
       --swapbench "sb-$tag.json" --swapbench "sbm-$tag.json" --json > "plan-$tag.json"
     "$build/examples/train_gpt" --config "$root/configs/$name.json" --device cpu \
       --device-budget "$budget" --steps "$steps" --json "run-$tag.json" > "run-$tag.log"
@@ -57,5 +58,5 @@ for name in ["zero3_cpu", "offload_nvme", "zero3_nvme"]:
     print(f"| {name} | {mib(p['device_peak_bytes'])} / {mib(peak)} = {p['device_peak_bytes'] / peak:.3f} "
           f"| {p['host_bytes']} / {host}: {'equal' if p['host_bytes'] == host else 'DIFFER'} "
           f"| {p['nvme_bytes']} / {nvme}: {'equal' if p['nvme_bytes'] == nvme else 'DIFFER'} "
-          f"| {'; '.join(cells)} | {statistics.median(ratios):.2f} | {p['bottleneck']} |")
+          f"| {'; '.join(cells)} | {statistics.median(ratios):.2f} | {p['bottleneck']}{'' if p['fits'] else ', DOES NOT FIT'} |")
 PY
