@@ -55,7 +55,7 @@ std::vector<std::pair<std::string, torch::Tensor>> meta_params(
 
 struct PlannedPartition {
   std::string unit;
-  bool device_home = false;
+  bool device_home = false;  // whole on the device for good (resident)
   std::size_t elem = 1;
   std::uint64_t numel = 0;
   std::uint64_t bytes = 0;
@@ -153,6 +153,7 @@ Result<MemoryPlan> plan_memory(const ModelShape& model, const Config& config, in
   };
   const bool offloaded = z.offload_param.device != OffloadDevice::kNone;
   const bool nvme_params = z.offload_param.device == OffloadDevice::kNvme;
+  const bool cpu_params = z.offload_param.device == OffloadDevice::kCpu;
   std::vector<Coordinator::Unit> coordinated;
   std::vector<std::uint64_t> unit_bytes, unit_nvme_bytes;
   for (std::size_t i = 0; i < plans.size(); ++i) {
@@ -192,17 +193,16 @@ Result<MemoryPlan> plan_memory(const ModelShape& model, const Config& config, in
       m.largest_gathered = std::max(m.largest_gathered, p.bytes);
       m.param_home_bytes += p.home_bytes;
       if (!offloaded) m.device_resident += gpu::allocation_bytes(device, p.home_bytes);  // a shard
-      if (z.offload_param.device == OffloadDevice::kNvme)
+      if (nvme_params)
         ZINF_RETURN_IF_ERROR(check_buffer_size(p.unit, p.home_bytes / p.elem, config));
-      if (z.offload_param.device == OffloadDevice::kCpu) {
+      if (cpu_params) {
         m.host_params += AlignedBuffer::size_for(p.home_bytes);
       } else if (nvme_params && p.home_bytes > 0) {
         m.nvme_params += align_up(p.home_bytes, kIoAlignment);
         m.nvme_home_bytes += p.home_bytes;
       }
     }
-    if (z.offload_param.device != OffloadDevice::kCpu || p.device_home)
-      staged = std::max(staged, p.home_bytes);
+    if (!cpu_params || p.device_home) staged = std::max(staged, p.home_bytes);  // through the pool
   }
   m.largest_param_bytes = widest;
   if (staged > 0)
