@@ -154,6 +154,12 @@ EngineImpl::EngineImpl(std::shared_ptr<torch::nn::Module> model, const Config& c
     }
   }
   describe_nvme_paths();
+  if (trace_) {  // each NVMe transfer on the timeline, named after what it moves
+    tier_->record_transfers(true);
+    if (store_ && store_->nvme) store_->nvme->record_transfers(true);
+    for (const Partition& part : partitions_)
+      unit_of_key_.emplace(part.key, units_[params_[part.params.front()].unit].name);
+  }
   const MemoryReport m = memory_report();
   if (world_size_ > 1) {
     ZINF_LOG(kInfo) << "engine: rank " << rank_ << " of " << world_size_ << ", stage "
@@ -721,6 +727,16 @@ std::uint64_t EngineImpl::pinned_in_use() {
     if (pool != nullptr && pool->pinned()) bytes += pool->take_peak_in_use() * pool->buffer_bytes();
   }
   return bytes;
+}
+
+void EngineImpl::trace_param_transfers(const std::vector<swap::SwapTransfer>& transfers,
+                                       std::uint64_t step) {
+  for (const swap::SwapTransfer& t : transfers) {
+    const auto unit = unit_of_key_.find(t.key);
+    trace_->transfer(
+        {"parameters", unit == unit_of_key_.end() ? t.key : unit->second, t.read, t.bytes, t.when},
+        step);
+  }
 }
 
 MemoryReport EngineImpl::memory_report() const {
@@ -1293,8 +1309,9 @@ void EngineImpl::take_busy(SteadyClock::time_point from, SteadyClock::time_point
   auto h2d = h2d_->take_busy();
   auto d2h = d2h_->take_busy();
   auto stall = stall_.take();
-  std::vector<Interval> reads;
-  if (store_ && store_->nvme) reads = store_->nvme->take_busy().reads;
+  swap::SwapBusy param_io;
+  if (store_ && store_->nvme) param_io = store_->nvme->take_busy();
+  const std::vector<Interval>& reads = param_io.reads;
   if (from == to) return;
   const double wall = seconds(from, to);
   const double stalled = union_seconds(clip(stall, from, to));
@@ -1313,6 +1330,7 @@ void EngineImpl::take_busy(SteadyClock::time_point from, SteadyClock::time_point
     trace_->spans(Trace::kH2d, merged(clip(h2d, from, to)), step);
     trace_->spans(Trace::kD2h, merged(clip(d2h, from, to)), step);
     trace_->spans(Trace::kParamReads, merged(clip(reads, from, to)), step);
+    trace_param_transfers(param_io.transfers, step);
     trace_->counter("pinned bytes in use", to, static_cast<double>(pinned_in_use()));
   }
   if (store_ && store_->nvme)
@@ -1617,7 +1635,7 @@ void EngineImpl::step() {
   // data-parallel average), folded into the kernel's multiplier.
   const double divisor = scaler_.scale() * world_size_;
   r.loss_scale = scaler_.scale();
-  (void)tier_->take_io_busy();
+  (void)tier_->take_io();
   std::uint64_t param_written = 0;
   if (store_ && store_->nvme) {
     (void)store_->nvme->take_busy();
@@ -1690,10 +1708,12 @@ void EngineImpl::step() {
     }
   }
   const auto t1 = SteadyClock::now();
-  std::vector<Interval> io = tier_->take_io_busy();
+  TierIo tier_io = tier_->take_io();
+  std::vector<Interval>& io = tier_io.busy;
+  swap::SwapBusy param_io;
   if (store_ && store_->nvme) {
-    auto busy = store_->nvme->take_busy();
-    io.insert(io.end(), busy.writes.begin(), busy.writes.end());
+    param_io = store_->nvme->take_busy();
+    io.insert(io.end(), param_io.writes.begin(), param_io.writes.end());
     param_written = store_->nvme->stats().bytes_written - param_written;
   }
   ++global_steps_;
@@ -1728,6 +1748,12 @@ void EngineImpl::step() {
     trace_->spans(Trace::kOptimizerIo, merged(clip(io, t0, t1)), r.step);
     trace_->spans(Trace::kComm, merged(clip(comm, window_.open ? window_.begin : t0, t1)), r.step);
     trace_->spans(Trace::kCpuAdam, st.compute_periods, r.step);
+    for (const TierTransfer& t : tier_io.transfers) {
+      trace_->transfer({"optimizer state", "piece " + std::to_string(t.piece) + " " + t.state,
+                        t.read, t.bytes, t.when, static_cast<std::int64_t>(t.group)},
+                       r.step);
+    }
+    trace_param_transfers(param_io.transfers, r.step);
     trace_->counter("device bytes", t1, static_cast<double>(device_->memory().live));
     trace_->counter("pinned bytes in use", t1, static_cast<double>(pinned_in_use()));
     trace_->counter("loss scale", t1, r.loss_scale);

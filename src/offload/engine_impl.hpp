@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "offload/coordinator.hpp"
@@ -76,6 +77,8 @@ class EngineImpl final : public Coordinator::Actions {
   MemoryReport memory_report() const;
   // Page-locked host bytes in use (the trace's counter); restarts the pools' peaks.
   std::uint64_t pinned_in_use();
+  // The parameter store's transfers on the trace, named after their units.
+  void trace_param_transfers(const std::vector<swap::SwapTransfer>& transfers, std::uint64_t step);
   void describe_nvme_paths();
   void reset_peak_memory() { device_->reset_peak(); }
   torch::OrderedDict<std::string, torch::Tensor> consolidated_parameters() const;
@@ -308,7 +311,8 @@ class EngineImpl final : public Coordinator::Actions {
   };
   Window window_;
   BusyLog stall_;
-  std::unique_ptr<Trace> trace_;  // zinf.trace_path
+  std::unique_ptr<Trace> trace_;                              // zinf.trace_path
+  std::unordered_map<std::string, std::string> unit_of_key_;  // tracing: partition key to unit
   StepReport report_;
 
   // Worker threads last: joined before what their jobs use goes away.

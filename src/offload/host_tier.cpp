@@ -61,7 +61,8 @@ class HostTier final : public StateTier {
 
   std::size_t pieces() const override { return pieces_.size(); }
 
-  std::vector<Interval> take_io_busy() override { return {}; }
+  TierIo take_io() override { return {}; }  // in memory: no storage traffic
+  void record_transfers(bool) override {}
 
  private:
   TierShape shape_;

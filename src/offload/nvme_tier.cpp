@@ -139,11 +139,19 @@ class NvmeTier final : public StateTier {
 
   std::size_t pieces() const override { return pieces_.size(); }
 
-  std::vector<Interval> take_io_busy() override {
+  TierIo take_io() override {
     swap::SwapBusy busy = store_->take_busy();
-    busy.reads.insert(busy.reads.end(), busy.writes.begin(), busy.writes.end());
-    return busy.reads;
+    TierIo io;
+    io.busy = std::move(busy.reads);
+    io.busy.insert(io.busy.end(), busy.writes.begin(), busy.writes.end());
+    for (swap::SwapTransfer& t : busy.transfers) {
+      const auto [piece, state] = parse_key(t.key);
+      io.transfers.push_back(
+          {t.read, piece, pieces_[piece].group, kStateNames[state], t.bytes, t.when});
+    }
+    return io;
   }
+  void record_transfers(bool on) override { store_->record_transfers(on); }
 
  private:
   static constexpr const char* kStateNames[] = {"master", "state1", "state2"};
@@ -208,6 +216,14 @@ class NvmeTier final : public StateTier {
 
   static std::string key(std::size_t piece, int state, int slot) {
     return "p" + std::to_string(piece) + "/" + kStateNames[state] + "@" + std::to_string(slot);
+  }
+  // The piece and state of a key() (the store holds only the tier's keys).
+  static std::pair<std::size_t, int> parse_key(const std::string& key) {
+    const std::size_t slash = key.find('/');
+    const std::string state = key.substr(slash + 1, key.find('@') - slash - 1);
+    int s = 0;
+    while (s < 2 && state != kStateNames[s]) ++s;
+    return {std::stoul(key.substr(1, slash - 1)), s};
   }
 
   // Starts the transfers of a piece's states into/out of `set`.

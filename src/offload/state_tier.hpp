@@ -74,6 +74,22 @@ struct TierShape {
   std::vector<Piece> pieces() const;
 };
 
+// One NVMe read or write of a piece's state array.
+struct TierTransfer {
+  bool read = true;
+  std::size_t piece = 0;
+  std::size_t group = 0;   // the piece's sub-group
+  const char* state = "";  // "master", "state1", "state2"
+  std::uint64_t bytes = 0;
+  Interval when;
+};
+
+// The tier's storage traffic since the last take_io().
+struct TierIo {
+  std::vector<Interval> busy;           // when its NVMe reads or writes ran
+  std::vector<TierTransfer> transfers;  // each one, while record_transfers() is on
+};
+
 class StateTier {
  public:
   virtual ~StateTier() = default;
@@ -92,8 +108,8 @@ class StateTier {
   virtual Status read(const PieceFn& fn) = 0;
   virtual TierBytes bytes() const = 0;
   virtual std::size_t pieces() const = 0;
-  // When the tier's storage was busy (NVMe reads and writes) since the last call.
-  virtual std::vector<Interval> take_io_busy() = 0;
+  virtual TierIo take_io() = 0;
+  virtual void record_transfers(bool on) = 0;
 };
 
 // `init` fills each piece's initial state (called once per piece, in order).

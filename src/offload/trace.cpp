@@ -1,6 +1,7 @@
 #include "offload/trace.hpp"
 
 #include <cstdio>
+#include <nlohmann/json.hpp>
 
 #include "zinf/common/logging.hpp"
 
@@ -95,6 +96,21 @@ void Trace::spans(Track track, const std::vector<Interval>& periods, std::uint64
                   micros(i.end) - micros(i.begin), static_cast<unsigned long long>(step));
     event(text);
   }
+}
+
+void Trace::transfer(const Transfer& t, std::uint64_t step) {
+  const std::string head = R"({"cat":")" + std::string(t.category) + R"(","name":)" +
+                           nlohmann::json(t.name).dump() + R"(,"id":)" +
+                           std::to_string(++next_id_) + R"(,"pid":)" + std::to_string(rank_);
+  char args[160];
+  std::snprintf(args, sizeof args, R"("args":{"step":%llu,"bytes":%llu,"read":%s)",
+                static_cast<unsigned long long>(step), static_cast<unsigned long long>(t.bytes),
+                t.read ? "true" : "false");
+  std::string begin =
+      head + R"(,"ph":"b","ts":)" + std::to_string(micros(t.when.begin)) + "," + args;
+  if (t.sub_group >= 0) begin += R"(,"sub_group":)" + std::to_string(t.sub_group);
+  event(begin + "}}");
+  event(head + R"(,"ph":"e","ts":)" + std::to_string(micros(t.when.end)) + "}");
 }
 
 void Trace::counter(const char* what, SteadyClock::time_point at, double value) {

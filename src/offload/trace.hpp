@@ -4,7 +4,8 @@
 // per busy period, the same periods the StepReport's times are the lengths
 // of, so a track's spans in a step add up to that step's figure. Each span
 // carries its step; counters (device bytes, pinned bytes in use, loss
-// scale) come once a step, pinned bytes also once a micro-step.
+// scale) come once a step, pinned bytes also once a micro-step. Each NVMe
+// transfer is an async span of its own (transfer()).
 //
 // Threads: the engine's, one at a time. A write error is logged once, and
 // the run goes on without its trace.
@@ -14,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "zinf/common/busy_time.hpp"
@@ -49,6 +51,20 @@ class Trace {
   // Disjoint intervals (merged()), each one span.
   void spans(Track track, const std::vector<Interval>& periods, std::uint64_t step);
   void counter(const char* name, SteadyClock::time_point at, double value);
+  // One NVMe read or write, from its start to its completion, as an async
+  // span of `category` ("parameters" or "optimizer state"; Perfetto puts a
+  // category's overlapping spans on rows of their own) named after what it
+  // moved, with its step, bytes, direction and, for optimizer state, its
+  // sub-group.
+  struct Transfer {
+    const char* category;
+    std::string name;
+    bool read;
+    std::uint64_t bytes;
+    Interval when;
+    std::int64_t sub_group = -1;  // none
+  };
+  void transfer(const Transfer& t, std::uint64_t step);
 
  private:
   Trace(std::ofstream out, std::filesystem::path path, int rank);
@@ -60,6 +76,7 @@ class Trace {
   int rank_;
   SteadyClock::time_point origin_ = SteadyClock::now();
   bool first_ = true;
+  std::uint64_t next_id_ = 0;
   bool failed_ = false;
 };
 

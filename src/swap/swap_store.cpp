@@ -70,6 +70,7 @@ struct Op {
   Layout layout;                            // write: the new extents; read: where the value is
   std::vector<std::uint32_t> left_in_lane;  // chunks not yet finished, per lane
   std::size_t chunks_left = 0;
+  SteadyClock::time_point started;
   bool done = false;
   Status status;
   // Who must let go before a failed write's extents are freed or a read's
@@ -418,7 +419,13 @@ class SwapStoreImpl final : public SwapStore {
     return s;
   }
 
-  SwapBusy take_busy() override { return {busy_[0].take(), busy_[1].take()}; }
+  SwapBusy take_busy() override {
+    SwapBusy b{busy_[0].take(), busy_[1].take(), {}};
+    std::lock_guard lock(transfers_mutex_);
+    b.transfers.swap(transfers_);
+    return b;
+  }
+  void record_transfers(bool on) override { recording_.store(on); }
 
   std::string_view backend_name() const override { return backend_; }
   const SwapStoreOptions& options() const override { return options_; }
@@ -647,6 +654,7 @@ class SwapStoreImpl final : public SwapStore {
       }
       ticket.id = ++next_ticket_;
       busy_log(op->kind).begin();
+      op->started = SteadyClock::now();
       ops_.emplace(ticket.id, std::move(op));
     }
     for (Lane* lane : to_wake) lane->queue->wake();
@@ -785,6 +793,11 @@ class SwapStoreImpl final : public SwapStore {
     for (auto& op : completed) {
       complete(*op);
       busy_log(op->kind).end();
+      if (recording_.load()) {
+        std::lock_guard lock(transfers_mutex_);
+        transfers_.push_back(
+            {op->kind == IoOp::kRead, op->key, op->size, {op->started, SteadyClock::now()}});
+      }
     }
     {
       std::lock_guard lock(state_mutex_);
@@ -856,6 +869,9 @@ class SwapStoreImpl final : public SwapStore {
   const SwapStoreOptions options_;
   std::vector<PathState> paths_;
   BusyLog busy_[2];  // reads, writes
+  std::atomic<bool> recording_{false};
+  std::mutex transfers_mutex_;
+  std::vector<SwapTransfer> transfers_;
   std::string backend_;
 
   mutable std::mutex meta_mutex_;

@@ -25,6 +25,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <tuple>
 
 #include "common/sanitizer.hpp"
 #include "gpt/model.hpp"
@@ -671,6 +672,36 @@ TEST(EngineTest, TraceSpansAddUpToEachStepsReport) {
   EXPECT_EQ(counters["device bytes"], 3);
   EXPECT_EQ(counters["loss scale"], 3);
   EXPECT_EQ(counters["pinned bytes in use"], 6);  // after each micro-step and each step
+  // Each NVMe transfer: an async span from its start to its end, whose bytes
+  // add up, step by step, to the report's.
+  std::map<std::pair<std::string, std::uint64_t>, double> began;
+  std::map<std::tuple<std::uint64_t, std::string, bool>, std::uint64_t> moved;
+  std::set<std::string> units;
+  for (const auto& e : trace) {
+    if (e["ph"] == "b") {
+      began[{e["cat"], e["id"]}] = e["ts"];
+      moved[{e["args"]["step"], e["cat"], e["args"]["read"]}] +=
+          e["args"]["bytes"].get<std::uint64_t>();
+      if (e["cat"] == "parameters") units.insert(e["name"]);
+      if (e["cat"] == "optimizer state") {
+        EXPECT_TRUE(e["args"].contains("sub_group"));
+      }
+    } else if (e["ph"] == "e") {
+      const auto b = began.find({e["cat"], e["id"]});
+      ASSERT_NE(b, began.end()) << "an end without its begin";
+      EXPECT_GE(e["ts"].get<double>(), b->second);
+      began.erase(b);
+    }
+  }
+  EXPECT_TRUE(began.empty()) << began.size() << " transfers without an end";
+  for (const StepReport& r : reports) {
+    EXPECT_EQ((moved[{r.step, "parameters", true}]), r.param_read_bytes) << "step " << r.step;
+    EXPECT_EQ((moved[{r.step, "parameters", false}]), r.param_write_bytes) << "step " << r.step;
+    EXPECT_EQ((moved[{r.step, "optimizer state", true}]), r.optim_read_bytes) << "step " << r.step;
+    EXPECT_EQ((moved[{r.step, "optimizer state", false}]), r.optim_write_bytes)
+        << "step " << r.step;
+  }
+  EXPECT_TRUE(units.count("h0") && units.count("head")) << "transfers are named after their units";
   EXPECT_EQ(offload::Trace::path_for("/runs/t.json", 0, 1), "/runs/t.json");
   EXPECT_EQ(offload::Trace::path_for("/runs/t.json", 1, 2), "/runs/t.rank1.json");
   Config bad = cfg;

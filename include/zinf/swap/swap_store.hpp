@@ -118,12 +118,22 @@ struct SwapStats {
   bool fixed_buffers = false;           // every lane takes registered buffers' fixed-buffer path
 };
 
+// One read or write as the store moved it: from its start (read()/write())
+// to its completion (its last chunk reaped).
+struct SwapTransfer {
+  bool read = true;
+  std::string key;
+  std::uint64_t bytes = 0;
+  Interval when;
+};
+
 // When the store was busy since the last take_busy(): the union of the
-// intervals from each operation's start (read()/write()) to its completion
-// (its last chunk reaped), reads and writes apart.
+// intervals from each operation's start to its completion, reads and writes
+// apart; and, while record_transfers() is on, each operation completed.
 struct SwapBusy {
   std::vector<Interval> reads;
   std::vector<Interval> writes;
+  std::vector<SwapTransfer> transfers;
 };
 
 class SwapStore {
@@ -157,6 +167,9 @@ class SwapStore {
 
   virtual SwapStats stats() const = 0;
   virtual SwapBusy take_busy() = 0;
+  // Keep each operation's SwapTransfer for take_busy() from now on (off by
+  // default: a step timeline turns it on).
+  virtual void record_transfers(bool on) = 0;
   virtual std::string_view backend_name() const = 0;
   virtual const SwapStoreOptions& options() const = 0;
 };
