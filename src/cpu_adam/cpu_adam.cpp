@@ -16,9 +16,11 @@
 #include <tbb/task_arena.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "common/sanitizer.hpp"
 #include "cpu_adam/kernels.hpp"
@@ -227,7 +229,8 @@ Result<Isa> isa_from_environment() {
 }
 
 struct Executor::Impl {
-  Impl(int n, Isa i) : threads(n), isa(i), kernels(kernels_for(i)), arena(n) {}
+  Impl(int n, Isa i)
+      : threads(n), isa(i), kernels(kernels_for(i)), arena(n), thread_busy(std::max(1, n)) {}
 
   // Whether [0, count) is worth splitting over the arena. Never under
   // ThreadSanitizer: oneTBB's scheduler hands tasks over inside its own,
@@ -241,17 +244,28 @@ struct Executor::Impl {
   void for_tiles(std::size_t count, Fn&& fn) {
     const std::size_t tiles = (count + kTile - 1) / kTile;
     if (!parallel(count)) {
-      fn(std::size_t{0}, count);
+      timed(0, [&] { fn(std::size_t{0}, count); });
       return;
     }
     arena.execute([&] {
       tbb::parallel_for(
           tbb::blocked_range<std::size_t>(0, tiles),
           [&](const tbb::blocked_range<std::size_t>& r) {
-            fn(r.begin() * kTile, std::min(r.end() * kTile, count));
+            const int slot = tbb::this_task_arena::current_thread_index();
+            timed(slot, [&] { fn(r.begin() * kTile, std::min(r.end() * kTile, count)); });
           },
           tbb::static_partitioner());
     });
+  }
+
+  // work(), logged on thread slot `slot` when recording.
+  template <typename Work>
+  void timed(int slot, Work&& work) {
+    if (!recording.load(std::memory_order_relaxed)) return work();
+    const auto t0 = SteadyClock::now();
+    work();
+    const auto i = static_cast<std::size_t>(std::max(0, slot));
+    thread_busy[std::min(i, thread_busy.size() - 1)].add({t0, SteadyClock::now()});
   }
 
   void update(const Hyper& h, const StepConsts& c, const Buffers& b, std::size_t begin,
@@ -288,6 +302,8 @@ struct Executor::Impl {
   Isa isa;
   const KernelTable& kernels;
   tbb::task_arena arena;
+  std::atomic<bool> recording{false};
+  std::vector<BusyLog> thread_busy;  // one per thread slot
 };
 
 Result<std::unique_ptr<Executor>> Executor::create(int threads, std::optional<Isa> isa) {
@@ -311,6 +327,14 @@ Result<std::unique_ptr<Executor>> Executor::create(int threads, std::optional<Is
 }
 
 Executor::Executor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+void Executor::record_thread_busy(bool on) { impl_->recording.store(on); }
+
+std::vector<std::vector<Interval>> Executor::take_thread_busy() {
+  std::vector<std::vector<Interval>> out;
+  for (BusyLog& log : impl_->thread_busy) out.push_back(log.take());
+  return out;
+}
 Executor::~Executor() = default;
 
 Status Executor::step(const Hyper& hyper, std::int64_t step, const Buffers& buffers,

@@ -154,8 +154,9 @@ EngineImpl::EngineImpl(std::shared_ptr<torch::nn::Module> model, const Config& c
     }
   }
   describe_nvme_paths();
-  if (trace_) {  // each NVMe transfer on the timeline, named after what it moves
+  if (trace_) {  // each NVMe transfer and each optimizer thread on the timeline
     tier_->record_transfers(true);
+    executor_->record_thread_busy(true);
     if (store_ && store_->nvme) store_->nvme->record_transfers(true);
     for (const Partition& part : partitions_)
       unit_of_key_.emplace(part.key, units_[params_[part.params.front()].unit].name);
@@ -1636,6 +1637,7 @@ void EngineImpl::step() {
   const double divisor = scaler_.scale() * world_size_;
   r.loss_scale = scaler_.scale();
   (void)tier_->take_io();
+  if (trace_) (void)executor_->take_thread_busy();  // a checkpoint's conversions, say
   std::uint64_t param_written = 0;
   if (store_ && store_->nvme) {
     (void)store_->nvme->take_busy();
@@ -1748,6 +1750,9 @@ void EngineImpl::step() {
     trace_->spans(Trace::kOptimizerIo, merged(clip(io, t0, t1)), r.step);
     trace_->spans(Trace::kComm, merged(clip(comm, window_.open ? window_.begin : t0, t1)), r.step);
     trace_->spans(Trace::kCpuAdam, st.compute_periods, r.step);
+    const auto threads = executor_->take_thread_busy();
+    for (std::size_t k = 0; k < threads.size(); ++k)
+      trace_->thread_spans(static_cast<int>(k), merged(clip(threads[k], t0, t1)), r.step);
     for (const TierTransfer& t : tier_io.transfers) {
       trace_->transfer({"optimizer state", "piece " + std::to_string(t.piece) + " " + t.state,
                         t.read, t.bytes, t.when, static_cast<std::int64_t>(t.group)},

@@ -53,13 +53,7 @@ Result<std::unique_ptr<Trace>> Trace::open(const fs::path& path, int rank) {
   std::unique_ptr<Trace> trace(new Trace(std::move(out), path, rank));
   trace->event(R"({"ph":"M","name":"process_name","pid":)" + std::to_string(rank) +
                R"(,"args":{"name":"zinf rank )" + std::to_string(rank) + R"("}})");
-  for (int t = 0; t < kTracks; ++t) {
-    const std::string tid = std::to_string(t);
-    trace->event(R"({"ph":"M","name":"thread_name","pid":)" + std::to_string(rank) + R"(,"tid":)" +
-                 tid + R"(,"args":{"name":")" + name(static_cast<Track>(t)) + R"("}})");
-    trace->event(R"({"ph":"M","name":"thread_sort_index","pid":)" + std::to_string(rank) +
-                 R"(,"tid":)" + tid + R"(,"args":{"sort_index":)" + tid + "}}");
-  }
+  for (int t = 0; t < kTracks; ++t) trace->name_track(t, name(static_cast<Track>(t)));
   return trace;
 }
 
@@ -87,13 +81,38 @@ void Trace::event(const std::string& json) {
 }
 
 void Trace::spans(Track track, const std::vector<Interval>& periods, std::uint64_t step) {
+  spans_on(static_cast<int>(track), name(track), periods, step);
+}
+
+void Trace::thread_spans(int thread, const std::vector<Interval>& periods, std::uint64_t step) {
+  const auto k = static_cast<std::size_t>(thread);
+  if (thread_named_.size() <= k) thread_named_.resize(k + 1, false);
+  const int tid = kTracks + thread;
+  const std::string track = "cpu adam thread " + std::to_string(thread);
+  if (!thread_named_[k]) {
+    thread_named_[k] = true;
+    name_track(tid, track);
+  }
+  spans_on(tid, track, periods, step);
+}
+
+void Trace::name_track(int tid, const std::string& track) {
+  const std::string t = std::to_string(tid), pid = std::to_string(rank_);
+  event(R"({"ph":"M","name":"thread_name","pid":)" + pid + R"(,"tid":)" + t +
+        R"(,"args":{"name":")" + track + R"("}})");
+  event(R"({"ph":"M","name":"thread_sort_index","pid":)" + pid + R"(,"tid":)" + t +
+        R"(,"args":{"sort_index":)" + t + "}}");
+}
+
+void Trace::spans_on(int tid, const std::string& track, const std::vector<Interval>& periods,
+                     std::uint64_t step) {
   char text[256];
   for (const Interval& i : periods) {
     std::snprintf(text, sizeof text,
                   R"({"ph":"X","name":"%s","pid":%d,"tid":%d,"ts":%.3f,"dur":%.3f,)"
                   R"("args":{"step":%llu}})",
-                  name(track), rank_, static_cast<int>(track), micros(i.begin),
-                  micros(i.end) - micros(i.begin), static_cast<unsigned long long>(step));
+                  track.c_str(), rank_, tid, micros(i.begin), micros(i.end) - micros(i.begin),
+                  static_cast<unsigned long long>(step));
     event(text);
   }
 }

@@ -5,7 +5,8 @@
 // of, so a track's spans in a step add up to that step's figure. Each span
 // carries its step; counters (device bytes, pinned bytes in use, loss
 // scale) come once a step, pinned bytes also once a micro-step. Each NVMe
-// transfer is an async span of its own (transfer()).
+// transfer is an async span of its own (transfer()); each CPU optimizer
+// thread has a track of its own (thread_spans()).
 //
 // Threads: the engine's, one at a time. A write error is logged once, and
 // the run goes on without its trace.
@@ -50,6 +51,9 @@ class Trace {
 
   // Disjoint intervals (merged()), each one span.
   void spans(Track track, const std::vector<Interval>& periods, std::uint64_t step);
+  // When thread `thread` of the CPU optimizer ran its kernels: a track
+  // "cpu adam thread N" of its own, named when first used.
+  void thread_spans(int thread, const std::vector<Interval>& periods, std::uint64_t step);
   void counter(const char* name, SteadyClock::time_point at, double value);
   // One NVMe read or write, from its start to its completion, as an async
   // span of `category` ("parameters" or "optimizer state"; Perfetto puts a
@@ -69,6 +73,9 @@ class Trace {
  private:
   Trace(std::ofstream out, std::filesystem::path path, int rank);
   void event(const std::string& json);
+  void name_track(int tid, const std::string& name);  // a thread_name and its sort index
+  void spans_on(int tid, const std::string& name, const std::vector<Interval>& periods,
+                std::uint64_t step);
   double micros(SteadyClock::time_point t) const;
 
   std::ofstream out_;
@@ -77,6 +84,7 @@ class Trace {
   SteadyClock::time_point origin_ = SteadyClock::now();
   bool first_ = true;
   std::uint64_t next_id_ = 0;
+  std::vector<bool> thread_named_;
   bool failed_ = false;
 };
 

@@ -16,6 +16,7 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <functional>
@@ -702,6 +703,24 @@ TEST(EngineTest, TraceSpansAddUpToEachStepsReport) {
         << "step " << r.step;
   }
   EXPECT_TRUE(units.count("h0") && units.count("head")) << "transfers are named after their units";
+  // The optimizer's threads, each on a track of its own, working only inside
+  // the cpu adam track's periods.
+  std::vector<std::pair<double, double>> adam;
+  for (const auto& e : trace) {
+    if (e["ph"] == "X" && tracks.at(e["tid"]) == "cpu adam")
+      adam.emplace_back(e["ts"].get<double>(), e["ts"].get<double>() + e["dur"].get<double>());
+  }
+  int thread_spans = 0;
+  for (const auto& e : trace) {
+    if (e["ph"] != "X" || tracks.at(e["tid"]).rfind("cpu adam thread ", 0) != 0) continue;
+    ++thread_spans;
+    const double from = e["ts"], to = from + e["dur"].get<double>();
+    EXPECT_TRUE(
+        std::any_of(adam.begin(), adam.end(),
+                    [&](const auto& a) { return from >= a.first - 1e-3 && to <= a.second + 1e-3; }))
+        << tracks.at(e["tid"]) << " at " << from << " outside the cpu adam track";
+  }
+  EXPECT_GT(thread_spans, 0);
   EXPECT_EQ(offload::Trace::path_for("/runs/t.json", 0, 1), "/runs/t.json");
   EXPECT_EQ(offload::Trace::path_for("/runs/t.json", 1, 2), "/runs/t.rank1.json");
   Config bad = cfg;

@@ -25,7 +25,9 @@
 #include <memory>
 #include <optional>
 #include <string_view>
+#include <vector>
 
+#include "zinf/common/busy_time.hpp"
 #include "zinf/common/status.hpp"
 
 namespace zinf::cpu_adam {
@@ -104,6 +106,14 @@ class Executor {
 
   Isa isa() const;
   int threads() const;
+
+  // For a timeline: while on, each thread of the executor logs when it ran
+  // the tiled kernels (step, convert, accumulate; not grad_stats). Off by
+  // default. take_thread_busy() returns each thread slot's busy periods
+  // since the last call (slot 0: the arena's first thread, or the caller
+  // when the work was not split).
+  void record_thread_busy(bool on);
+  std::vector<std::vector<Interval>> take_thread_busy();
 
  private:
   struct Impl;
