@@ -42,9 +42,10 @@
 // parallelism does. Gradients are averaged over the ranks; each rank holds
 // 1/N of the optimizer state (stage 1), of the gradients (stage 2) and of
 // the parameters (stage 3: in offload_param's tier, or on the device when
-// it is "none"), and gathers the rest when it is used. Every rank must call the engine in the same order
-// (forward, backward, step, save_checkpoint, consolidated_parameters);
-// a rank that stops makes the others fail after zinf.comm_timeout seconds.
+// it is "none"), and gathers the rest when it is used. Every rank must
+// call the engine in the same order (forward, backward, step,
+// save_checkpoint, consolidated_parameters); a rank that stops makes the
+// others fail after zinf.comm_timeout seconds.
 //
 // Thread safety: one thread drives an engine (as a LibTorch model and
 // optimizer). The model is owned by the engine while it lives; its
