@@ -133,7 +133,6 @@ Result<MemoryPlan> plan_memory(const ModelShape& model, const Config& config, in
                         detail::plan_params(meta_params(model.root), "root", config, budget));
 
   MemoryPlan m;
-  m.units = plans.size();
   std::vector<PlannedPartition> parts;
   auto add = [&](const std::string& unit, const std::vector<detail::PlannedParam>& params,
                  torch::ScalarType dtype, bool device_home) {
@@ -190,8 +189,6 @@ Result<MemoryPlan> plan_memory(const ModelShape& model, const Config& config, in
       m.device_resident += gpu::allocation_bytes(device, p.bytes);
     } else {
       m.gathered_bytes += p.bytes;
-      m.largest_gathered = std::max(m.largest_gathered, p.bytes);
-      m.param_home_bytes += p.home_bytes;
       if (!offloaded) m.device_resident += gpu::allocation_bytes(device, p.home_bytes);  // a shard
       if (nvme_params)
         ZINF_RETURN_IF_ERROR(check_buffer_size(p.unit, p.home_bytes / p.elem, config));

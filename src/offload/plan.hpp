@@ -15,7 +15,6 @@
 
 #include "zinf/common/config.hpp"
 #include "zinf/gpu/pinned_pool.hpp"
-#include "zinf/offload/engine.hpp"
 
 namespace zinf::offload {
 
@@ -52,14 +51,11 @@ Status check_buffer_size(const std::string& unit, std::uint64_t home_elements,
 int state_arrays(const OptimizerConfig& optimizer);
 
 struct MemoryPlan {
-  std::uint64_t elements = 0;             // every parameter
-  std::uint64_t own_elements = 0;         // this rank's share of the optimizer state
-  std::uint64_t units = 0;                // the root and every unit
-  std::uint64_t device_resident = 0;      // bytes that stay on the device
-  std::uint64_t gathered_bytes = 0;       // every partition gathered on use, whole
-  std::uint64_t largest_gathered = 0;     // the largest of those
-  std::uint64_t param_home_bytes = 0;     // their homes on this rank (shards in stage 3 of N)
-  std::uint64_t nvme_home_bytes = 0;      // the part of those on NVMe
+  std::uint64_t elements = 0;         // every parameter
+  std::uint64_t own_elements = 0;     // this rank's share of the optimizer state
+  std::uint64_t device_resident = 0;  // bytes that stay on the device
+  std::uint64_t gathered_bytes = 0;   // every partition gathered on use, whole
+  std::uint64_t nvme_home_bytes = 0;  // their homes on NVMe (this rank's shards in stage 3 of N)
   std::uint64_t largest_param_bytes = 0;  // the largest parameter (so its gradient)
   // As MemoryReport names them.
   std::uint64_t host_params = 0;
