@@ -17,15 +17,20 @@ void Coordinator::begin_micro_step(bool record) {
     trace_.clear();
     prefix_.assign(1, 0);
   }
-  if (replaying()) prefetch_after(0);
+  if (replaying()) {
+    prefetch_after(0);
+    gather_ahead();
+  }
 }
 
 Status Coordinator::use(std::size_t unit) {
   if (units_[unit].resident) return Status::ok();
+  const bool leaves = replaying() && (position_ >= trace_.size() || trace_[position_] != unit);
+  if (leaves) ZINF_RETURN_IF_ERROR(settle_gathers());
   if (recording_) {
     trace_.push_back(unit);
     prefix_.push_back(prefix_.back() + units_[unit].numel);
-  } else if (replaying() && (position_ >= trace_.size() || trace_[position_] != unit)) {
+  } else if (leaves) {
     valid_ = false;
     ++stats_.trace_invalidations;
     if (!warned_) {
@@ -37,7 +42,7 @@ Status Coordinator::use(std::size_t unit) {
                       << "; fetching on demand and recording the order again (said once)";
     }
   }
-  ++position_;
+  const std::size_t position = position_++;
   State& s = state_[unit];
   if (s.live) {
     if (s.ahead) {
@@ -51,7 +56,14 @@ Status Coordinator::use(std::size_t unit) {
     ZINF_RETURN_IF_ERROR(fetch(unit, /*prefetch=*/false));
   }
   ++s.in_use;
-  if (replaying()) prefetch_after(position_);
+  if (options_.gather_on_use && !(replaying() && position < gather_next_)) {
+    actions_.gather(unit);
+    if (replaying()) gather_next_ = position_;
+  }
+  if (replaying()) {
+    prefetch_after(position_);
+    gather_ahead();
+  }
   return Status::ok();
 }
 
@@ -67,7 +79,8 @@ void Coordinator::done(std::size_t unit) {
   release(unit);
 }
 
-void Coordinator::end_micro_step(bool whole) {
+Status Coordinator::end_micro_step(bool whole) {
+  const Status settled = settle_gathers();
   if (recording_ && valid_ && whole) complete_ = true;
   if (!valid_ || (recording_ && !whole)) complete_ = false;
   recording_ = false;
@@ -80,6 +93,7 @@ void Coordinator::end_micro_step(bool whole) {
       s.staged = false;
     }
   }
+  return settled;
 }
 
 Status Coordinator::fetch(std::size_t unit, bool prefetch) {
@@ -87,20 +101,10 @@ Status Coordinator::fetch(std::size_t unit, bool prefetch) {
   // Make room: idle units, those kept for reuse before those fetched ahead,
   // the one used furthest in the future first.
   while (!prefetch && live_elements_ + need > options_.max_live) {
-    std::size_t victim = kNever;
-    std::pair<int, std::size_t> best{-1, 0};
-    for (std::size_t u = 0; u < units_.size(); ++u) {
-      const State& s = state_[u];
-      if (!s.live || s.in_use > 0 || units_[u].resident) continue;
-      const std::pair<int, std::size_t> key{s.ahead ? 0 : 1, next_use(u, position_)};
-      if (victim == kNever || key > best) {
-        victim = u;
-        best = key;
-      }
-    }
-    if (victim == kNever) break;
+    const std::size_t v = victim();
+    if (v == kNever) break;
     ++stats_.evictions;
-    release(victim);
+    release(v);
   }
   if (live_elements_ + need > options_.max_live) {
     return Status::resource_exhausted(
@@ -109,7 +113,15 @@ Status Coordinator::fetch(std::size_t unit, bool prefetch) {
         std::to_string(options_.max_live) + " next to the " + std::to_string(live_elements_) +
         " elements of the units running now");
   }
-  ZINF_RETURN_IF_ERROR(actions_.fetch(unit));
+  // A device that is full (of units kept for reuse or fetched ahead) makes
+  // room the same way on demand; ahead of use, a full device ends the window.
+  for (Status fetched = actions_.fetch(unit); !fetched.is_ok(); fetched = actions_.fetch(unit)) {
+    const std::size_t v =
+        prefetch || fetched.code() != StatusCode::kResourceExhausted ? kNever : victim();
+    if (v == kNever) return fetched;
+    ++stats_.evictions;
+    release(v);
+  }
   State& s = state_[unit];
   s.live = true;
   s.staged = false;
@@ -125,6 +137,21 @@ Status Coordinator::fetch(std::size_t unit, bool prefetch) {
     ++stats_.fetches;
   }
   return Status::ok();
+}
+
+std::size_t Coordinator::victim() const {
+  std::size_t victim = kNever;
+  std::pair<int, std::size_t> best{-1, 0};
+  for (std::size_t u = 0; u < units_.size(); ++u) {
+    const State& s = state_[u];
+    if (!s.live || s.in_use > 0 || units_[u].resident) continue;
+    const std::pair<int, std::size_t> key{s.ahead ? 0 : 1, next_use(u, position_)};
+    if (victim == kNever || key > best) {
+      victim = u;
+      best = key;
+    }
+  }
+  return victim;
 }
 
 void Coordinator::release(std::size_t unit) {
@@ -160,6 +187,31 @@ void Coordinator::prefetch_after(std::size_t position) {
     s.staged = true;
     ++stats_.staged;
   }
+}
+
+void Coordinator::gather_ahead() {
+  if (!options_.gather_on_use) return;
+  gather_end_ = std::max(gather_end_, position_);
+  while (gather_end_ < trace_.size() &&
+         prefix_[gather_end_ + 1] - prefix_[position_] <= options_.prefetch_bucket)
+    ++gather_end_;
+  for (; gather_next_ < gather_end_; ++gather_next_) {
+    const std::size_t v = trace_[gather_next_];
+    const auto from = trace_.begin() + static_cast<std::ptrdiff_t>(position_);
+    const auto here = trace_.begin() + static_cast<std::ptrdiff_t>(gather_next_);
+    if (!state_[v].live || state_[v].in_use > 0 || std::find(from, here, v) != here) return;
+    actions_.gather(v);
+    ++stats_.gathers_ahead;
+  }
+}
+
+Status Coordinator::settle_gathers() {
+  if (!options_.gather_on_use) return Status::ok();
+  Status s = actions_.wait_gathers();
+  for (; gather_next_ < gather_end_ && s.is_ok(); ++gather_next_)
+    s = actions_.gather_unused(trace_[gather_next_]);
+  gather_next_ = gather_end_ = 0;
+  return s;
 }
 
 std::size_t Coordinator::next_use(std::size_t unit, std::size_t position) const {

@@ -19,9 +19,24 @@
 //   - a unit done with is kept if the trace uses it again within
 //     stage3_max_reuse_distance elements, else released;
 //   - a fetch that would pass max_live first evicts idle live units, the one
-//     used furthest in the future first;
+//     used furthest in the future first; so does a fetch on demand that
+//     finds the device full (Actions::fetch failing with kResourceExhausted);
 //   - at the end of a micro-step every unit is released.
 // Resident units (home on the device) are never fetched or released.
+//
+// Gathers (Options::gather_on_use: stage 3 across ranks, where every use of
+// a unit is an all-gather of the ranks' shards into its copy). The ranks'
+// collectives must come in the same order, and a rank's fetches depend on
+// its own memory, so the gathers follow positions, not fetches: each use's
+// gather is issued in use order, and while replaying, the gathers of the
+// next positions within prefetch_bucket elements of the next use are issued
+// ahead, in order, each once its unit is live, not in use, and not used
+// again before that position (else the rest wait for a later use): the same
+// positions on every rank, reached sooner or later. When a micro-step leaves
+// the trace, or ends, every rank waits for its gathers and takes part in
+// those of the positions any rank may have issued that it had not
+// (Actions::gather_unused); their results are never read, as a use off the
+// trace gathers anew.
 //
 // Thread safety: none; the engine calls it from the compute thread.
 #pragma once
@@ -42,6 +57,7 @@ class Coordinator {
     std::uint64_t prefetch_bucket = 50000000;
     std::uint64_t max_live = 1000000000;
     std::uint64_t max_reuse_distance = 1000000000;
+    bool gather_on_use = false;
   };
 
   struct Unit {
@@ -55,10 +71,17 @@ class Coordinator {
   class Actions {
    public:
     virtual ~Actions() = default;
-    virtual Status fetch(std::size_t unit) = 0;  // start gathering it onto the device
+    // Start gathering it onto the device; kResourceExhausted: no device memory now.
+    virtual Status fetch(std::size_t unit) = 0;
     virtual void release(std::size_t unit) = 0;  // free its device copy
     virtual bool stage(std::size_t unit) = 0;    // start reading it ahead; false: no buffer free
     virtual void unstage(std::size_t unit) = 0;  // drop a read-ahead that will not be used
+    // gather_on_use: issue the gather of the unit's next use into its copy
+    // (live); wait for every gather issued; take part in one whose result
+    // nobody uses (into scratch), and wait for it.
+    virtual void gather(std::size_t /*unit*/) {}
+    virtual Status wait_gathers() { return Status::ok(); }
+    virtual Status gather_unused(std::size_t /*unit*/) { return Status::ok(); }
   };
 
   Coordinator(std::vector<Unit> units, Options options, Actions& actions);
@@ -71,10 +94,15 @@ class Coordinator {
   void done(std::size_t unit);
   // `whole`: the micro-step ran its forward and backward to the end. A
   // recording of one that did not (an error, a forward without backward) is
-  // not kept: the next micro-step records again.
-  void end_micro_step(bool whole = true);
+  // not kept: the next micro-step records again. Errors: the gathers'.
+  Status end_micro_step(bool whole = true);
 
   bool live(std::size_t unit) const { return state_[unit].live; }
+  bool in_use(std::size_t unit) const { return state_[unit].in_use > 0; }
+  // Uses so far in this micro-step: the trace position of the next use.
+  std::size_t position() const { return position_; }
+  // This micro-step follows a complete trace (so far).
+  bool replaying() const { return complete_ && valid_; }
   bool trace_complete() const { return complete_; }
   const std::vector<std::size_t>& trace() const { return trace_; }
   const CoordinatorStats& stats() const { return stats_; }
@@ -95,11 +123,14 @@ class Coordinator {
   Status fetch(std::size_t unit, bool prefetch);
   void release(std::size_t unit);
   void prefetch_after(std::size_t position);
+  void gather_ahead();
+  Status settle_gathers();
   // The next position after `position` at which `unit` is used, or kNever.
   std::size_t next_use(std::size_t unit, std::size_t position) const;
   // Elements used by the trace strictly between positions a and b.
   std::uint64_t elements_between(std::size_t a, std::size_t b) const;
-  bool replaying() const { return complete_ && valid_; }
+  // The idle live unit to release first to make room, or kNever.
+  std::size_t victim() const;
 
   std::vector<Unit> units_;
   Options options_;
@@ -114,6 +145,8 @@ class Coordinator {
   std::size_t position_ = 0;  // uses so far in this micro-step
   std::uint64_t live_elements_ = 0;
   std::uint64_t ahead_elements_ = 0;
+  std::size_t gather_next_ = 0;  // the next position whose gather is not issued
+  std::size_t gather_end_ = 0;   // every rank issues the gathers of the positions before it
   CoordinatorStats stats_;
   std::vector<std::size_t> prefetch_log_;
 };

@@ -143,7 +143,7 @@ EngineImpl::EngineImpl(std::shared_ptr<torch::nn::Module> model, const Config& c
   coordinator_ = std::make_unique<Coordinator>(
       std::move(cu),
       Coordinator::Options{z.stage3_prefetch_bucket_size, z.stage3_max_live_parameters,
-                           z.stage3_max_reuse_distance},
+                           z.stage3_max_reuse_distance, sharded_params_},
       *this);
   {
     std::lock_guard lock(detail::UnitRegistry::instance().mutex());
@@ -844,10 +844,11 @@ Status EngineImpl::wait_ready(std::size_t unit) {
   Gather& g = units_[unit].gather;
   Status s;
   stall_.begin();
-  if (g.fetched.valid()) s = g.fetched.get();
-  const UnitRec& u = units_[unit];
-  if (s.is_ok() && sharded_params_ && u.main && partitions_[*u.main].home != Home::kDevice)
-    s = gather_unit(unit);
+  if (g.gathered.valid()) {
+    s = g.gathered.get();
+  } else if (g.fetched.valid()) {
+    s = g.fetched.get();
+  }
   if (s.is_ok() && g.ready) s = device_->compute_stream().wait(g.ready);
   stall_.end();
   return s;
@@ -871,7 +872,7 @@ Status EngineImpl::fetch(std::size_t unit) {
                         device_->allocate(part.bytes, "the parameters of unit '" + u.name + "'"));
   std::byte* home_at =
       static_cast<std::byte*>(g.device) + part.home_begin * c10::elementSize(part.dtype);
-  if (part.home == Home::kDeviceShard) {  // the shard into place; gather_unit() brings the rest
+  if (part.home == Home::kDeviceShard) {  // the shard into place; the gather brings the rest
     gpu::Stream& compute = device_->compute_stream();
     ZINF_RETURN_IF_ERROR(compute.copy_within_device(home_at, part.device, part.home_bytes));
     ZINF_ASSIGN_OR_RETURN(g.ready, compute.record());
@@ -972,21 +973,55 @@ void EngineImpl::unstage(std::size_t unit) {
   g.staged = false;
 }
 
-// Every use of a sharded unit gathers it, also when its copy was kept from
-// before: whether a rank kept it depends on its own memory and timing, and
-// the collectives must come in the same order on every rank.
-Status EngineImpl::gather_unit(std::size_t unit) {
-  const UnitRec& u = units_[unit];
-  const Partition& part = partitions_[*u.main];
-  if (u.gather.ready)
-    ZINF_RETURN_IF_ERROR(u.gather.ready->synchronize());  // this rank's shard is in
-  return wait(param_comm_->all_gather(u.gather.device, part.numel, comm_dtype(part.dtype)))
-      .with_context("gathering unit '" + u.name + "'");
+// Stage 3 on several ranks: the coordinator says which use to gather when
+// (the same order on every rank); the gather worker issues them, each after
+// its shard is on the device.
+
+void EngineImpl::gather(std::size_t unit) {
+  Gather& g = units_[unit].gather;
+  // The compute issued so far has finished with the copy's memory (a kept copy).
+  auto computed = device_->compute_stream().record();
+  auto fetched = std::make_shared<std::future<Status>>(std::move(g.fetched));
+  g.gathered = gather_worker_.submit([this, unit, computed, fetched]() -> Status {
+    const UnitRec& u = units_[unit];
+    const Partition& part = partitions_[*u.main];
+    if (fetched->valid()) ZINF_RETURN_IF_ERROR(fetched->get());
+    ZINF_RETURN_IF_ERROR(computed.status());
+    ZINF_RETURN_IF_ERROR((*computed)->synchronize());
+    if (u.gather.ready) ZINF_RETURN_IF_ERROR(u.gather.ready->synchronize());  // the shard is in
+    return wait(param_comm_->all_gather(u.gather.device, part.numel, comm_dtype(part.dtype)));
+  });
+}
+
+Status EngineImpl::wait_gathers() {
+  Status first;
+  for (UnitRec& u : units_) {
+    if (!u.gather.gathered.valid()) continue;
+    Status s = u.gather.gathered.get();
+    if (first.is_ok() && !s.is_ok()) first = s.with_context("gathering unit '" + u.name + "'");
+  }
+  return first;
+}
+
+Status EngineImpl::gather_unused(std::size_t unit) {
+  const Partition& part = partitions_[*units_[unit].main];
+  const std::string what = "a gather of unit '" + units_[unit].name +
+                           "' that other ranks may have issued before the order changed";
+  ZINF_ASSIGN_OR_RETURN(void* scratch, device_->allocate(part.bytes, what));
+  Status s =
+      gather_worker_
+          .submit([&] {
+            return wait(param_comm_->all_gather(scratch, part.numel, comm_dtype(part.dtype)));
+          })
+          .get();
+  device_->deallocate(scratch, part.bytes, nullptr);
+  return s.with_context(what);
 }
 
 void EngineImpl::release(std::size_t unit) {
   UnitRec& u = units_[unit];
   Gather& g = u.gather;
+  if (g.gathered.valid()) (void)g.gathered.get();
   if (g.fetched.valid()) (void)g.fetched.get();
   if (g.ready) (void)g.ready->synchronize();  // the copy into it has finished
   if (g.bound) {
@@ -1340,7 +1375,7 @@ void EngineImpl::take_busy(SteadyClock::time_point from, SteadyClock::time_point
 }
 
 void EngineImpl::end_micro_step(bool completed) {
-  coordinator_->end_micro_step(completed);
+  const Status settled = coordinator_->end_micro_step(completed);
   for (UnitRec& u : units_) {
     u.expected_grads = u.received_grads = 0;
     u.reduced = false;
@@ -1350,13 +1385,14 @@ void EngineImpl::end_micro_step(bool completed) {
   phase_ = Phase::kIdle;
   const auto now = SteadyClock::now();
   take_busy(completed ? window_.micro_begin : now, now);
+  if (!settled.is_ok()) fail(settled.with_context("completing the micro-step's gathers"));
 }
 
 void EngineImpl::abort_micro_step(bool drop_window) {
   for (UnitRec& u : units_) {
     if (u.gather.fetched.valid()) (void)u.gather.fetched.get();
   }
-  if (coordinator_) coordinator_->end_micro_step(/*whole=*/false);
+  if (coordinator_) (void)coordinator_->end_micro_step(/*whole=*/false);
   (void)drain_grads();
   for (UnitRec& u : units_) {
     u.expected_grads = u.received_grads = 0;

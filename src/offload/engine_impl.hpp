@@ -152,6 +152,7 @@ class EngineImpl final : public Coordinator::Actions {
     void* device = nullptr;
     gpu::EventPtr ready;                            // the copy onto the device
     std::future<Status> fetched;                    // nvme: the fetch worker's job
+    std::future<Status> gathered;                   // sharded: this use's all-gather
     std::shared_ptr<gpu::PinnedPool::Lease> lease;  // nvme: the read's buffer
     std::optional<swap::SwapTicket> read;
     bool staged = false;  // read started ahead, no device memory yet
@@ -200,7 +201,11 @@ class EngineImpl final : public Coordinator::Actions {
   void join_job();
   void make_channels();  // after the device: its collectives' backend
   Sharding sharding() const { return {rank_, world_size_, host_comm_.get()}; }
-  Status gather_unit(std::size_t unit);   // sharded params: the others' shards into the unit's copy
+  // Sharded params: each use of a unit is an all-gather of the others' shards
+  // into its copy, issued on the gather worker in the coordinator's order.
+  void gather(std::size_t unit) override;
+  Status wait_gathers() override;
+  Status gather_unused(std::size_t unit) override;
   float* grad_scratch(std::size_t part);  // partitioned gradients: this micro-step's, whole
   void reduce_unit(std::size_t unit);     // queues its partitions' reductions on the grad worker
   Status reduce_partition(std::size_t part);
@@ -318,6 +323,7 @@ class EngineImpl final : public Coordinator::Actions {
   // Worker threads last: joined before what their jobs use goes away.
   Worker fetch_worker_;
   Worker grad_worker_;
+  Worker gather_worker_;  // issues param_comm_'s gathers
 };
 
 }  // namespace zinf::offload

@@ -105,7 +105,7 @@ Status count_gathers(std::vector<Coordinator::Unit> units, std::vector<std::uint
       ZINF_RETURN_IF_ERROR(c.use(u));
       c.done(u);
     }
-    c.end_micro_step(true);
+    ZINF_RETURN_IF_ERROR(c.end_micro_step(true));
   }
   m.h2d_bytes = actions.h2d;
   m.peak_live_elements = c.stats().peak_live_elements;

@@ -17,6 +17,8 @@ class FakeEngine : public Coordinator::Actions {
 
   Status fetch(std::size_t unit) override {
     EXPECT_EQ(live_.count(unit), 0u) << "unit " << unit << " fetched twice";
+    if (live_elements_ + units_[unit].numel > device_elements)
+      return Status::resource_exhausted("the fake device is full");
     live_.insert(unit);
     live_elements_ += units_[unit].numel;
     peak_live_ = std::max(peak_live_, live_elements_);
@@ -36,17 +38,37 @@ class FakeEngine : public Coordinator::Actions {
     return true;
   }
   void unstage(std::size_t unit) override { staged_.erase(unit); }
+  void gather(std::size_t unit) override {
+    EXPECT_TRUE(live(unit)) << "unit " << unit << " gathered while not on the device";
+    EXPECT_TRUE(gathers_.insert(unit).second) << "unit " << unit << " gathered twice for a use";
+    collectives.push_back(unit);
+  }
+  Status wait_gathers() override {
+    gathers_.clear();  // their results are not used
+    return Status::ok();
+  }
+  Status gather_unused(std::size_t unit) override {
+    collectives.push_back(unit);
+    ++unused;
+    return Status::ok();
+  }
+  // The use of `unit` found its gather issued.
+  bool take_gather(std::size_t unit) { return gathers_.erase(unit) == 1; }
 
   bool live(std::size_t unit) const { return live_.count(unit) != 0; }
   std::uint64_t live_elements() const { return live_elements_; }
   std::uint64_t peak_live() const { return peak_live_; }
 
   std::size_t stage_slots = 0;
+  bool gathering = false;                // gather_on_use: every use must find its gather
+  std::vector<std::size_t> collectives;  // gathers, issued and unused, in order
+  std::size_t unused = 0;
+  std::uint64_t device_elements = UINT64_MAX;  // what the device holds
   std::vector<std::size_t> fetched, released, staged;
 
  private:
   std::vector<Coordinator::Unit> units_;
-  std::set<std::size_t> live_, staged_;
+  std::set<std::size_t> live_, staged_, gathers_;
   std::uint64_t live_elements_ = 0, peak_live_ = 0;
 };
 
@@ -59,15 +81,18 @@ std::vector<Coordinator::Unit> units(std::size_t n, std::uint64_t numel, bool st
 
 // One micro-step that uses `order` (use, then done, as the engine does for
 // each forward call and each backward), checking that every used unit is live.
-void micro_step(Coordinator& c, const FakeEngine& e, const std::vector<std::size_t>& order,
+void micro_step(Coordinator& c, FakeEngine& e, const std::vector<std::size_t>& order,
                 bool record = true) {
   c.begin_micro_step(record);
   for (std::size_t u : order) {
     ASSERT_TRUE(c.use(u).is_ok());
     ASSERT_TRUE(e.live(u)) << "unit " << u << " used while not on the device";
+    if (e.gathering) {
+      EXPECT_TRUE(e.take_gather(u)) << "unit " << u << " used without its gather";
+    }
     c.done(u);
   }
-  c.end_micro_step();
+  EXPECT_TRUE(c.end_micro_step().is_ok());
   EXPECT_EQ(e.live_elements(), 0u) << "everything is released at the end of a micro-step";
 }
 
@@ -113,6 +138,65 @@ TEST(CoordinatorTest, LiveParametersNeverExceedMaxLive) {
   EXPECT_LE(e.peak_live(), 25u);
   EXPECT_LE(c.stats().peak_live_elements, 25u);
   EXPECT_GT(c.stats().prefetches, 0u) << "the window still prefetches one unit ahead";
+}
+
+// Units kept for reuse (a reuse distance that keeps everything) fill a device
+// smaller than the model: a fetch on demand makes room as max_live does, and
+// a unit that does not fit next to those running is the device's error.
+TEST(CoordinatorTest, AFullDeviceEvictsIdleUnitsOnDemand) {
+  const auto u = units(6, 10);
+  FakeEngine e(u);
+  e.device_elements = 25;
+  Coordinator c(u, {/*prefetch_bucket=*/1000, /*max_live=*/1000, /*max_reuse_distance=*/1000}, e);
+  const auto order = forward_backward(6);
+  for (int step = 0; step < 3; ++step) micro_step(c, e, order);
+  EXPECT_LE(e.peak_live(), 25u);
+  EXPECT_GT(c.stats().evictions, 0u);
+  EXPECT_GT(c.stats().prefetches, 0u) << "a full device ends the window, it does not close it";
+
+  e.device_elements = 5;
+  c.begin_micro_step(false);
+  Status s = c.use(0);
+  EXPECT_EQ(s.code(), StatusCode::kResourceExhausted) << s.to_string();
+  EXPECT_NE(s.message().find("the fake device is full"), std::string::npos) << s.message();
+  EXPECT_TRUE(c.end_micro_step(false).is_ok());
+}
+
+// Stage 3 across ranks: two ranks whose devices differ (rank 1's holds two
+// units, so its prefetch stops where rank 0's goes on, and it evicts what
+// rank 0 keeps) issue the same gathers in the same order, through replays,
+// an order that changes, and a forward without backward; every use finds
+// its gather issued, and none is issued into a unit not on the device.
+TEST(CoordinatorTest, RanksThatFetchDifferentlyGatherInTheSameOrder) {
+  const auto u = units(5, 10);
+  const auto order = forward_backward(5);
+  auto changed = order;
+  changed.erase(changed.begin() + 2);  // a unit left out of the forward
+  std::vector<std::size_t> collectives[2];
+  std::size_t unused[2];
+  CoordinatorStats stats[2];
+  for (int rank = 0; rank < 2; ++rank) {
+    FakeEngine e(u);
+    e.gathering = true;
+    if (rank == 1) e.device_elements = 20;
+    Coordinator c(u,
+                  {/*prefetch_bucket=*/30, /*max_live=*/1000, /*max_reuse_distance=*/1000,
+                   /*gather_on_use=*/true},
+                  e);
+    micro_step(c, e, order);                              // records
+    micro_step(c, e, order);                              // replays
+    micro_step(c, e, changed);                            // leaves the trace
+    micro_step(c, e, order);                              // records again
+    micro_step(c, e, {0, 1, 2, 3, 4}, /*record=*/false);  // a forward without backward
+    micro_step(c, e, order);                              // replays
+    collectives[rank] = e.collectives;
+    unused[rank] = e.unused;
+    stats[rank] = c.stats();
+  }
+  EXPECT_EQ(collectives[0], collectives[1]);
+  EXPECT_GT(stats[0].gathers_ahead, stats[1].gathers_ahead) << "rank 1 fetched ahead less";
+  EXPECT_GT(unused[1], unused[0]) << "rank 1 took part in gathers rank 0 had issued ahead";
+  EXPECT_GT(stats[1].evictions, 0u);
 }
 
 TEST(CoordinatorTest, AUnitLargerThanMaxLiveIsAnErrorNamingTheKey) {
@@ -198,7 +282,7 @@ TEST(CoordinatorTest, ResidentUnitsAreNeverFetched) {
   ASSERT_TRUE(c.use(1).is_ok());
   c.done(1);
   c.done(0);
-  c.end_micro_step();
+  EXPECT_TRUE(c.end_micro_step().is_ok());
   EXPECT_EQ(e.fetched, std::vector<std::size_t>{1});
   EXPECT_EQ(c.trace(), std::vector<std::size_t>{1});
 }

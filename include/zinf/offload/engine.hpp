@@ -125,9 +125,10 @@ struct CoordinatorStats {
   std::uint64_t prefetch_hits = 0;  // uses that found their unit fetched ahead
   std::uint64_t reuse_hits = 0;     // uses that found their unit kept from before
   std::uint64_t releases = 0;
-  std::uint64_t evictions = 0;  // releases forced by stage3_max_live_parameters
+  std::uint64_t evictions = 0;  // releases forced by stage3_max_live_parameters or a full device
   std::uint64_t staged = 0;     // NVMe reads started beyond the device window
   std::uint64_t trace_invalidations = 0;
+  std::uint64_t gathers_ahead = 0;  // stage 3 on several ranks: all-gathers issued before the use
   std::uint64_t live_elements = 0;
   std::uint64_t peak_live_elements = 0;
 };
