@@ -1,6 +1,7 @@
 #include "zinf/common/busy_time.hpp"
 
 #include <algorithm>
+#include <utility>
 
 namespace zinf {
 
@@ -77,6 +78,16 @@ std::vector<Interval> BusyLog::take() {
     open_since_ = now;
   }
   return out;
+}
+
+void SpanLog::add(Span span) {
+  std::lock_guard lock(mutex_);
+  spans_.push_back(std::move(span));
+}
+
+std::vector<Span> SpanLog::take() {
+  std::lock_guard lock(mutex_);
+  return std::exchange(spans_, {});
 }
 
 }  // namespace zinf

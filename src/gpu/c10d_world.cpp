@@ -125,7 +125,7 @@ class GlooCommunicator final : public Communicator {
   Result<CommWorkPtr> run(const char* op_name, std::uint64_t bytes, Issue issue) {
     const std::string label = "communicator '" + name() + "': " + op_name;
     try {
-      return track(std::make_unique<GlooWork>(label, issue()), bytes);
+      return track(std::make_unique<GlooWork>(label, issue()), bytes, op_name);
     } catch (const std::exception& e) {
       return Status::unavailable(label + " failed: " + what(e));
     }

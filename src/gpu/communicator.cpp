@@ -103,22 +103,32 @@ class SingleWorld final : public World {
 // Logs the time from issue to the first wait() that saw it complete.
 class TrackedWork final : public CommWork {
  public:
-  TrackedWork(CommWorkPtr inner, BusyLog& log) : inner_(std::move(inner)), log_(log) {
+  TrackedWork(CommWorkPtr inner, BusyLog& log, SpanLog& spans, std::uint64_t bytes,
+              std::string_view op)
+      : inner_(std::move(inner)), log_(log), spans_(spans), bytes_(bytes), op_(op) {
     log_.begin();
   }
-  ~TrackedWork() override {
-    if (open_) log_.end();
-  }
+  ~TrackedWork() override { finish(); }
   Status wait() override {
     Status s = inner_->wait();
-    if (open_) log_.end();
-    open_ = false;
+    finish();
     return s;
   }
 
  private:
+  void finish() {
+    if (!open_) return;
+    open_ = false;
+    log_.end();
+    if (spans_.on()) spans_.add({{issued_, SteadyClock::now()}, bytes_, std::string(op_)});
+  }
+
   CommWorkPtr inner_;
   BusyLog& log_;
+  SpanLog& spans_;
+  const std::uint64_t bytes_;
+  const std::string_view op_;  // a literal
+  const SteadyClock::time_point issued_ = SteadyClock::now();
   bool open_ = true;
 };
 
@@ -171,10 +181,10 @@ Status Communicator::all_reduce_now(void* data, std::uint64_t count, CommDtype d
   return work->wait();
 }
 
-CommWorkPtr Communicator::track(CommWorkPtr work, std::uint64_t bytes) {
+CommWorkPtr Communicator::track(CommWorkPtr work, std::uint64_t bytes, std::string_view op) {
   stats_.bytes += bytes;
   ++stats_.collectives;
-  return std::make_unique<TrackedWork>(std::move(work), busy_);
+  return std::make_unique<TrackedWork>(std::move(work), busy_, spans_, bytes, op);
 }
 
 Result<std::shared_ptr<World>> World::join(const Launch& launch, std::chrono::seconds timeout,

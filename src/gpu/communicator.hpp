@@ -37,6 +37,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "zinf/common/busy_time.hpp"
@@ -120,17 +121,22 @@ class Communicator {
   CommStats stats() const { return stats_; }
   // When collectives were in flight since the last call.
   std::vector<Interval> take_busy() { return busy_.take(); }
+  // Each collective, from issue to completion, as a span named after the
+  // collective (off until turned on; a trace turns it on).
+  void record_spans(bool on) { spans_.set_on(on); }
+  std::vector<Span> take_spans() { return spans_.take(); }
 
  protected:
   explicit Communicator(std::string name) : name_(std::move(name)) {}
-  // Counts a collective of `bytes`, and wraps its work so that its time in
-  // flight is logged.
-  CommWorkPtr track(CommWorkPtr work, std::uint64_t bytes);
+  // Counts a collective `op` (a string literal) of `bytes`, and wraps its
+  // work so that its time in flight is logged.
+  CommWorkPtr track(CommWorkPtr work, std::uint64_t bytes, std::string_view op);
 
  private:
   std::string name_;
   CommStats stats_;
   BusyLog busy_;
+  SpanLog spans_;
 };
 
 class World {

@@ -51,20 +51,29 @@ Status null_event(const std::string& stream) {
   return Status::invalid_argument("stream " + stream + ": wait on a null event");
 }
 
+Interval timed_copy(void* dst, const void* src, std::size_t bytes) {
+  const auto t0 = SteadyClock::now();
+  std::memcpy(dst, src, bytes);
+  return {t0, SteadyClock::now()};
+}
+
 // The compute stream: work runs on the calling thread as it is enqueued.
 class InlineStream final : public Stream {
  public:
   const std::string& name() const override { return name_; }
-  Status copy_to_device(void* dst, const void* src, std::size_t bytes) override {
-    copy(dst, src, bytes);
+  Status copy_to_device(void* dst, const void* src, std::size_t bytes,
+                        std::string_view what) override {
+    copy(dst, src, bytes, what);
     return Status::ok();
   }
-  Status copy_to_host(void* dst, const void* src, std::size_t bytes) override {
-    copy(dst, src, bytes);
+  Status copy_to_host(void* dst, const void* src, std::size_t bytes,
+                      std::string_view what) override {
+    copy(dst, src, bytes, what);
     return Status::ok();
   }
-  Status copy_within_device(void* dst, const void* src, std::size_t bytes) override {
-    copy(dst, src, bytes);
+  Status copy_within_device(void* dst, const void* src, std::size_t bytes,
+                            std::string_view what) override {
+    copy(dst, src, bytes, what);
     return Status::ok();
   }
   Result<EventPtr> record() override { return EventPtr(std::make_shared<HostEvent>(true)); }
@@ -75,10 +84,10 @@ class InlineStream final : public Stream {
   std::vector<Interval> take_busy() override { return busy_.take(); }
 
  private:
-  void copy(void* dst, const void* src, std::size_t bytes) {
-    const auto t0 = SteadyClock::now();
-    std::memcpy(dst, src, bytes);
-    busy_.add({t0, SteadyClock::now()});
+  void copy(void* dst, const void* src, std::size_t bytes, std::string_view what) {
+    const Interval when = timed_copy(dst, src, bytes);
+    busy_.add(when);
+    if (spans_.on()) spans_.add({when, bytes, std::string(what)});
   }
   const std::string name_ = "compute";
   BusyLog busy_;
@@ -90,14 +99,17 @@ class ThreadStream final : public Stream {
   explicit ThreadStream(std::string name) : name_(std::move(name)) {}
 
   const std::string& name() const override { return name_; }
-  Status copy_to_device(void* dst, const void* src, std::size_t bytes) override {
-    return copy(dst, src, bytes);
+  Status copy_to_device(void* dst, const void* src, std::size_t bytes,
+                        std::string_view what) override {
+    return copy(dst, src, bytes, what);
   }
-  Status copy_to_host(void* dst, const void* src, std::size_t bytes) override {
-    return copy(dst, src, bytes);
+  Status copy_to_host(void* dst, const void* src, std::size_t bytes,
+                      std::string_view what) override {
+    return copy(dst, src, bytes, what);
   }
-  Status copy_within_device(void* dst, const void* src, std::size_t bytes) override {
-    return copy(dst, src, bytes);
+  Status copy_within_device(void* dst, const void* src, std::size_t bytes,
+                            std::string_view what) override {
+    return copy(dst, src, bytes, what);
   }
   Result<EventPtr> record() override {
     auto event = std::make_shared<HostEvent>();
@@ -116,13 +128,14 @@ class ThreadStream final : public Stream {
   std::vector<Interval> take_busy() override { return busy_.take(); }
 
  private:
-  Status copy(void* dst, const void* src, std::size_t bytes) {
+  Status copy(void* dst, const void* src, std::size_t bytes, std::string_view what) {
     if (bytes > 0 && (dst == nullptr || src == nullptr))
       return Status::invalid_argument("stream " + name_ + ": copy with a null buffer");
-    enqueue([this, dst, src, bytes] {
-      const auto t0 = SteadyClock::now();
-      std::memcpy(dst, src, bytes);
-      busy_.add({t0, SteadyClock::now()});
+    std::string label = spans_.on() ? std::string(what) : std::string();
+    enqueue([this, dst, src, bytes, label = std::move(label)] {
+      const Interval when = timed_copy(dst, src, bytes);
+      busy_.add(when);
+      if (spans_.on()) spans_.add({when, bytes, label});
     });
     return Status::ok();
   }

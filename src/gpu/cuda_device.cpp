@@ -10,12 +10,14 @@
 //
 // Compute is LibTorch's, on the legacy default stream. Copy streams are
 // non-blocking streams; each copy is bracketed by timing events, resolved
-// into host-clock intervals by take_busy().
+// into host-clock intervals (and spans) by take_busy() and take_spans().
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <deque>
 #include <map>
+#include <mutex>
+#include <utility>
 
 #include "gpu/devices.hpp"
 #include "zinf/common/aligned.hpp"
@@ -74,14 +76,17 @@ class CudaStream final : public Stream {
   }
 
   const std::string& name() const override { return name_; }
-  Status copy_to_device(void* dst, const void* src, std::size_t bytes) override {
-    return copy(dst, src, bytes, cudaMemcpyHostToDevice);
+  Status copy_to_device(void* dst, const void* src, std::size_t bytes,
+                        std::string_view what) override {
+    return copy(dst, src, bytes, cudaMemcpyHostToDevice, what);
   }
-  Status copy_to_host(void* dst, const void* src, std::size_t bytes) override {
-    return copy(dst, src, bytes, cudaMemcpyDeviceToHost);
+  Status copy_to_host(void* dst, const void* src, std::size_t bytes,
+                      std::string_view what) override {
+    return copy(dst, src, bytes, cudaMemcpyDeviceToHost, what);
   }
-  Status copy_within_device(void* dst, const void* src, std::size_t bytes) override {
-    return copy(dst, src, bytes, cudaMemcpyDeviceToDevice);
+  Status copy_within_device(void* dst, const void* src, std::size_t bytes,
+                            std::string_view what) override {
+    return copy(dst, src, bytes, cudaMemcpyDeviceToDevice, what);
   }
   Result<EventPtr> record() override {
     cudaSetDevice(device_);
@@ -104,10 +109,32 @@ class CudaStream final : public Stream {
     return Status::ok();
   }
   std::vector<Interval> take_busy() override {
-    std::vector<Interval> out;
+    std::lock_guard lock(mutex_);
+    resolve();
+    return std::exchange(busy_, {});
+  }
+  std::vector<Span> take_spans() override {
+    {
+      std::lock_guard lock(mutex_);
+      resolve();
+    }
+    return spans_.take();
+  }
+
+ private:
+  struct Timing {
+    cudaEvent_t begin;
+    cudaEvent_t end;
+    std::uint64_t bytes = 0;
+    std::string what;  // spans on
+  };
+
+  // The copies that completed, in order, into busy_ (and spans_), on the
+  // host clock. mutex_ held.
+  void resolve() {
     while (!timings_.empty() && cudaEventQuery(timings_.front().end) == cudaSuccess) {
       float begin_ms = 0, end_ms = 0;
-      const Timing t = timings_.front();
+      Timing t = std::move(timings_.front());
       timings_.pop_front();
       if (cudaEventElapsedTime(&begin_ms, base_, t.begin) == cudaSuccess &&
           cudaEventElapsedTime(&end_ms, base_, t.end) == cudaSuccess) {
@@ -115,21 +142,16 @@ class CudaStream final : public Stream {
           return base_time_ + std::chrono::duration_cast<SteadyClock::duration>(
                                   std::chrono::duration<double, std::milli>(ms));
         };
-        out.push_back({at(begin_ms), at(end_ms)});
+        busy_.push_back({at(begin_ms), at(end_ms)});
+        if (spans_.on()) spans_.add({busy_.back(), t.bytes, std::move(t.what)});
       }
       cudaEventDestroy(t.begin);
       cudaEventDestroy(t.end);
     }
-    return out;
   }
 
- private:
-  struct Timing {
-    cudaEvent_t begin;
-    cudaEvent_t end;
-  };
-
-  Status copy(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind) {
+  Status copy(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind,
+              std::string_view what) {
     cudaSetDevice(device_);
     Timing t{};
     ZINF_CUDA_RETURN_IF_ERROR(cudaEventCreate(&t.begin), "cudaEventCreate");
@@ -137,10 +159,13 @@ class CudaStream final : public Stream {
       cudaEventDestroy(t.begin);
       return cuda_error(e, "cudaEventCreate");
     }
+    t.bytes = bytes;
+    if (spans_.on()) t.what = std::string(what);
+    std::lock_guard lock(mutex_);  // copies come from more than one thread
     cudaEventRecord(t.begin, stream_);
     const cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind, stream_);
     cudaEventRecord(t.end, stream_);
-    timings_.push_back(t);
+    timings_.push_back(std::move(t));
     if (e != cudaSuccess)
       return cuda_error(e, "cudaMemcpyAsync of " + format_bytes(bytes) + " on " + name_);
     return Status::ok();
@@ -151,7 +176,9 @@ class CudaStream final : public Stream {
   cudaStream_t stream_;
   cudaEvent_t base_ = nullptr;
   SteadyClock::time_point base_time_;
+  std::mutex mutex_;
   std::deque<Timing> timings_;
+  std::vector<Interval> busy_;  // resolved, not yet taken
 };
 
 class CudaDevice final : public AccountedDevice {

@@ -148,7 +148,7 @@ class NcclCommunicator final : public Communicator {
       cudaEventDestroy(event);
       return cuda_error(e, label);
     }
-    return track(std::make_unique<NcclWork>(*this, event), bytes);
+    return track(std::make_unique<NcclWork>(*this, event), bytes, op_name);
   }
 
   ncclComm_t comm_;

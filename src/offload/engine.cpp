@@ -154,12 +154,14 @@ EngineImpl::EngineImpl(std::shared_ptr<torch::nn::Module> model, const Config& c
     }
   }
   describe_nvme_paths();
-  if (trace_) {  // each NVMe transfer and each optimizer thread on the timeline
+  if (trace_) {  // each transfer, copy, collective and optimizer thread on the timeline
     tier_->record_transfers(true);
     executor_->record_thread_busy(true);
     if (store_ && store_->nvme) store_->nvme->record_transfers(true);
+    for (gpu::Stream* stream : copy_streams()) stream->record_spans(true);
+    for (gpu::Communicator* c : channels()) c->record_spans(true);
     for (const Partition& part : partitions_)
-      unit_of_key_.emplace(part.key, units_[params_[part.params.front()].unit].name);
+      unit_of_key_.emplace(part.key, units_[part.unit].name);
   }
   const MemoryReport m = memory_report();
   if (world_size_ > 1) {
@@ -301,6 +303,10 @@ Result<std::vector<std::byte>> EngineImpl::gather_bytes(const void* mine, std::s
 
 Status EngineImpl::broadcast_from_zero(void* data, std::size_t bytes) {
   return host_comm_ ? wait(host_comm_->broadcast(data, bytes, 0)) : Status::ok();
+}
+
+std::vector<gpu::Stream*> EngineImpl::copy_streams() const {
+  return {h2d_.get(), d2h_.get(), &device_->compute_stream()};
 }
 
 std::vector<gpu::Communicator*> EngineImpl::channels() const {
@@ -453,6 +459,7 @@ std::size_t EngineImpl::add_partition(std::size_t unit,
                                       torch::ScalarType dtype, std::string key) {
   Partition part;
   part.key = key.empty() ? units_[unit].name : std::move(key);
+  part.unit = unit;
   part.home = home;
   part.dtype = dtype;
   part.cdtype = cpu_dtype(dtype);
@@ -514,7 +521,7 @@ void EngineImpl::place_partitions() {
   torch::NoGradGuard no_grad;
   for (std::size_t i = 0; i < partitions_.size(); ++i) {
     Partition& part = partitions_[i];
-    const UnitRec& unit = units_[params_[part.params.front()].unit];
+    const UnitRec& unit = units_[part.unit];
     const std::size_t elem = c10::elementSize(part.dtype);
     switch (part.home) {
       case Home::kDevice:
@@ -545,7 +552,7 @@ void EngineImpl::place_partitions() {
             fail(s.with_context("the initial parameters of unit '" + unit.name + "'"));
         }
         s = h2d_->copy_to_device(part.device, staging->data() + part.home_begin * elem,
-                                 part.home_bytes);
+                                 part.home_bytes, unit.name);
         if (s.is_ok()) s = h2d_->synchronize();
         if (!s.is_ok()) fail(s);
         for (std::size_t k : part.params) {
@@ -600,9 +607,7 @@ void EngineImpl::make_buffers() {
   for (const Partition& part : partitions_) {
     const std::uint64_t home_numel = part.home_bytes / c10::elementSize(part.dtype);
     if (part.home == Home::kNvme) {
-      if (Status s = check_buffer_size(units_[params_[part.params.front()].unit].name, home_numel,
-                                       config_);
-          !s.is_ok())
+      if (Status s = check_buffer_size(units_[part.unit].name, home_numel, config_); !s.is_ok())
         fail(s);
     }
     if (part.home != Home::kHost) staged = std::max(staged, part.home_bytes);
@@ -637,7 +642,8 @@ Status EngineImpl::read_partition(const Partition& part, std::byte* out) const {
       return store_->get(part.key, out, part.home_bytes);
     case Home::kDevice:
     case Home::kDeviceShard:
-      ZINF_RETURN_IF_ERROR(d2h_->copy_to_host(out, part.device, part.home_bytes));
+      ZINF_RETURN_IF_ERROR(
+          d2h_->copy_to_host(out, part.device, part.home_bytes, units_[part.unit].name));
       return d2h_->synchronize();
   }
   return Status::internal("unknown home");
@@ -734,9 +740,9 @@ void EngineImpl::trace_param_transfers(const std::vector<swap::SwapTransfer>& tr
                                        std::uint64_t step) {
   for (const swap::SwapTransfer& t : transfers) {
     const auto unit = unit_of_key_.find(t.key);
-    trace_->transfer(
-        {"parameters", unit == unit_of_key_.end() ? t.key : unit->second, t.read, t.bytes, t.when},
-        step);
+    trace_->transfer({"parameters", unit == unit_of_key_.end() ? t.key : unit->second,
+                      t.read ? "read" : "write", t.bytes, t.when},
+                     step);
   }
 }
 
@@ -782,6 +788,8 @@ void EngineImpl::begin_forward() {
     window_ = {};
     window_.open = true;
     window_.begin = now;
+    comm_bytes_ = 0;  // what the channels moved before the window is not this step's
+    for (gpu::Communicator* c : channels()) comm_bytes_ += c->stats().bytes;
   }
   take_busy(now, now);          // drop what happened outside the engine's phases
   (void)take_charge_failure();  // one from outside the engine's phases is not this forward's
@@ -874,13 +882,13 @@ Status EngineImpl::fetch(std::size_t unit) {
       static_cast<std::byte*>(g.device) + part.home_begin * c10::elementSize(part.dtype);
   if (part.home == Home::kDeviceShard) {  // the shard into place; the gather brings the rest
     gpu::Stream& compute = device_->compute_stream();
-    ZINF_RETURN_IF_ERROR(compute.copy_within_device(home_at, part.device, part.home_bytes));
+    ZINF_RETURN_IF_ERROR(compute.copy_within_device(home_at, part.device, part.home_bytes, u.name));
     ZINF_ASSIGN_OR_RETURN(g.ready, compute.record());
     return Status::ok();
   }
   window_.h2d_bytes += part.home_bytes;
   if (part.home == Home::kHost) {
-    ZINF_RETURN_IF_ERROR(h2d_->copy_to_device(home_at, part.host, part.home_bytes));
+    ZINF_RETURN_IF_ERROR(h2d_->copy_to_device(home_at, part.host, part.home_bytes, u.name));
     ZINF_ASSIGN_OR_RETURN(g.ready, h2d_->record());
     return Status::ok();
   }
@@ -930,7 +938,9 @@ Status EngineImpl::finish_nvme_fetch(std::size_t unit) {
   g.read.reset();
   std::byte* home_at =
       static_cast<std::byte*>(g.device) + part.home_begin * c10::elementSize(part.dtype);
-  if (s.is_ok()) s = h2d_->copy_to_device(home_at, g.lease->data(), part.home_bytes);
+  if (s.is_ok()) {
+    s = h2d_->copy_to_device(home_at, g.lease->data(), part.home_bytes, units_[unit].name);
+  }
   if (s.is_ok()) {
     auto event = h2d_->record();
     s = event.status();
@@ -1235,8 +1245,8 @@ void EngineImpl::on_grad(std::size_t index) {
     stall_.begin();
     auto lease = std::make_shared<Lease>(grad_pool_->acquire());
     stall_.end();
-    Status s =
-        d2h_->copy_to_host(lease->data(), static_cast<std::byte*>(grad.data_ptr()) + off, len);
+    Status s = d2h_->copy_to_host(lease->data(), static_cast<std::byte*>(grad.data_ptr()) + off,
+                                  len, p.name);
     auto left = s.is_ok() ? d2h_->record() : Result<gpu::EventPtr>(s);
     if (!left.is_ok()) fail(left.status().with_context("gradient of '" + p.name + "'"));
     window_.d2h_bytes += len;
@@ -1284,10 +1294,10 @@ void EngineImpl::reduce_unit(std::size_t unit) {
 Status EngineImpl::reduce_partition(std::size_t index) {
   Partition& part = partitions_[index];
   AlignedBuffer& scratch = grad_scratch_[index];
-  ZINF_RETURN_IF_ERROR(wait(grad_comm_->reduce_scatter(scratch.data(), part.numel,
-                                                       gpu::CommDtype::kF32, gpu::ReduceOp::kSum))
-                           .with_context("reducing the gradients of unit '" +
-                                         units_[params_[part.params.front()].unit].name + "'"));
+  ZINF_RETURN_IF_ERROR(
+      wait(grad_comm_->reduce_scatter(scratch.data(), part.numel, gpu::CommDtype::kF32,
+                                      gpu::ReduceOp::kSum))
+          .with_context("reducing the gradients of unit '" + units_[part.unit].name + "'"));
   Status s = grad_executor_->accumulate(scratch.as<float>() + part.own.begin, ca::Dtype::kF32,
                                         grads_.as<float>() + part.own_flat, part.own.count,
                                         /*overwrite=*/!part.reduced);
@@ -1344,6 +1354,10 @@ Status EngineImpl::drain_grads() {
 void EngineImpl::take_busy(SteadyClock::time_point from, SteadyClock::time_point to) {
   auto h2d = h2d_->take_busy();
   auto d2h = d2h_->take_busy();
+  std::vector<std::pair<gpu::Stream*, std::vector<Span>>> copies;
+  if (trace_) {
+    for (gpu::Stream* stream : copy_streams()) copies.emplace_back(stream, stream->take_spans());
+  }
   auto stall = stall_.take();
   swap::SwapBusy param_io;
   if (store_ && store_->nvme) param_io = store_->nvme->take_busy();
@@ -1367,6 +1381,10 @@ void EngineImpl::take_busy(SteadyClock::time_point from, SteadyClock::time_point
     trace_->spans(Trace::kD2h, merged(clip(d2h, from, to)), step);
     trace_->spans(Trace::kParamReads, merged(clip(reads, from, to)), step);
     trace_param_transfers(param_io.transfers, step);
+    for (const auto& [stream, spans] : copies) {
+      for (const Span& c : spans)
+        trace_->transfer({"copies: " + stream->name(), c.what, "copy", c.bytes, c.when}, step);
+    }
     trace_->counter("pinned bytes in use", to, static_cast<double>(pinned_in_use()));
   }
   if (store_ && store_->nvme)
@@ -1461,9 +1479,9 @@ class EngineImpl::HomeWriter {
     } else {  // on the device: this rank's elements (the others' arrive by gather_resident()
               // for a resident partition, by the next gather for a shard)
       const std::size_t at = (part.own.begin - part.home_begin) * c10::elementSize(part.dtype);
-      ZINF_RETURN_IF_ERROR(e_.h2d_->copy_to_device(static_cast<std::byte*>(part.device) + at,
-                                                   p.lease->data() + at,
-                                                   part.own.count * c10::elementSize(part.dtype)));
+      ZINF_RETURN_IF_ERROR(e_.h2d_->copy_to_device(
+          static_cast<std::byte*>(part.device) + at, p.lease->data() + at,
+          part.own.count * c10::elementSize(part.dtype), e_.units_[part.unit].name));
       ZINF_ASSIGN_OR_RETURN(p.event, e_.h2d_->record());
     }
     pending_.push_back(std::move(p));
@@ -1521,10 +1539,10 @@ class EngineImpl::HomeWriter {
 // each partition's sum over the ranks, for this rank's shard.
 Status EngineImpl::reduce_for_step() {
   for (const Partition& part : partitions_) {
-    ZINF_RETURN_IF_ERROR(wait(host_comm_->reduce_scatter(grads_.as<float>() + part.flat, part.numel,
-                                                         gpu::CommDtype::kF32, gpu::ReduceOp::kSum))
-                             .with_context("reducing the gradients of unit '" +
-                                           units_[params_[part.params.front()].unit].name + "'"));
+    ZINF_RETURN_IF_ERROR(
+        wait(host_comm_->reduce_scatter(grads_.as<float>() + part.flat, part.numel,
+                                        gpu::CommDtype::kF32, gpu::ReduceOp::kSum))
+            .with_context("reducing the gradients of unit '" + units_[part.unit].name + "'"));
   }
   return Status::ok();
 }
@@ -1537,8 +1555,8 @@ Status EngineImpl::gather_resident() {
     if (part.home != Home::kDevice) continue;
     ZINF_RETURN_IF_ERROR(
         wait(param_comm_->all_gather(part.device, part.numel, comm_dtype(part.dtype)))
-            .with_context("gathering the updated parameters of unit '" +
-                          units_[params_[part.params.front()].unit].name + "'"));
+            .with_context("gathering the updated parameters of unit '" + units_[part.unit].name +
+                          "'"));
   }
   return Status::ok();
 }
@@ -1790,17 +1808,23 @@ void EngineImpl::step() {
     for (std::size_t k = 0; k < threads.size(); ++k)
       trace_->thread_spans(static_cast<int>(k), merged(clip(threads[k], t0, t1)), r.step);
     for (const TierTransfer& t : tier_io.transfers) {
-      trace_->transfer({"optimizer state", "piece " + std::to_string(t.piece) + " " + t.state,
-                        t.read, t.bytes, t.when, static_cast<std::int64_t>(t.group)},
-                       r.step);
+      trace_->transfer(
+          {"optimizer state", "piece " + std::to_string(t.piece) + " " + t.state,
+           t.read ? "read" : "write", t.bytes, t.when, static_cast<std::int64_t>(t.group)},
+          r.step);
     }
     trace_param_transfers(param_io.transfers, r.step);
+    for (gpu::Communicator* c : channels()) {
+      for (const Span& x : c->take_spans()) {
+        if (x.when.begin < (window_.open ? window_.begin : t0)) continue;  // before the window
+        trace_->transfer({"collectives: " + c->name(), x.what, x.what, x.bytes, x.when}, r.step);
+      }
+    }
     trace_->counter("device bytes", t1, static_cast<double>(device_->memory().live));
     trace_->counter("pinned bytes in use", t1, static_cast<double>(pinned_in_use()));
     trace_->counter("loss scale", t1, r.loss_scale);
   }
   r.comm_bytes -= comm_bytes_;
-  comm_bytes_ += r.comm_bytes;
   report_ = r;
   zero_window();
   const auto every = config_.steps_per_print;

@@ -342,8 +342,7 @@ Status EngineImpl::check_checkpoint(const Checkpoint& c, torch::Tensor& cpu_rng,
   for (std::size_t i = 0; world_size_ > 1 && i < partitions_.size(); ++i) {
     const Partition& part = partitions_[i];
     if (i >= c.partitions.size() || c.partitions[i] != CheckpointPartition{part.flat, part.numel}) {
-      return bad("partition " + std::to_string(i) + " (unit '" +
-                 units_[params_[part.params.front()].unit].name +
+      return bad("partition " + std::to_string(i) + " (unit '" + units_[part.unit].name +
                  "') differs from the checkpoint's: another unit layout or "
                  "stage3_param_persistence_threshold");
     }

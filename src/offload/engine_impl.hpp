@@ -130,6 +130,7 @@ class EngineImpl final : public Coordinator::Actions {
 
   struct Partition {
     std::string key;
+    std::size_t unit = 0;  // the unit whose parameters it holds
     Home home = Home::kDevice;
     torch::ScalarType dtype = torch::kFloat;
     cpu_adam::Dtype cdtype = cpu_adam::Dtype::kF32;
@@ -212,6 +213,7 @@ class EngineImpl final : public Coordinator::Actions {
   Status reduce_for_step();  // stage 1: the window's gradients, at the boundary
   Status gather_resident();  // stages 1-2: every rank's updated shard onto every device
   std::vector<gpu::Communicator*> channels() const;
+  std::vector<gpu::Stream*> copy_streams() const;  // h2d, d2h, compute (device to device)
   // Every rank calls these at the same point (a world of one: nothing to
   // exchange). agree: ok on every rank, or an error on every rank (a failing
   // rank's own; the others name the first rank that failed).
@@ -302,7 +304,7 @@ class EngineImpl final : public Coordinator::Actions {
   std::unique_ptr<gpu::Communicator> grad_comm_;   // the gradient worker, host buffers
   std::unique_ptr<gpu::Communicator> param_comm_;  // gathers into device memory
   std::vector<AlignedBuffer> grad_scratch_;        // by partition, while its gradients arrive
-  std::uint64_t comm_bytes_ = 0;                   // the channels' bytes at the last step
+  std::uint64_t comm_bytes_ = 0;                   // the channels' bytes when the window opened
 
   // Measurement of the current accumulation window.
   struct Window {

@@ -12,11 +12,13 @@ Result<std::shared_ptr<gpu::World>> join_job(const Config& config) {
   if (world) return world;
   ZINF_ASSIGN_OR_RETURN(gpu::Launch launch, gpu::launch_from_env());
   // What must agree for the ranks to train one model: everything but the
-  // swap paths and the device budget, which may differ from machine to machine.
+  // paths (swap, trace) and the device budget, which may differ from machine
+  // to machine.
   Config shared = config;
   shared.zero_optimization.offload_param.nvme_path.clear();
   shared.zero_optimization.offload_optimizer.nvme_path.clear();
   shared.zinf.nvme_paths.clear();
+  shared.zinf.trace_path.clear();
   shared.zinf.device_budget = 0;
   const std::string fingerprint = std::to_string(std::hash<std::string>{}(to_json(shared, -1)));
   ZINF_ASSIGN_OR_RETURN(

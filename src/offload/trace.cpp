@@ -118,15 +118,12 @@ void Trace::spans_on(int tid, const std::string& track, const std::vector<Interv
 }
 
 void Trace::transfer(const Transfer& t, std::uint64_t step) {
-  const std::string head = R"({"cat":")" + std::string(t.category) + R"(","name":)" +
+  const std::string head = R"({"cat":)" + nlohmann::json(t.category).dump() + R"(,"name":)" +
                            nlohmann::json(t.name).dump() + R"(,"id":)" +
                            std::to_string(++next_id_) + R"(,"pid":)" + std::to_string(rank_);
-  char args[160];
-  std::snprintf(args, sizeof args, R"("args":{"step":%llu,"bytes":%llu,"read":%s)",
-                static_cast<unsigned long long>(step), static_cast<unsigned long long>(t.bytes),
-                t.read ? "true" : "false");
-  std::string begin =
-      head + R"(,"ph":"b","ts":)" + std::to_string(micros(t.when.begin)) + "," + args;
+  std::string begin = head + R"(,"ph":"b","ts":)" + std::to_string(micros(t.when.begin)) +
+                      R"(,"args":{"step":)" + std::to_string(step) + R"(,"bytes":)" +
+                      std::to_string(t.bytes) + R"(,"op":)" + nlohmann::json(t.op).dump();
   if (t.sub_group >= 0) begin += R"(,"sub_group":)" + std::to_string(t.sub_group);
   event(begin + "}}");
   event(head + R"(,"ph":"e","ts":)" + std::to_string(micros(t.when.end)) + "}");

@@ -5,8 +5,8 @@
 // of, so a track's spans in a step add up to that step's figure. Each span
 // carries its step; counters (device bytes, pinned bytes in use, loss
 // scale) come once a step, pinned bytes also once a micro-step. Each NVMe
-// transfer is an async span of its own (transfer()); each CPU optimizer
-// thread has a track of its own (thread_spans()).
+// transfer, copy and collective is an async span of its own (transfer());
+// each CPU optimizer thread has a track of its own (thread_spans()).
 //
 // Threads: the engine's, one at a time. A write error is logged once, and
 // the run goes on without its trace.
@@ -55,15 +55,16 @@ class Trace {
   // "cpu adam thread N" of its own, named when first used.
   void thread_spans(int thread, const std::vector<Interval>& periods, std::uint64_t step);
   void counter(const char* name, SteadyClock::time_point at, double value);
-  // One NVMe read or write, from its start to its completion, as an async
-  // span of `category` ("parameters" or "optimizer state"; Perfetto puts a
-  // category's overlapping spans on rows of their own) named after what it
-  // moved, with its step, bytes, direction and, for optimizer state, its
-  // sub-group.
+  // One transfer, from its start to its completion, as an async span of
+  // `category` (Perfetto puts a category's overlapping spans on rows of
+  // their own) named after what it moved, with its step, bytes, `op` and,
+  // for optimizer state, its sub-group. Categories: "parameters" and
+  // "optimizer state" (NVMe, op "read" or "write"), "copies: <stream>" (op
+  // "copy"), "collectives: <channel>" (op the collective).
   struct Transfer {
-    const char* category;
+    std::string category;
     std::string name;
-    bool read;
+    std::string op;
     std::uint64_t bytes;
     Interval when;
     std::int64_t sub_group = -1;  // none

@@ -82,15 +82,17 @@ TEST_P(DeviceTest, CopiesRunInStreamOrderAndEventsOrderStreams) {
   std::memset(out->data(), 0, n);
   auto dev = device->allocate(n, "buffer");
   ASSERT_TRUE(dev.is_ok());
-  // Two halves on h2d; d2h copies back after an event of h2d.
-  ASSERT_TRUE((*h2d)->copy_to_device(*dev, in->data(), n / 2).is_ok());
+  // Two halves on h2d; d2h copies back after an event of h2d. Spans: h2d's only.
+  (*h2d)->record_spans(true);
+  ASSERT_TRUE((*h2d)->copy_to_device(*dev, in->data(), n / 2, "first half").is_ok());
   ASSERT_TRUE((*h2d)
-                  ->copy_to_device(static_cast<std::byte*>(*dev) + n / 2, in->data() + n / 2, n / 2)
+                  ->copy_to_device(static_cast<std::byte*>(*dev) + n / 2, in->data() + n / 2, n / 2,
+                                   "second half")
                   .is_ok());
   auto uploaded = (*h2d)->record();
   ASSERT_TRUE(uploaded.is_ok());
   ASSERT_TRUE((*d2h)->wait(*uploaded).is_ok());
-  ASSERT_TRUE((*d2h)->copy_to_host(out->data(), *dev, n).is_ok());
+  ASSERT_TRUE((*d2h)->copy_to_host(out->data(), *dev, n, "back").is_ok());
   auto downloaded = (*d2h)->record();
   ASSERT_TRUE(downloaded.is_ok());
   ASSERT_TRUE((*downloaded)->synchronize().is_ok());
@@ -104,6 +106,13 @@ TEST_P(DeviceTest, CopiesRunInStreamOrderAndEventsOrderStreams) {
   EXPECT_FALSE((*h2d)->take_busy().empty());
   EXPECT_FALSE((*d2h)->take_busy().empty());
   EXPECT_TRUE((*h2d)->take_busy().empty());
+  const std::vector<Span> spans = (*h2d)->take_spans();
+  ASSERT_EQ(spans.size(), 2u);
+  EXPECT_EQ(spans[0].what, "first half");
+  EXPECT_EQ(spans[1].what, "second half");
+  EXPECT_EQ(spans[0].bytes + spans[1].bytes, n);
+  EXPECT_LE(spans[0].when.end, spans[1].when.begin) << "a stream's copies run in order";
+  EXPECT_TRUE((*d2h)->take_spans().empty()) << "spans are off until turned on";
   EXPECT_FALSE((*h2d)->wait(nullptr).is_ok());
   device->deallocate(*dev, n, *downloaded);
   device->unpin(in->data(), n);

@@ -97,7 +97,7 @@ TEST(NcclTest, CollectivesWithAWorldOfOneOnTheGpu) {
   ASSERT_TRUE(mem.is_ok());
   auto stream = (*device)->create_stream("copies");
   ASSERT_TRUE(stream.is_ok());
-  ASSERT_TRUE((*stream)->copy_to_device(*mem, host.data(), host.size() * 4).is_ok());
+  ASSERT_TRUE((*stream)->copy_to_device(*mem, host.data(), host.size() * 4, "input").is_ok());
   ASSERT_TRUE((*stream)->synchronize().is_ok());
   auto run = [](Result<CommWorkPtr> work) {
     ASSERT_TRUE(work.is_ok()) << work.status().to_string();
@@ -109,7 +109,7 @@ TEST(NcclTest, CollectivesWithAWorldOfOneOnTheGpu) {
   run(c.broadcast(*mem, host.size() * 4, 0));
   EXPECT_TRUE(c.barrier().is_ok());
   std::vector<float> back(host.size());
-  ASSERT_TRUE((*stream)->copy_to_host(back.data(), *mem, back.size() * 4).is_ok());
+  ASSERT_TRUE((*stream)->copy_to_host(back.data(), *mem, back.size() * 4, "output").is_ok());
   ASSERT_TRUE((*stream)->synchronize().is_ok());
   EXPECT_EQ(back, host);
   EXPECT_EQ(c.stats().collectives, 5u);

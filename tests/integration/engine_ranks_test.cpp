@@ -16,7 +16,9 @@
 #include <torch/torch.h>
 
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "integration/ranks.hpp"
 #include "offload/plan.hpp"
@@ -98,26 +100,28 @@ std::string name_of(const Case& s) {
 }
 
 Config config(const Case& s, const std::string& nvme, int world) {
-  auto c = Config::from_string(R"({
+  auto c =
+      Config::from_string(R"({
     "train_micro_batch_size_per_gpu": )" +
-                               std::to_string(kBatch * 2 / world) + R"(,
+                          std::to_string(kBatch * 2 / world) + R"(,
     "gradient_accumulation_steps": )" +
-                               std::to_string(s.accumulation) + R"(,
+                          std::to_string(s.accumulation) + R"(,
     "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "weight_decay": 0.01}},
     "zero_optimization": {
       "stage": )" + std::to_string(s.stage) +
-                               R"(,
+                          R"(,
       "stage3_param_persistence_threshold": 10,
       "stage3_max_live_parameters": )" +
-                               std::to_string(s.changing ? kMaxLive : 1000000000) + R"(,
+                          std::to_string(s.changing ? kMaxLive : 1000000000) + R"(,
       "sub_group_size": 4096,
       "offload_param": {"device": ")" +
-                               s.param + R"(", "nvme_path": ")" + nvme + R"("},
+                          s.param + R"(", "nvme_path": ")" + nvme + R"("},
       "offload_optimizer": {"device": ")" +
-                               s.optim + R"(", "nvme_path": ")" + nvme + R"("}
+                          s.optim + R"(", "nvme_path": ")" + nvme + R"("}
     },
-    "zinf": {"device": "cpu", "comm_timeout": 60})" +
-                               (s.bf16 ? R"(, "bf16": {"enabled": true})" : "") + "}");
+    "zinf": {"device": "cpu", "comm_timeout": 60)" +
+                          (s.changing ? R"(, "trace_path": ")" + nvme + R"(/trace.json")" : "") +
+                          "}" + (s.bf16 ? R"(, "bf16": {"enabled": true})" : "") + "}");
   if (!c.is_ok()) throw Error(c.status());
   return *c;
 }
@@ -250,8 +254,10 @@ TEST_P(EngineRanks, TwoRanksTrainAsOneWithTheirBatchesTogether) {
   nlohmann::json one;
   std::ifstream(reference + ".json") >> one;
   swap::testing::ScratchDir dir;
+  std::vector<std::uint64_t> comm_bytes;
   train(s, dir.path().string(),
         [&](int step, const std::vector<torch::Tensor>& params, const EngineBase& e) {
+          comm_bytes.push_back(e.last_step_report().comm_bytes);
           ASSERT_EQ(all.size(), params.size() * kSteps);
           // The norm of the mean gradient (an average taken wrong shows here: Adam hides scale).
           const double norm = one["grad_norms"][step].get<double>();
@@ -291,6 +297,21 @@ TEST_P(EngineRanks, TwoRanksTrainAsOneWithTheirBatchesTogether) {
                       memory["host_grads"]);  // stage 1 keeps the gradients whole
           }
         });
+  if (!s.changing) return;
+  // The trace: each collective a span on its channel, whose bytes add up to
+  // the step's (from step 2: step 1's count the broadcasts at construction).
+  std::ifstream in(dir.path() / ("trace.rank" + std::to_string(env_int("RANK", 0)) + ".json"));
+  const auto trace = nlohmann::json::parse(in);
+  std::map<std::uint64_t, std::uint64_t> traced;
+  std::set<std::string> ops;
+  for (const auto& e : trace) {
+    if (e["ph"] != "b" || e["cat"].get<std::string>().rfind("collectives: ", 0) != 0) continue;
+    traced[e["args"]["step"]] += e["args"]["bytes"].get<std::uint64_t>();
+    ops.insert(e["cat"].get<std::string>() + " " + e["args"]["op"].get<std::string>());
+  }
+  for (std::size_t k = 1; k < comm_bytes.size(); ++k)
+    EXPECT_EQ(traced[k + 1], comm_bytes[k]) << "step " << k + 1;
+  EXPECT_TRUE(ops.count("collectives: parameters all_gather")) << ops.size();
 }
 
 TEST(EngineRanksTest, RanksWithDifferentConfigsFailOnEveryRank) {

@@ -673,17 +673,18 @@ TEST(EngineTest, TraceSpansAddUpToEachStepsReport) {
   EXPECT_EQ(counters["device bytes"], 3);
   EXPECT_EQ(counters["loss scale"], 3);
   EXPECT_EQ(counters["pinned bytes in use"], 6);  // after each micro-step and each step
-  // Each NVMe transfer: an async span from its start to its end, whose bytes
-  // add up, step by step, to the report's.
+  // Each NVMe transfer and each copy: an async span from its start to its
+  // end, whose bytes add up, step by step, to the report's.
   std::map<std::pair<std::string, std::uint64_t>, double> began;
-  std::map<std::tuple<std::uint64_t, std::string, bool>, std::uint64_t> moved;
-  std::set<std::string> units;
+  std::map<std::tuple<std::uint64_t, std::string, std::string>, std::uint64_t> moved;
+  std::set<std::string> units, copied;
   for (const auto& e : trace) {
     if (e["ph"] == "b") {
       began[{e["cat"], e["id"]}] = e["ts"];
-      moved[{e["args"]["step"], e["cat"], e["args"]["read"]}] +=
+      moved[{e["args"]["step"], e["cat"], e["args"]["op"]}] +=
           e["args"]["bytes"].get<std::uint64_t>();
       if (e["cat"] == "parameters") units.insert(e["name"]);
+      if (e["cat"] == "copies: h2d" || e["cat"] == "copies: d2h") copied.insert(e["name"]);
       if (e["cat"] == "optimizer state") {
         EXPECT_TRUE(e["args"].contains("sub_group"));
       }
@@ -696,13 +697,20 @@ TEST(EngineTest, TraceSpansAddUpToEachStepsReport) {
   }
   EXPECT_TRUE(began.empty()) << began.size() << " transfers without an end";
   for (const StepReport& r : reports) {
-    EXPECT_EQ((moved[{r.step, "parameters", true}]), r.param_read_bytes) << "step " << r.step;
-    EXPECT_EQ((moved[{r.step, "parameters", false}]), r.param_write_bytes) << "step " << r.step;
-    EXPECT_EQ((moved[{r.step, "optimizer state", true}]), r.optim_read_bytes) << "step " << r.step;
-    EXPECT_EQ((moved[{r.step, "optimizer state", false}]), r.optim_write_bytes)
+    EXPECT_EQ((moved[{r.step, "parameters", "read"}]), r.param_read_bytes) << "step " << r.step;
+    EXPECT_EQ((moved[{r.step, "parameters", "write"}]), r.param_write_bytes) << "step " << r.step;
+    EXPECT_EQ((moved[{r.step, "optimizer state", "read"}]), r.optim_read_bytes)
         << "step " << r.step;
+    EXPECT_EQ((moved[{r.step, "optimizer state", "write"}]), r.optim_write_bytes)
+        << "step " << r.step;
+    EXPECT_EQ((moved[{r.step, "copies: h2d", "copy"}]), r.h2d_bytes) << "step " << r.step;
+    EXPECT_EQ((moved[{r.step, "copies: d2h", "copy"}]), r.d2h_bytes) << "step " << r.step;
   }
   EXPECT_TRUE(units.count("h0") && units.count("head")) << "transfers are named after their units";
+  EXPECT_TRUE(copied.count("h0")) << "a unit's copy onto the device is named after it";
+  EXPECT_TRUE(std::any_of(copied.begin(), copied.end(), [](const std::string& n) {
+    return n.size() > 7 && n.compare(n.size() - 7, 7, ".weight") == 0;
+  })) << "a gradient's copy off it is named after its parameter";
   // The optimizer's threads, each on a track of its own, working only inside
   // the cpu adam track's periods.
   std::vector<std::pair<double, double>> adam;

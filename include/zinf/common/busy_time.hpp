@@ -7,9 +7,12 @@
 // Thread safety: BusyLog may be used from any number of threads.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <mutex>
+#include <string>
 #include <vector>
 
 namespace zinf {
@@ -54,6 +57,28 @@ class BusyLog {
   std::size_t open_ = 0;
   SteadyClock::time_point open_since_;
   std::vector<Interval> done_;
+};
+
+// One activity as it ran (a copy, a collective), for a trace: when, how
+// many bytes, and what it moved.
+struct Span {
+  Interval when;
+  std::uint64_t bytes = 0;
+  std::string what;
+};
+
+// Spans, kept only while on: off, a producer checks on() and builds nothing.
+class SpanLog {
+ public:
+  void set_on(bool on) { on_.store(on, std::memory_order_relaxed); }
+  bool on() const { return on_.load(std::memory_order_relaxed); }
+  void add(Span span);
+  std::vector<Span> take();
+
+ private:
+  std::atomic<bool> on_{false};
+  std::mutex mutex_;
+  std::vector<Span> spans_;
 };
 
 }  // namespace zinf

@@ -74,11 +74,15 @@ class Stream {
   virtual ~Stream() = default;
   virtual const std::string& name() const = 0;
   // Asynchronous copies, in stream order. For truly asynchronous CUDA copies
-  // the host side must be pinned (Device::pin).
-  virtual Status copy_to_device(void* device_dst, const void* host_src, std::size_t bytes) = 0;
-  virtual Status copy_to_host(void* host_dst, const void* device_src, std::size_t bytes) = 0;
-  virtual Status copy_within_device(void* device_dst, const void* device_src,
-                                    std::size_t bytes) = 0;
+  // the host side must be pinned (Device::pin). `what` names what is copied
+  // (a unit, a parameter) in the copy's span when spans are recorded; it
+  // need not outlive the call.
+  virtual Status copy_to_device(void* device_dst, const void* host_src, std::size_t bytes,
+                                std::string_view what) = 0;
+  virtual Status copy_to_host(void* host_dst, const void* device_src, std::size_t bytes,
+                              std::string_view what) = 0;
+  virtual Status copy_within_device(void* device_dst, const void* device_src, std::size_t bytes,
+                                    std::string_view what) = 0;
   // An event that completes when everything enqueued so far has.
   virtual Result<EventPtr> record() = 0;
   // Work enqueued after this waits for `event` (from any stream).
@@ -86,6 +90,13 @@ class Stream {
   virtual Status synchronize() = 0;
   // When this stream's copies ran since the last call (busy periods).
   virtual std::vector<Interval> take_busy() = 0;
+  // Each copy as a span of its own (off until turned on; a trace turns it on):
+  // those that completed since the last call, in stream order.
+  void record_spans(bool on) { spans_.set_on(on); }
+  virtual std::vector<Span> take_spans() { return spans_.take(); }
+
+ protected:
+  SpanLog spans_;
 };
 
 class Device {
