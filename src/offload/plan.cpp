@@ -65,36 +65,44 @@ struct PlannedPartition {
 };
 
 // Counts what the coordinator's decisions move (the engine's Actions).
+// What one unit's fetch and gather move.
+struct UnitBytes {
+  std::uint64_t h2d = 0;     // its home onto the device
+  std::uint64_t nvme = 0;    // of that, read from NVMe
+  std::uint64_t gather = 0;  // stage 3 over ranks: the all-gather of each use
+};
+
 class CountingActions final : public Coordinator::Actions {
  public:
-  CountingActions(std::vector<std::uint64_t> bytes, std::vector<std::uint64_t> nvme_bytes)
-      : bytes_(std::move(bytes)), nvme_bytes_(std::move(nvme_bytes)) {}
+  explicit CountingActions(std::vector<UnitBytes> bytes) : bytes_(std::move(bytes)) {}
   Status fetch(std::size_t unit) override {
-    h2d += bytes_[unit];
-    nvme += nvme_bytes_[unit];
+    h2d += bytes_[unit].h2d;
+    nvme += bytes_[unit].nvme;
     return Status::ok();
   }
   void release(std::size_t) override {}
   bool stage(std::size_t) override { return false; }  // moves no bytes of its own
   void unstage(std::size_t) override {}
-  std::uint64_t h2d = 0, nvme = 0;
+  void gather(std::size_t unit) override { gathered += bytes_[unit].gather; }
+  std::uint64_t h2d = 0, nvme = 0, gathered = 0;
 
  private:
-  std::vector<std::uint64_t> bytes_, nvme_bytes_;
+  std::vector<UnitBytes> bytes_;
 };
 
-// One micro-step's gathers: the coordinator records the first micro-step
-// and replays from the second; the second is what every later one moves.
-Status count_gathers(std::vector<Coordinator::Unit> units, std::vector<std::uint64_t> bytes,
-                     std::vector<std::uint64_t> nvme_bytes, const ZeroConfig& z, MemoryPlan& m) {
-  CountingActions actions(std::move(bytes), std::move(nvme_bytes));
+// One micro-step's fetches and gathers: the coordinator records the first
+// micro-step and replays from the second; the second is what every later
+// one moves.
+Status count_gathers(std::vector<Coordinator::Unit> units, std::vector<UnitBytes> bytes,
+                     const ZeroConfig& z, bool sharded, MemoryPlan& m) {
+  CountingActions actions(std::move(bytes));
   const std::size_t n = units.size();
-  Coordinator c(
-      std::move(units),
-      {z.stage3_prefetch_bucket_size, z.stage3_max_live_parameters, z.stage3_max_reuse_distance},
-      actions);
+  Coordinator c(std::move(units),
+                {z.stage3_prefetch_bucket_size, z.stage3_max_live_parameters,
+                 z.stage3_max_reuse_distance, sharded},
+                actions);
   for (int micro = 0; micro < 2; ++micro) {
-    actions.h2d = actions.nvme = 0;
+    actions.h2d = actions.nvme = actions.gathered = 0;
     c.begin_micro_step(true);
     ZINF_RETURN_IF_ERROR(c.use(0));  // the root, live for the whole micro-step
     for (std::size_t u = 1; u < n; ++u) {
@@ -110,6 +118,7 @@ Status count_gathers(std::vector<Coordinator::Unit> units, std::vector<std::uint
   m.h2d_bytes = actions.h2d;
   m.peak_live_elements = c.stats().peak_live_elements;
   m.param_read_bytes = actions.nvme;
+  m.comm_bytes += actions.gathered;
   return Status::ok();
 }
 
@@ -154,7 +163,7 @@ Result<MemoryPlan> plan_memory(const ModelShape& model, const Config& config, in
   const bool nvme_params = z.offload_param.device == OffloadDevice::kNvme;
   const bool cpu_params = z.offload_param.device == OffloadDevice::kCpu;
   std::vector<Coordinator::Unit> coordinated;
-  std::vector<std::uint64_t> unit_bytes, unit_nvme_bytes;
+  std::vector<UnitBytes> unit_bytes;
   for (std::size_t i = 0; i < plans.size(); ++i) {
     const detail::UnitPlan& plan = plans[i];
     Coordinator::Unit cu;
@@ -166,8 +175,8 @@ Result<MemoryPlan> plan_memory(const ModelShape& model, const Config& config, in
     // all-gather brings the rest) from the host, or from NVMe and then the host.
     const std::uint64_t home =
         (sharded ? sharding.own(plan.numel).count : plan.numel) * c10::elementSize(plan.dtype);
-    unit_bytes.push_back(cu.resident || !offloaded ? 0 : home);
-    unit_nvme_bytes.push_back(cu.stageable ? home : 0);
+    unit_bytes.push_back({cu.resident || !offloaded ? 0 : home, cu.stageable ? home : 0,
+                          sharded ? plan.numel * c10::elementSize(plan.dtype) : 0});
     const std::string& name = i == 0 ? std::string("root") : model.units[i - 1].name;
     if (plan.numel > 0) add(name, plan.partitioned, plan.dtype, !offloaded && !sharded);
     if (!plan.persistent.empty()) add(name, plan.persistent, plan.persistent_dtype, true);
@@ -212,9 +221,15 @@ Result<MemoryPlan> plan_memory(const ModelShape& model, const Config& config, in
   const TierFootprint tier = tier_footprint(shape, o);
   m.host_optimizer = tier.host;
   m.nvme_optimizer = tier.nvme;
-  ZINF_RETURN_IF_ERROR(count_gathers(std::move(coordinated), std::move(unit_bytes),
-                                     std::move(unit_nvme_bytes), z, m));
-  for (const PlannedPartition& p : parts) m.d2h_bytes += p.bytes;  // every gradient, in its dtype
+  ZINF_RETURN_IF_ERROR(count_gathers(std::move(coordinated), std::move(unit_bytes), z, sharded, m));
+  for (const PlannedPartition& p : parts) {
+    m.d2h_bytes += p.bytes;  // every gradient, in its dtype
+    // Gloo's reduce-scatter is an all-reduce of the partition's fp32 gradients.
+    if (partitioned_grads) m.comm_bytes += p.numel * sizeof(float);
+    if (world > 1 && z.stage == 1) m.step_comm_bytes += p.numel * sizeof(float);
+    if (world > 1 && p.device_home) m.step_comm_bytes += p.bytes;
+  }
+  if (world > 1) m.step_comm_bytes += 2 * sizeof(double);  // the norm and the non-finite count
   if (z.offload_optimizer.device == OffloadDevice::kNvme)
     m.optim_read_bytes = m.optim_write_bytes =
         m.own_elements * sizeof(float) * static_cast<std::uint64_t>(shape.num_states);

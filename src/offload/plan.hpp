@@ -74,10 +74,14 @@ struct MemoryPlan {
   std::uint64_t param_read_bytes = 0;    // of those, read from NVMe
   std::uint64_t d2h_bytes = 0;           // gradients off the device
   std::uint64_t peak_live_elements = 0;  // gathered onto the device at once, at most
+  std::uint64_t comm_bytes = 0;          // collectives: stage 3's gathers, stages 2-3's reductions
   // Per update:
   std::uint64_t optim_read_bytes = 0;  // the optimizer's state from NVMe
   std::uint64_t optim_write_bytes = 0;
   std::uint64_t param_write_bytes = 0;  // updated parameters written to their NVMe homes
+  // Collectives: stage 1's reductions, the gradient norm, the updated
+  // shards of partitions resident on the device onto every device.
+  std::uint64_t step_comm_bytes = 0;
 
   std::uint64_t host() const {
     return host_params + host_param_buffers + host_grads + host_grad_buffers + host_optimizer;

@@ -214,6 +214,7 @@ void expect_planned(const Case& s, const std::string& nvme, const EngineBase& e)
   EXPECT_EQ(plan->optim_read_bytes, r.optim_read_bytes) << where;
   EXPECT_EQ(plan->optim_write_bytes, r.optim_write_bytes) << where;
   EXPECT_EQ(plan->param_write_bytes, r.param_write_bytes) << where;
+  EXPECT_EQ(plan->comm_bytes * r.micro_steps + plan->step_comm_bytes, r.comm_bytes) << where;
 }
 
 // What a rank holds of each partitioned state.

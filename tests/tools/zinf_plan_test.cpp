@@ -67,6 +67,21 @@ TEST(ZinfPlanTest, NvmeTrafficComesWithTheSwapbenchRatesItIsTimedBy) {
               1e-9);
 }
 
+// Across ranks: the collectives' bytes (the engine's, exactly: the
+// engine_ranks_test checks them), timed at --comm-gbps in both phases.
+TEST(ZinfPlanTest, CollectivesAcrossRanksAreTimedAtTheGivenRate) {
+  const std::string args = "--config " + config("zero3_cpu.json") + kSmall + " --world-size 2";
+  const auto untimed = plan(args);
+  const double bytes = untimed["comm_bytes_per_step"].get<double>();
+  EXPECT_GT(bytes, 0);
+  EXPECT_EQ(untimed["stages"]["collectives"].get<double>(), 0);
+  const auto p = plan(args + " --comm-gbps 2");
+  EXPECT_NEAR(
+      p["stages"]["collectives"].get<double>() + p["stages"]["update collectives"].get<double>(),
+      bytes / 2e9, 1e-12);
+  EXPECT_EQ(plan("--config " + config("zero3_cpu.json") + kSmall)["comm_bytes_per_step"], 0);
+}
+
 TEST(ZinfPlanTest, BadInputIsAnErrorNamingTheFlagOrFile) {
   zinf::test::Job r = run("--config " + config("zero3_nvme.json") + kSmall);
   EXPECT_EQ(r.status, 1);

@@ -15,8 +15,12 @@
 // the run's shape, on zinf.compute_threads) or given for a GPU
 // (--device-tflops, --pcie-gbps). Each micro-step's stages overlap, as the
 // engine overlaps them, so its time is its busiest stage's; the update is
-// the larger of the CPU kernel and the optimizer's NVMe traffic. The
-// collectives between ranks are not in the time model (bytes per rank are).
+// the larger of the CPU kernel and the optimizer's NVMe traffic. Across
+// ranks the collectives' bytes are the engine's, exactly; their time is in
+// the model when --comm-gbps gives the rate at which a rank's collectives
+// move them (ranks-bench's comm_bytes over comm_s measures it), as a stage
+// of the micro-step (gathers and reductions overlap compute) and of the
+// update (the norm, stage 1's reductions, resident shards).
 #include <torch/torch.h>
 
 #include <CLI/CLI.hpp>
@@ -200,7 +204,7 @@ int main(int argc, char** argv) {
   std::string device = "auto", budget_flag = "auto";
   std::vector<std::string> swapbench_paths;
   int world = 1;
-  double device_tflops = 0, pcie_gbps = 0;
+  double device_tflops = 0, pcie_gbps = 0, comm_gbps = 0;
   bool as_json = false;
   CLI::App app{
       "Plans a GPT training run: bytes per rank and tier (exactly what the engine will "
@@ -218,6 +222,8 @@ int main(int argc, char** argv) {
   app.add_option("--device-tflops", device_tflops,
                  "cuda: the TFLOPS the GPU reaches on this model (not its peak)");
   app.add_option("--pcie-gbps", pcie_gbps, "cuda: host-device copy GB/s");
+  app.add_option("--comm-gbps", comm_gbps,
+                 "world > 1: GB/s a rank's collectives move (comm_bytes / comm_s of a run)");
   app.add_flag("--json", as_json, "one JSON object on stdout");
   CLI11_PARSE(app, argc, argv);
   try {
@@ -286,10 +292,15 @@ int main(int argc, char** argv) {
         {"param reads",
          rates.read > 0 ? g * static_cast<double>(m.param_read_bytes) / rates.read : 0},
         {"h2d", g * static_cast<double>(m.h2d_bytes) / copy},
-        {"d2h", g * static_cast<double>(m.d2h_bytes) / copy}};
+        {"d2h", g * static_cast<double>(m.d2h_bytes) / copy},
+        {"collectives",
+         comm_gbps > 0 ? g * static_cast<double>(m.comm_bytes) / (comm_gbps * 1e9) : 0}};
     const std::vector<Stage> update = {
         {"cpu adam", static_cast<double>(m.own_elements) * update_rate},
-        {"optimizer io", optim_io}};
+        {"optimizer io", optim_io},
+        {"collectives",
+         comm_gbps > 0 ? static_cast<double>(m.step_comm_bytes) / (comm_gbps * 1e9) : 0}};
+    const std::uint64_t comm_per_step = gas * m.comm_bytes + m.step_comm_bytes;
     auto busiest = [](const std::vector<Stage>& s) {
       return *std::max_element(
           s.begin(), s.end(), [](const Stage& a, const Stage& b) { return a.seconds < b.seconds; });
@@ -334,11 +345,13 @@ int main(int argc, char** argv) {
                   {"nvme_write_bytes_per_step", m.optim_write_bytes + m.param_write_bytes},
                   {"h2d_bytes_per_step", gas * m.h2d_bytes},
                   {"d2h_bytes_per_step", gas * m.d2h_bytes},
+                  {"comm_bytes_per_step", comm_per_step},
                   {"rates",
                    {{"nvme_read_gbps", rates.read / 1e9},
                     {"nvme_write_gbps", rates.write / 1e9},
                     {"nvme_mixed_gbps", rates.mixed / 1e9},
                     {"copy_gbps", copy / 1e9},
+                    {"comm_gbps", comm_gbps},
                     {"update_ns_per_element", update_rate * 1e9},
                     {"compute_s_per_micro_step", compute}}},
                   {"stages", json::object()},
@@ -346,8 +359,10 @@ int main(int argc, char** argv) {
                   {"update_s", step.seconds},
                   {"step_s", step_s},
                   {"bottleneck", bottleneck.name}};
-      for (const auto* list : {&micro, &update})
-        for (const Stage& s : *list) out["stages"][s.name] = s.seconds;
+      for (const Stage& s : micro) out["stages"][s.name] = s.seconds;
+      for (const Stage& s : update)
+        out["stages"][std::string(s.name) == "collectives" ? "update collectives" : s.name] =
+            s.seconds;
       std::cout << out.dump(2) << "\n";
       return 0;
     }
@@ -373,10 +388,11 @@ int main(int argc, char** argv) {
         b(m.pinned).c_str());
     std::printf("  nvme    %s: params %s, optimizer %s\n", b(m.nvme()).c_str(),
                 b(m.nvme_params).c_str(), b(m.nvme_optimizer).c_str());
-    std::printf("per step: nvme reads %s, writes %s; to the device %s, from it %s\n",
+    std::printf("per step: nvme reads %s, writes %s; to the device %s, from it %s%s\n",
                 b(gas * m.param_read_bytes + m.optim_read_bytes).c_str(),
                 b(m.optim_write_bytes + m.param_write_bytes).c_str(), b(gas * m.h2d_bytes).c_str(),
-                b(gas * m.d2h_bytes).c_str());
+                b(gas * m.d2h_bytes).c_str(),
+                world > 1 ? ("; collectives " + b(comm_per_step)).c_str() : "");
     std::printf("predicted step %.3f s = fwd+bwd %.3f (", step_s, fwd_bwd.seconds);
     for (const Stage& s : micro)
       std::printf("%s%s %.3f", &s == &micro.front() ? "" : ", ", s.name, s.seconds);
@@ -384,8 +400,11 @@ int main(int argc, char** argv) {
     for (const Stage& s : update)
       std::printf("%s%s %.3f", &s == &update.front() ? "" : ", ", s.name, s.seconds);
     std::printf("); bottleneck: %s\n", bottleneck.name);
-    if (world > 1)
-      std::printf("(the collectives between the %d ranks are not in the time model)\n", world);
+    if (world > 1 && comm_gbps <= 0)
+      std::printf(
+          "(the collectives between the %d ranks are not in the time model: give "
+          "--comm-gbps)\n",
+          world);
     std::printf(
         "rates: %s; copies %.1f GB/s%s; update %.2f ns/element; compute %.3f s per "
         "micro-step%s\n",
