@@ -746,6 +746,16 @@ void EngineImpl::trace_param_transfers(const std::vector<swap::SwapTransfer>& tr
   }
 }
 
+void EngineImpl::trace_lanes(const std::string& store, const std::vector<swap::LaneBusy>& lanes,
+                             SteadyClock::time_point from, SteadyClock::time_point to,
+                             std::uint64_t step) {
+  for (std::size_t k = 0; k < lanes.size(); ++k) {
+    const std::string track = "nvme " + store + " lane " + std::to_string(k);
+    trace_->named_spans(track + " reads", merged(clip(lanes[k].reads, from, to)), step);
+    trace_->named_spans(track + " writes", merged(clip(lanes[k].writes, from, to)), step);
+  }
+}
+
 MemoryReport EngineImpl::memory_report() const {
   MemoryReport m;
   const gpu::MemoryStats d = device_->memory();
@@ -1381,6 +1391,7 @@ void EngineImpl::take_busy(SteadyClock::time_point from, SteadyClock::time_point
     trace_->spans(Trace::kD2h, merged(clip(d2h, from, to)), step);
     trace_->spans(Trace::kParamReads, merged(clip(reads, from, to)), step);
     trace_param_transfers(param_io.transfers, step);
+    trace_lanes("parameters", param_io.lanes, from, to, step);
     for (const auto& [stream, spans] : copies) {
       for (const Span& c : spans)
         trace_->transfer({"copies: " + stream->name(), c.what, "copy", c.bytes, c.when}, step);
@@ -1805,8 +1816,12 @@ void EngineImpl::step() {
     trace_->spans(Trace::kComm, merged(clip(comm, window_.open ? window_.begin : t0, t1)), r.step);
     trace_->spans(Trace::kCpuAdam, st.compute_periods, r.step);
     const auto threads = executor_->take_thread_busy();
-    for (std::size_t k = 0; k < threads.size(); ++k)
-      trace_->thread_spans(static_cast<int>(k), merged(clip(threads[k], t0, t1)), r.step);
+    for (std::size_t k = 0; k < threads.size(); ++k) {
+      trace_->named_spans("cpu adam thread " + std::to_string(k), merged(clip(threads[k], t0, t1)),
+                          r.step);
+    }
+    trace_lanes("optimizer", tier_io.lanes, t0, t1, r.step);
+    trace_lanes("parameters", param_io.lanes, t0, t1, r.step);
     for (const TierTransfer& t : tier_io.transfers) {
       trace_->transfer(
           {"optimizer state", "piece " + std::to_string(t.piece) + " " + t.state,

@@ -79,6 +79,9 @@ class EngineImpl final : public Coordinator::Actions {
   std::uint64_t pinned_in_use();
   // The parameter store's transfers on the trace, named after their units.
   void trace_param_transfers(const std::vector<swap::SwapTransfer>& transfers, std::uint64_t step);
+  // Each lane of a swap store ("parameters", "optimizer"): a reads and a writes track.
+  void trace_lanes(const std::string& store, const std::vector<swap::LaneBusy>& lanes,
+                   SteadyClock::time_point from, SteadyClock::time_point to, std::uint64_t step);
   void describe_nvme_paths();
   void reset_peak_memory() { device_->reset_peak(); }
   torch::OrderedDict<std::string, torch::Tensor> consolidated_parameters() const;

@@ -149,6 +149,7 @@ class NvmeTier final : public StateTier {
       io.transfers.push_back(
           {t.read, piece, pieces_[piece].group, kStateNames[state], t.bytes, t.when});
     }
+    io.lanes = std::move(busy.lanes);
     return io;
   }
   void record_transfers(bool on) override { store_->record_transfers(on); }

@@ -15,6 +15,7 @@
 
 #include "zinf/common/busy_time.hpp"
 #include "zinf/offload/offload_optimizer.hpp"
+#include "zinf/swap/swap_store.hpp"
 
 namespace zinf::offload {
 
@@ -88,6 +89,7 @@ struct TierTransfer {
 struct TierIo {
   std::vector<Interval> busy;           // when its NVMe reads or writes ran
   std::vector<TierTransfer> transfers;  // each one, while record_transfers() is on
+  std::vector<swap::LaneBusy> lanes;    // its store's lanes, while record_transfers() is on
 };
 
 class StateTier {

@@ -84,16 +84,11 @@ void Trace::spans(Track track, const std::vector<Interval>& periods, std::uint64
   spans_on(static_cast<int>(track), name(track), periods, step);
 }
 
-void Trace::thread_spans(int thread, const std::vector<Interval>& periods, std::uint64_t step) {
-  const auto k = static_cast<std::size_t>(thread);
-  if (thread_named_.size() <= k) thread_named_.resize(k + 1, false);
-  const int tid = kTracks + thread;
-  const std::string track = "cpu adam thread " + std::to_string(thread);
-  if (!thread_named_[k]) {
-    thread_named_[k] = true;
-    name_track(tid, track);
-  }
-  spans_on(tid, track, periods, step);
+void Trace::named_spans(const std::string& track, const std::vector<Interval>& periods,
+                        std::uint64_t step) {
+  auto [it, added] = named_.try_emplace(track, kTracks + static_cast<int>(named_.size()));
+  if (added) name_track(it->second, track);
+  spans_on(it->second, track, periods, step);
 }
 
 void Trace::name_track(int tid, const std::string& track) {

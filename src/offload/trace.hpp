@@ -6,7 +6,8 @@
 // carries its step; counters (device bytes, pinned bytes in use, loss
 // scale) come once a step, pinned bytes also once a micro-step. Each NVMe
 // transfer, copy and collective is an async span of its own (transfer());
-// each CPU optimizer thread has a track of its own (thread_spans()).
+// each CPU optimizer thread and each NVMe lane has a track of its own
+// (named_spans()).
 //
 // Threads: the engine's, one at a time. A write error is logged once, and
 // the run goes on without its trace.
@@ -15,6 +16,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -51,9 +53,11 @@ class Trace {
 
   // Disjoint intervals (merged()), each one span.
   void spans(Track track, const std::vector<Interval>& periods, std::uint64_t step);
-  // When thread `thread` of the CPU optimizer ran its kernels: a track
-  // "cpu adam thread N" of its own, named when first used.
-  void thread_spans(int thread, const std::vector<Interval>& periods, std::uint64_t step);
+  // Disjoint intervals on a track of their own, made when first used: a CPU
+  // optimizer thread's ("cpu adam thread N"), an NVMe lane's ("nvme
+  // parameters lane N reads").
+  void named_spans(const std::string& track, const std::vector<Interval>& periods,
+                   std::uint64_t step);
   void counter(const char* name, SteadyClock::time_point at, double value);
   // One transfer, from its start to its completion, as an async span of
   // `category` (Perfetto puts a category's overlapping spans on rows of
@@ -85,7 +89,7 @@ class Trace {
   SteadyClock::time_point origin_ = SteadyClock::now();
   bool first_ = true;
   std::uint64_t next_id_ = 0;
-  std::vector<bool> thread_named_;
+  std::map<std::string, int> named_;  // named_spans()' tracks: their tids
   bool failed_ = false;
 };
 

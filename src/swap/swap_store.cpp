@@ -82,7 +82,8 @@ struct Op {
 struct Chunk {
   std::shared_ptr<Op> op;
   IoRequest request;
-  bool lost = false;  // reported lost: the slot stays taken until the kernel returns it
+  bool lost = false;   // reported lost: the slot stays taken until the kernel returns it
+  bool timed = false;  // submitted while transfers were recorded: in its lane's busy log
 };
 
 // One IoQueue and the chunks waiting for its slots. `backlog` and `driven`
@@ -102,6 +103,7 @@ struct Lane {
   std::vector<std::shared_ptr<Op>> completed;  // finish_chunks()' scratch, empty between calls
   std::condition_variable worker_cv;           // the backlog has work and nobody drives
   std::thread worker;
+  BusyLog busy[2];  // timed chunks in flight: reads, writes
 };
 
 struct PathState {
@@ -420,7 +422,8 @@ class SwapStoreImpl final : public SwapStore {
   }
 
   SwapBusy take_busy() override {
-    SwapBusy b{busy_[0].take(), busy_[1].take(), {}};
+    SwapBusy b{busy_[0].take(), busy_[1].take(), {}, {}};
+    for (const auto& lane : lanes_) b.lanes.push_back({lane->busy[0].take(), lane->busy[1].take()});
     std::lock_guard lock(transfers_mutex_);
     b.transfers.swap(transfers_);
     return b;
@@ -727,6 +730,13 @@ class SwapStoreImpl final : public SwapStore {
       auto n = queue.submit(lane.batch);
       const std::size_t accepted = n.is_ok() ? *n : 0;
       submitted = accepted == lane.batch.size();
+      if (recording_.load()) {
+        for (std::size_t k = 0; k < accepted; ++k) {
+          Chunk& c = lane.slots[lane.batch[k].user_data];
+          c.timed = true;
+          lane.busy[c.op->kind == IoOp::kRead ? 0 : 1].begin();
+        }
+      }
       for (std::size_t k = accepted; k < lane.batch.size(); ++k) {
         finished.push_back({lane.batch[k].user_data,
                             n.is_ok()
@@ -769,6 +779,10 @@ class SwapStoreImpl final : public SwapStore {
       for (auto& r : lane.finished) {
         const std::size_t s = r.user_data;
         Chunk& chunk = lane.slots[s];
+        if (chunk.timed) {  // out of the kernel's hands, or given up on (lost)
+          chunk.timed = false;
+          lane.busy[chunk.op->kind == IoOp::kRead ? 0 : 1].end();
+        }
         if (r.lost) {
           chunk.lost = true;
           ++chunk.op->holds;

@@ -603,7 +603,8 @@ TEST(EngineTest, ZinfCkptInspectsVerifiesAndConsolidates) {
 // zinf.trace_path: a Chrome trace with every stage's track, whose spans,
 // track by track and step by step, add up to the StepReport's times and
 // stay inside their step, with counters once a step (pinned bytes also
-// once a micro-step).
+// once a micro-step); a span per NVMe transfer and per copy whose bytes add
+// up to the report's; a track per CPU optimizer thread and per NVMe lane.
 TEST(EngineTest, TraceSpansAddUpToEachStepsReport) {
   ScratchDir dir;
   Homes s;
@@ -711,24 +712,40 @@ TEST(EngineTest, TraceSpansAddUpToEachStepsReport) {
   EXPECT_TRUE(std::any_of(copied.begin(), copied.end(), [](const std::string& n) {
     return n.size() > 7 && n.compare(n.size() - 7, 7, ".weight") == 0;
   })) << "a gradient's copy off it is named after its parameter";
-  // The optimizer's threads, each on a track of its own, working only inside
-  // the cpu adam track's periods.
-  std::vector<std::pair<double, double>> adam;
-  for (const auto& e : trace) {
-    if (e["ph"] == "X" && tracks.at(e["tid"]) == "cpu adam")
-      adam.emplace_back(e["ts"].get<double>(), e["ts"].get<double>() + e["dur"].get<double>());
-  }
-  int thread_spans = 0;
-  for (const auto& e : trace) {
-    if (e["ph"] != "X" || tracks.at(e["tid"]).rfind("cpu adam thread ", 0) != 0) continue;
-    ++thread_spans;
-    const double from = e["ts"], to = from + e["dur"].get<double>();
-    EXPECT_TRUE(
-        std::any_of(adam.begin(), adam.end(),
-                    [&](const auto& a) { return from >= a.first - 1e-3 && to <= a.second + 1e-3; }))
-        << tracks.at(e["tid"]) << " at " << from << " outside the cpu adam track";
-  }
-  EXPECT_GT(thread_spans, 0);
+  // Tracks of parts inside a stage's track: the optimizer's threads, each on
+  // a track of its own, work only inside the cpu adam track's periods; each
+  // NVMe lane's chunks are in flight only while its store's operations are.
+  auto periods = [&](const std::string& track) {
+    std::vector<std::pair<double, double>> out;
+    for (const auto& e : trace) {
+      if (e["ph"] == "X" && tracks.at(e["tid"]) == track)
+        out.emplace_back(e["ts"].get<double>(), e["ts"].get<double>() + e["dur"].get<double>());
+    }
+    return out;
+  };
+  auto expect_inside = [&](const std::string& prefix, const std::string& suffix,
+                           const std::string& whole) {
+    const auto outer = periods(whole);
+    int spans = 0;
+    for (const auto& e : trace) {
+      if (e["ph"] != "X") continue;
+      const std::string& track = tracks.at(e["tid"]);
+      if (track.rfind(prefix, 0) != 0 || track.size() < suffix.size() ||
+          track.compare(track.size() - suffix.size(), suffix.size(), suffix) != 0)
+        continue;
+      ++spans;
+      const double from = e["ts"], to = from + e["dur"].get<double>();
+      EXPECT_TRUE(std::any_of(
+          outer.begin(), outer.end(),
+          [&](const auto& a) { return from >= a.first - 1e-3 && to <= a.second + 1e-3; }))
+          << track << " at " << from << " outside the " << whole << " track";
+    }
+    EXPECT_GT(spans, 0) << prefix << "*" << suffix;
+  };
+  expect_inside("cpu adam thread ", "", "cpu adam");
+  expect_inside("nvme parameters lane ", " reads", "nvme: parameter reads");
+  expect_inside("nvme optimizer lane ", " writes", "nvme: optimizer state + parameter write-back");
+  expect_inside("nvme optimizer lane ", " reads", "nvme: optimizer state + parameter write-back");
   EXPECT_EQ(offload::Trace::path_for("/runs/t.json", 0, 1), "/runs/t.json");
   EXPECT_EQ(offload::Trace::path_for("/runs/t.json", 1, 2), "/runs/t.rank1.json");
   Config bad = cfg;

@@ -127,13 +127,22 @@ struct SwapTransfer {
   Interval when;
 };
 
+// When one lane (one queue, aio.intra_op_parallelism of them) had chunks
+// in flight in the kernel, reads and writes apart.
+struct LaneBusy {
+  std::vector<Interval> reads;
+  std::vector<Interval> writes;
+};
+
 // When the store was busy since the last take_busy(): the union of the
 // intervals from each operation's start to its completion, reads and writes
-// apart; and, while record_transfers() is on, each operation completed.
+// apart; and, while record_transfers() is on, each operation completed and,
+// per lane, when its submitted chunks were in flight.
 struct SwapBusy {
   std::vector<Interval> reads;
   std::vector<Interval> writes;
   std::vector<SwapTransfer> transfers;
+  std::vector<LaneBusy> lanes;  // by lane, while record_transfers() is on
 };
 
 class SwapStore {
