@@ -98,11 +98,6 @@ class Coordinator {
   Status end_micro_step(bool whole = true);
 
   bool live(std::size_t unit) const { return state_[unit].live; }
-  bool in_use(std::size_t unit) const { return state_[unit].in_use > 0; }
-  // Uses so far in this micro-step: the trace position of the next use.
-  std::size_t position() const { return position_; }
-  // This micro-step follows a complete trace (so far).
-  bool replaying() const { return complete_ && valid_; }
   bool trace_complete() const { return complete_; }
   const std::vector<std::size_t>& trace() const { return trace_; }
   const CoordinatorStats& stats() const { return stats_; }
@@ -131,6 +126,8 @@ class Coordinator {
   std::uint64_t elements_between(std::size_t a, std::size_t b) const;
   // The idle live unit to release first to make room, or kNever.
   std::size_t victim() const;
+  // This micro-step follows a complete trace (so far).
+  bool replaying() const { return complete_ && valid_; }
 
   std::vector<Unit> units_;
   Options options_;
