@@ -62,7 +62,6 @@ const std::set<std::string, std::less<>> kZeroIgnored = {
     "overlap_comm",
     "contiguous_gradients",
     "reduce_scatter",
-    "reduce_bucket_size",
     "use_multi_rank_bucket_allreduce",
     "allgather_partitions",
     "allgather_bucket_size",
@@ -414,6 +413,7 @@ void parse_zero(ObjectReader& r, ZeroConfig& z) {
              z.stage3_max_live_parameters);
   r.read_int(r.spelling("stage3_max_reuse_distance", "max_reuse_distance"),
              z.stage3_max_reuse_distance);
+  r.read_int("reduce_bucket_size", z.reduce_bucket_size, 1);
   read_deprecated_offload(r, "cpu_offload", "offload_optimizer", z.offload_optimizer);
   read_deprecated_offload(r, "cpu_offload_param", "offload_param", z.offload_param);
   r.read_object("offload_param", [&](ObjectReader& c) { parse_offload_param(c, z.offload_param); });
@@ -864,6 +864,7 @@ std::string to_json(const Config& c, int indent) {
                 {"stage3_model_persistence_threshold", z.stage3_model_persistence_threshold},
                 {"stage3_max_live_parameters", z.stage3_max_live_parameters},
                 {"stage3_max_reuse_distance", z.stage3_max_reuse_distance},
+                {"reduce_bucket_size", z.reduce_bucket_size},
                 {"offload_param",
                  {{"device", to_string(op.device)},
                   {"nvme_path", op.nvme_path},

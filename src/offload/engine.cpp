@@ -268,10 +268,11 @@ void EngineImpl::make_channels() {
     if (!c.is_ok()) fail(c.status());
     return std::move(*c);
   };
+  const gpu::Backend on_device =
+      device_->type() == gpu::DeviceType::kCuda ? gpu::Backend::kNccl : gpu::Backend::kGloo;
   host_comm_ = make("host", gpu::Backend::kGloo);
-  grad_comm_ = make("gradients", gpu::Backend::kGloo);
-  param_comm_ = make("parameters", device_->type() == gpu::DeviceType::kCuda ? gpu::Backend::kNccl
-                                                                             : gpu::Backend::kGloo);
+  grad_comm_ = make("gradients", on_device);
+  param_comm_ = make("parameters", on_device);
 }
 
 double EngineImpl::mean_over_ranks(double value) {
@@ -630,7 +631,7 @@ void EngineImpl::make_buffers() {
   auto acc = AlignedBuffer::allocate(std::max<std::uint64_t>(1, grad_elements) * sizeof(float));
   if (!acc.is_ok()) fail(acc.status());
   grads_ = std::move(*acc);
-  grad_scratch_.resize(partitions_.size());
+  device_grads_.resize(partitions_.size());
 }
 
 Status EngineImpl::read_partition(const Partition& part, std::byte* out) const {
@@ -1224,9 +1225,11 @@ std::vector<torch::Tensor> EngineImpl::checkpoint_backward(RecomputeState& state
   return input_grads;
 }
 
-// A gradient is complete on the device: it leaves through pinned buffers
-// (D2H after the compute stream), and the gradient worker adds it into the
-// fp32 host gradients; the device copy is dropped once it has left.
+// A gradient is complete on the device. Partitioned, it is added into its
+// partition's gradients there, reduced across ranks once the unit's are all
+// in. Otherwise it leaves through pinned buffers (D2H after the compute
+// stream), and the gradient worker adds it into the fp32 host gradients.
+// Either way the device copy is dropped once it has been used.
 void EngineImpl::on_grad(std::size_t index) {
   Param& p = params_[index];
   torch::Tensor grad = p.storage.param().grad();
@@ -1238,34 +1241,37 @@ void EngineImpl::on_grad(std::size_t index) {
         "[" + std::to_string(grad.numel()) + "], its parameter " +
         std::string(c10::toString(p.dtype)) + "[" + std::to_string(p.numel) + "]"));
   }
-  grad = grad.contiguous();
-  auto computed = device_->compute_stream().record();
-  if (computed.is_ok()) (void)d2h_->wait(*computed);
-  // Partitioned gradients collect in the partition's scratch (zeroed), to be
-  // reduced once the unit's are all in; otherwise straight into grads_.
-  const bool overwrite = !partitioned_grads_ && !p.has_grad;
+  const bool overwrite = !p.has_grad;
   p.has_grad = true;
-  float* dest =
-      partitioned_grads_ ? grad_scratch(p.partition) + p.offset : grads_.as<float>() + p.flat;
-  const std::size_t elem = c10::elementSize(p.dtype);
-  const std::size_t bytes = p.numel * elem;
-  const ca::Dtype dtype = cpu_dtype(p.dtype);
-  for (std::size_t off = 0; off < bytes; off += grad_pool_->buffer_bytes()) {
-    const std::size_t len = std::min(grad_pool_->buffer_bytes(), bytes - off);
-    stall_.begin();
-    auto lease = std::make_shared<Lease>(grad_pool_->acquire());
-    stall_.end();
-    Status s = d2h_->copy_to_host(lease->data(), static_cast<std::byte*>(grad.data_ptr()) + off,
-                                  len, p.name);
-    auto left = s.is_ok() ? d2h_->record() : Result<gpu::EventPtr>(s);
-    if (!left.is_ok()) fail(left.status().with_context("gradient of '" + p.name + "'"));
-    window_.d2h_bytes += len;
-    float* acc = dest + off / elem;
-    grad_jobs_.push_back(grad_worker_.submit(
-        [this, event = *left, lease, grad, acc, n = len / elem, dtype, overwrite]() -> Status {
-          ZINF_RETURN_IF_ERROR(event->synchronize());
-          return grad_executor_->accumulate(lease->data(), dtype, acc, n, overwrite);
-        }));
+  if (partitioned_grads_) {
+    device_grad(p.partition)
+        .narrow(0, static_cast<std::int64_t>(p.offset), grad.numel())
+        .add_(grad.reshape({-1}));
+  } else {
+    grad = grad.contiguous();
+    auto computed = device_->compute_stream().record();
+    if (computed.is_ok()) (void)d2h_->wait(*computed);
+    float* dest = grads_.as<float>() + p.flat;
+    const std::size_t elem = c10::elementSize(p.dtype);
+    const std::size_t bytes = p.numel * elem;
+    const ca::Dtype dtype = cpu_dtype(p.dtype);
+    for (std::size_t off = 0; off < bytes; off += grad_pool_->buffer_bytes()) {
+      const std::size_t len = std::min(grad_pool_->buffer_bytes(), bytes - off);
+      stall_.begin();
+      auto lease = std::make_shared<Lease>(grad_pool_->acquire());
+      stall_.end();
+      Status s = d2h_->copy_to_host(lease->data(), static_cast<std::byte*>(grad.data_ptr()) + off,
+                                    len, p.name);
+      auto left = s.is_ok() ? d2h_->record() : Result<gpu::EventPtr>(s);
+      if (!left.is_ok()) fail(left.status().with_context("gradient of '" + p.name + "'"));
+      window_.d2h_bytes += len;
+      float* acc = dest + off / elem;
+      grad_jobs_.push_back(grad_worker_.submit(
+          [this, event = *left, lease, grad, acc, n = len / elem, dtype, overwrite]() -> Status {
+            ZINF_RETURN_IF_ERROR(event->synchronize());
+            return grad_executor_->accumulate(lease->data(), dtype, acc, n, overwrite);
+          }));
+    }
   }
   UnitRec& u = units_[p.unit];
   if (++u.received_grads == u.expected_grads && p.unit != 0 && phase_ == Phase::kBackward) {
@@ -1274,16 +1280,43 @@ void EngineImpl::on_grad(std::size_t index) {
   }
 }
 
-float* EngineImpl::grad_scratch(std::size_t part) {
-  AlignedBuffer& b = grad_scratch_[part];
-  if (b.size() == 0) {
-    const std::uint64_t n = std::max<std::uint64_t>(1, partitions_[part].numel);
-    auto buffer = AlignedBuffer::allocate(n * sizeof(float));
-    if (!buffer.is_ok()) fail(buffer.status().with_context("gradients of a partition"));
-    b = std::move(*buffer);
-    std::memset(b.data(), 0, n * sizeof(float));
+// Gloo (LibTorch 1.13) sums no bf16: those gradients are reduced in fp32.
+torch::ScalarType EngineImpl::reduce_dtype(torch::ScalarType grad) const {
+  return reduction_dtype(grad, grad_comm_->backend() == gpu::Backend::kNccl);
+}
+
+torch::Tensor EngineImpl::device_grad(std::size_t index) {
+  const Partition& part = partitions_[index];
+  const torch::ScalarType dtype = reduce_dtype(part.dtype);
+  const std::uint64_t n = std::max<std::uint64_t>(1, part.numel);
+  const auto options = torch::TensorOptions().dtype(dtype).device(torch_device_);
+  DeviceGrads& g = device_grads_[index];
+  if (g.data != nullptr) return torch::from_blob(g.data, {static_cast<std::int64_t>(n)}, options);
+  wait_reductions(n);
+  const std::size_t bytes = n * c10::elementSize(dtype);
+  const std::string what = "the gradients of unit '" + units_[part.unit].name + "' (" +
+                           std::to_string(n) + " elements) until they are reduced";
+  auto data = device_->allocate(bytes, what);
+  if (!data.is_ok() && data.status().code() == StatusCode::kResourceExhausted) {
+    wait_reductions(config_.zero_optimization.reduce_bucket_size + n);  // everything queued
+    data = device_->allocate(bytes, what);
   }
-  return b.as<float>();
+  if (!data.is_ok()) fail(data.status());
+  g = {*data, bytes};
+  waiting_grad_elements_ += n;
+  return torch::from_blob(g.data, {static_cast<std::int64_t>(n)}, options).zero_();
+}
+
+void EngineImpl::wait_reductions(std::uint64_t room) {
+  while (!reductions_.empty() &&
+         waiting_grad_elements_ + room > config_.zero_optimization.reduce_bucket_size) {
+    stall_.begin();
+    Status s = reductions_.front().done.get();
+    stall_.end();
+    waiting_grad_elements_ -= reductions_.front().elements;
+    reductions_.pop_front();
+    if (!s.is_ok()) fail(s);
+  }
 }
 
 void EngineImpl::reduce_unit(std::size_t unit) {
@@ -1292,28 +1325,73 @@ void EngineImpl::reduce_unit(std::size_t unit) {
   u.reduced = true;
   for (const auto& part : {u.main, u.persistent}) {
     if (!part) continue;
-    grad_scratch(*part);  // here, not on the worker: a partition without gradients reduces zeros
     const std::size_t index = *part;
-    grad_jobs_.push_back(grad_worker_.submit([this, index] { return reduce_partition(index); }));
+    // Here, not on the worker: a partition without gradients reduces zeros.
+    const std::uint64_t n = static_cast<std::uint64_t>(device_grad(index).numel());
+    auto computed = device_->compute_stream().record();  // its gradients are in
+    reductions_.push_back(
+        {grad_worker_.submit([this, index, computed] { return reduce_partition(index, computed); }),
+         n});
   }
 }
 
-// On the gradient worker, after the partition's gradients were added into
-// its scratch: the sum over ranks, of which this rank's shard goes into
+// On the gradient worker, once the partition's gradients are in on the
+// device: their sum over the ranks, of which this rank's shard goes into
 // grads_ (the first micro-step of the window overwrites).
-Status EngineImpl::reduce_partition(std::size_t index) {
+Status EngineImpl::reduce_partition(std::size_t index, const Result<gpu::EventPtr>& computed) {
   Partition& part = partitions_[index];
-  AlignedBuffer& scratch = grad_scratch_[index];
+  DeviceGrads& g = device_grads_[index];
+  const torch::ScalarType dtype = reduce_dtype(part.dtype);
+  ZINF_RETURN_IF_ERROR(computed.status());
+  ZINF_RETURN_IF_ERROR((*computed)->synchronize());
   ZINF_RETURN_IF_ERROR(
-      wait(grad_comm_->reduce_scatter(scratch.data(), part.numel, gpu::CommDtype::kF32,
-                                      gpu::ReduceOp::kSum))
+      wait(grad_comm_->reduce_scatter(g.data, part.numel, comm_dtype(dtype), gpu::ReduceOp::kSum))
           .with_context("reducing the gradients of unit '" + units_[part.unit].name + "'"));
-  Status s = grad_executor_->accumulate(scratch.as<float>() + part.own.begin, ca::Dtype::kF32,
-                                        grads_.as<float>() + part.own_flat, part.own.count,
-                                        /*overwrite=*/!part.reduced);
-  part.reduced = true;
-  scratch = AlignedBuffer();
-  return s;
+  ZINF_RETURN_IF_ERROR(take_shard(
+      part, static_cast<const std::byte*>(g.data) + part.own.begin * c10::elementSize(dtype),
+      dtype));
+  device_->deallocate(g.data, g.bytes);
+  g = {};
+  return Status::ok();
+}
+
+// The shard leaves the device through the pinned buffers, two pieces in
+// flight, each added into grads_ as it lands.
+Status EngineImpl::take_shard(Partition& part, const std::byte* shard, torch::ScalarType dtype) {
+  struct InFlight {
+    Lease lease;
+    Result<gpu::EventPtr> left;
+    std::uint64_t offset, bytes;
+  };
+  const std::size_t elem = c10::elementSize(dtype);
+  const std::uint64_t total = part.own.count * elem;
+  const std::uint64_t step = grad_pool_->buffer_bytes() / elem * elem;
+  const bool overwrite = !part.reduced;
+  float* dest = grads_.as<float>() + part.own_flat;
+  std::deque<InFlight> flight;
+  Status first;
+  auto land = [&] {
+    InFlight& f = flight.front();
+    Status s = f.left.is_ok() ? (*f.left)->synchronize() : f.left.status();
+    if (s.is_ok() && first.is_ok()) {
+      s = grad_executor_->accumulate(f.lease.data(), cpu_dtype(dtype), dest + f.offset / elem,
+                                     f.bytes / elem, overwrite);
+    }
+    if (first.is_ok()) first = s;
+    flight.pop_front();
+  };
+  for (std::uint64_t off = 0; off < total && first.is_ok(); off += step) {
+    if (flight.size() == 2) land();
+    const std::uint64_t len = std::min(step, total - off);
+    Lease lease = grad_pool_->acquire();
+    Status s = d2h_->copy_to_host(lease.data(), shard + off, len, units_[part.unit].name);
+    flight.push_back(
+        {std::move(lease), s.is_ok() ? d2h_->record() : Result<gpu::EventPtr>(s), off, len});
+    window_.d2h_bytes += len;
+  }
+  while (!flight.empty()) land();
+  if (first.is_ok()) part.reduced = true;
+  return first;
 }
 
 namespace {
@@ -1353,11 +1431,16 @@ void EngineImpl::backward(const torch::Tensor& loss) {
 
 Status EngineImpl::drain_grads() {
   Status first;
-  for (auto& job : grad_jobs_) {
-    Status s = job.get();
+  auto keep = [&first](Status s) {
     if (first.is_ok() && !s.is_ok()) first = std::move(s);
-  }
+  };
+  for (auto& job : grad_jobs_) keep(job.get());
   grad_jobs_.clear();
+  for (Reduction& r : reductions_) {
+    keep(r.done.get());
+    waiting_grad_elements_ -= r.elements;
+  }
+  reductions_.clear();
   return first;
 }
 
@@ -1427,7 +1510,13 @@ void EngineImpl::abort_micro_step(bool drop_window) {
     u.expected_grads = u.received_grads = 0;
     u.reduced = false;
   }
-  for (AlignedBuffer& b : grad_scratch_) b = AlignedBuffer();
+  auto computed = device_->compute_stream().record();  // done with what it added into them
+  for (DeviceGrads& g : device_grads_) {
+    if (g.data == nullptr) continue;
+    device_->deallocate(g.data, g.bytes, computed.is_ok() ? *computed : nullptr);
+    g = {};
+  }
+  waiting_grad_elements_ = 0;
   for (Param& p : params_) {
     if (p.storage.param().grad().defined()) p.storage.param().mutable_grad().reset();
   }

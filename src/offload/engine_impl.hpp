@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include <deque>
 #include <future>
 #include <memory>
 #include <optional>
@@ -210,9 +211,14 @@ class EngineImpl final : public Coordinator::Actions {
   void gather(std::size_t unit) override;
   Status wait_gathers() override;
   Status gather_unused(std::size_t unit) override;
-  float* grad_scratch(std::size_t part);  // partitioned gradients: this micro-step's, whole
-  void reduce_unit(std::size_t unit);     // queues its partitions' reductions on the grad worker
-  Status reduce_partition(std::size_t part);
+  // Partitioned gradients: the partition's of this micro-step, on the device
+  // (zeroed when it opens, after what waits in the bucket made room).
+  torch::Tensor device_grad(std::size_t part);
+  torch::ScalarType reduce_dtype(torch::ScalarType grad) const;
+  void wait_reductions(std::uint64_t room);  // until `room` more elements fit the bucket
+  void reduce_unit(std::size_t unit);        // queues its partitions' reductions on the grad worker
+  Status reduce_partition(std::size_t part, const Result<gpu::EventPtr>& computed);
+  Status take_shard(Partition& part, const std::byte* shard, torch::ScalarType dtype);
   Status reduce_for_step();  // stage 1: the window's gradients, at the boundary
   Status gather_resident();  // stages 1-2: every rank's updated shard onto every device
   std::vector<gpu::Communicator*> channels() const;
@@ -304,10 +310,24 @@ class EngineImpl final : public Coordinator::Actions {
   bool sharded_params_ = false;     // stage 3 on several ranks: homes hold this rank's shard
   bool partitioned_grads_ = false;  // stage 2-3 on several ranks: grads_ holds this rank's shard
   std::unique_ptr<gpu::Communicator> host_comm_;   // the driving thread, host buffers
-  std::unique_ptr<gpu::Communicator> grad_comm_;   // the gradient worker, host buffers
+  std::unique_ptr<gpu::Communicator> grad_comm_;   // the gradient worker, device buffers
   std::unique_ptr<gpu::Communicator> param_comm_;  // gathers into device memory
-  std::vector<AlignedBuffer> grad_scratch_;        // by partition, while its gradients arrive
-  std::uint64_t comm_bytes_ = 0;                   // the channels' bytes when the window opened
+  // Partitioned gradients (stages 2-3 across ranks) collect on the device
+  // by partition and are reduced there, in the order units complete; this
+  // rank's shard then leaves for grads_. At most reduce_bucket_size elements
+  // wait on the device (a partition larger than it alone).
+  struct DeviceGrads {
+    void* data = nullptr;
+    std::size_t bytes = 0;
+  };
+  struct Reduction {
+    std::future<Status> done;
+    std::uint64_t elements = 0;
+  };
+  std::vector<DeviceGrads> device_grads_;    // by partition
+  std::deque<Reduction> reductions_;         // queued on the grad worker, oldest first
+  std::uint64_t waiting_grad_elements_ = 0;  // in device_grads_ and not yet waited for
+  std::uint64_t comm_bytes_ = 0;             // the channels' bytes when the window opened
 
   // Measurement of the current accumulation window.
   struct Window {

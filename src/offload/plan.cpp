@@ -23,8 +23,12 @@ gpu::PinnedPool::Options grad_buffer_options(std::uint64_t largest_param_bytes, 
   constexpr std::uint64_t kGradBuffer = 16 << 20;  // larger gradients leave in pieces
   constexpr std::size_t kGradBuffers = 4;
   return {"gradient buffers",
-          std::max<std::uint64_t>(1, std::min(largest_param_bytes, kGradBuffer)), kGradBuffers,
-          pin};
+          std::max<std::uint64_t>(sizeof(float), std::min(largest_param_bytes, kGradBuffer)),
+          kGradBuffers, pin};
+}
+
+torch::ScalarType reduction_dtype(torch::ScalarType grad, bool nccl) {
+  return grad == torch::kBFloat16 && !nccl ? torch::kFloat : grad;
 }
 
 Status check_buffer_size(const std::string& unit, std::uint64_t home_elements,
@@ -57,6 +61,7 @@ struct PlannedPartition {
   std::string unit;
   bool device_home = false;  // whole on the device for good (resident)
   std::size_t elem = 1;
+  torch::ScalarType dtype = torch::kFloat;
   std::uint64_t numel = 0;
   std::uint64_t bytes = 0;
   std::uint64_t home_bytes = 0;
@@ -149,6 +154,7 @@ Result<MemoryPlan> plan_memory(const ModelShape& model, const Config& config, in
     const std::size_t elem = c10::elementSize(dtype);
     p.unit = unit;
     p.elem = elem;
+    p.dtype = dtype;
     p.device_home = device_home;
     for (const detail::PlannedParam& pp : params) {
       p.numel += pp.numel;
@@ -222,14 +228,27 @@ Result<MemoryPlan> plan_memory(const ModelShape& model, const Config& config, in
   m.host_optimizer = tier.host;
   m.nvme_optimizer = tier.nvme;
   ZINF_RETURN_IF_ERROR(count_gathers(std::move(coordinated), std::move(unit_bytes), z, sharded, m));
+  std::uint64_t reduce_elem = 0, widest_reduction = 0;
   for (const PlannedPartition& p : parts) {
-    m.d2h_bytes += p.bytes;  // every gradient, in its dtype
-    // Gloo's reduce-scatter is an all-reduce of the partition's fp32 gradients.
-    if (partitioned_grads) m.comm_bytes += p.numel * sizeof(float);
+    if (partitioned_grads) {
+      // Reduced on the device (Gloo's reduce-scatter is an all-reduce of the
+      // whole partition); this rank's shard leaves it.
+      const std::size_t elem =
+          c10::elementSize(reduction_dtype(p.dtype, device == gpu::DeviceType::kCuda));
+      m.comm_bytes += p.numel * elem;
+      m.d2h_bytes += p.own * elem;
+      reduce_elem = std::max(reduce_elem, elem);
+      widest_reduction = std::max(widest_reduction, std::max<std::uint64_t>(1, p.numel) * elem);
+    } else {
+      m.d2h_bytes += p.bytes;  // every gradient, in its dtype
+    }
     if (world > 1 && z.stage == 1) m.step_comm_bytes += p.numel * sizeof(float);
     if (world > 1 && p.device_home) m.step_comm_bytes += p.bytes;
   }
   if (world > 1) m.step_comm_bytes += 2 * sizeof(double);  // the norm and the non-finite count
+  if (partitioned_grads)
+    m.grad_bucket_bytes =
+        std::min(z.reduce_bucket_size, m.elements) * reduce_elem + widest_reduction;
   if (z.offload_optimizer.device == OffloadDevice::kNvme)
     m.optim_read_bytes = m.optim_write_bytes =
         m.own_elements * sizeof(float) * static_cast<std::uint64_t>(shape.num_states);

@@ -43,6 +43,10 @@ struct ModelShape {
 gpu::PinnedPool::Options param_buffer_options(std::uint64_t largest_staged_bytes,
                                               const OffloadParamConfig& offload_param);
 gpu::PinnedPool::Options grad_buffer_options(std::uint64_t largest_param_bytes, bool pin);
+// The dtype gradients are reduced in across ranks: their own (DeepSpeed's
+// default communication_data_type), except bf16 where the backend cannot
+// sum it (Gloo in LibTorch 1.13; `nccl` can): then fp32.
+torch::ScalarType reduction_dtype(torch::ScalarType grad, bool nccl);
 // A unit whose home on NVMe holds more than offload_param.buffer_size elements
 // cannot be read into the buffers.
 Status check_buffer_size(const std::string& unit, std::uint64_t home_elements,
@@ -57,6 +61,9 @@ struct MemoryPlan {
   std::uint64_t gathered_bytes = 0;   // every partition gathered on use, whole
   std::uint64_t nvme_home_bytes = 0;  // their homes on NVMe (this rank's shards in stage 3 of N)
   std::uint64_t largest_param_bytes = 0;  // the largest parameter (so its gradient)
+  // Stages 2-3 across ranks: the device's gradients waiting for their
+  // reduction, at most (reduce_bucket_size, and a partition opened past it).
+  std::uint64_t grad_bucket_bytes = 0;
   // As MemoryReport names them.
   std::uint64_t host_params = 0;
   std::uint64_t host_param_buffers = 0;

@@ -90,6 +90,8 @@ struct Case {
   // are evicted), a step whose order of units changes, and a forward without
   // backward: the gathers issued ahead are completed on every rank. (Ranks
   // whose fetches differ: CoordinatorTest.RanksThatFetchDifferentlyGather...)
+  // And a reduce bucket smaller than a unit: each opened partition waits for
+  // the reductions queued before it.
   bool changing = false;
 };
 
@@ -114,6 +116,8 @@ Config config(const Case& s, const std::string& nvme, int world) {
       "stage3_max_live_parameters": )" +
                           std::to_string(s.changing ? kMaxLive : 1000000000) + R"(,
       "sub_group_size": 4096,
+      "reduce_bucket_size": )" +
+                          std::to_string(s.changing ? 1000 : 500000000) + R"(,
       "offload_param": {"device": ")" +
                           s.param + R"(", "nvme_path": ")" + nvme + R"("},
       "offload_optimizer": {"device": ")" +
@@ -243,6 +247,7 @@ TEST_P(EngineRanks, TwoRanksTrainAsOneWithTheirBatchesTogether) {
             all.insert(all.end(), params.begin(), params.end());
             one["memory"] = held(e.memory_report());
             one["grad_norms"].push_back(e.last_step_report().grad_norm);
+            one["d2h_bytes"] = e.last_step_report().d2h_bytes;
             if (step + 1 == kSteps && !s.changing) expect_planned(s, dir.path().string(), e);
           });
     torch::save(all, reference + ".pt");
@@ -280,8 +285,10 @@ TEST_P(EngineRanks, TwoRanksTrainAsOneWithTheirBatchesTogether) {
           }
           if (!s.changing) expect_planned(s, dir.path().string(), e);
           // Half of each partitioned state (NVMe extents round each sub-group up to 4 KiB).
-          const nlohmann::json mine = held(e.memory_report());
-          const nlohmann::json& memory = one["memory"];
+          nlohmann::json mine = held(e.memory_report());
+          nlohmann::json memory = one["memory"];
+          mine["d2h_bytes"] = e.last_step_report().d2h_bytes;
+          memory["d2h_bytes"] = one["d2h_bytes"];
           auto expect_half = [&](const char* key, bool partitioned) {
             const double a = mine[key].get<double>(), b = memory[key].get<double>();
             if (!partitioned || b == 0) return;
@@ -293,6 +300,8 @@ TEST_P(EngineRanks, TwoRanksTrainAsOneWithTheirBatchesTogether) {
           expect_half("host_params", s.stage == 3 && s.param == "cpu");
           expect_half("nvme_params", s.stage == 3 && s.param == "nvme");
           expect_half("device_live", s.stage == 3 && s.param == "none");
+          // Reduced on the device, only this rank's shard of the gradients leaves it.
+          expect_half("d2h_bytes", s.stage >= 2);
           if (s.stage == 1) {
             EXPECT_EQ(mine["host_grads"],
                       memory["host_grads"]);  // stage 1 keeps the gradients whole

@@ -310,10 +310,12 @@ int main(int argc, char** argv) {
     const Stage bottleneck = fwd_bwd.seconds >= step.seconds ? fwd_bwd : step;
 
     // The device: what stays, the live window of gathered parameters (the
-    // coordinator's peak), the activations.
+    // coordinator's peak), the activations, across ranks the gradients
+    // waiting for their reduction.
     const std::uint64_t live_params = std::min(m.gathered_bytes, m.peak_live_elements * elem);
     const std::uint64_t device_peak = m.device_resident + live_params +
-                                      activation_bytes(model, batch, elem, m.largest_param_bytes);
+                                      activation_bytes(model, batch, elem, m.largest_param_bytes) +
+                                      m.grad_bucket_bytes;
     const std::uint64_t budget = cfg.zinf.device_budget;
     const bool fits = budget == 0 || device_peak <= budget;
 
@@ -334,6 +336,7 @@ int main(int argc, char** argv) {
                   {"device", cfg.zinf.device},
                   {"device_peak_bytes", device_peak},
                   {"device_resident_bytes", m.device_resident},
+                  {"grad_bucket_bytes", m.grad_bucket_bytes},
                   {"device_budget_bytes", budget},
                   {"fits", fits},
                   {"host_bytes", m.host()},
@@ -374,9 +377,11 @@ int main(int argc, char** argv) {
         static_cast<unsigned long long>(gas), world, config_path.c_str());
     std::printf("per rank:\n");
     std::printf(
-        "  device  %s peak (resident %s, gathered parameters %s, activations and gradients %s)%s\n",
+        "  device  %s peak (resident %s, gathered parameters %s, activations and gradients %s, "
+        "gradients waiting for their reduction %s)%s\n",
         b(device_peak).c_str(), b(m.device_resident).c_str(), b(live_params).c_str(),
         b(activation_bytes(model, batch, elem, m.largest_param_bytes)).c_str(),
+        b(m.grad_bucket_bytes).c_str(),
         budget == 0 ? ""
         : fits      ? (" of a " + b(budget) + " budget: fits").c_str()
                     : (" of a " + b(budget) + " budget: DOES NOT FIT").c_str());

@@ -109,6 +109,9 @@ struct ZeroConfig {
   std::uint64_t stage3_model_persistence_threshold = UINT64_MAX;
   std::uint64_t stage3_max_live_parameters = 1000000000;
   std::uint64_t stage3_max_reuse_distance = 1000000000;
+  // Stages 2-3 across ranks: at most this many gradient elements wait on the
+  // device for their reduction (a partition larger than it alone).
+  std::uint64_t reduce_bucket_size = 500000000;
   OffloadParamConfig offload_param;
   OffloadOptimizerConfig offload_optimizer;
 };
