@@ -1,8 +1,10 @@
 #include "offload/checkpoint_file.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <numeric>
 
@@ -35,6 +37,67 @@ std::uint64_t natural(const nlohmann::json& value, const std::string& what, std:
     throw BadValue{what + " is " + std::to_string(value.get<std::uint64_t>()) + ", more than " +
                    std::to_string(max)};
   return value.get<std::uint64_t>();
+}
+
+Status sync_path(const fs::path& path, int flags) {
+  swap::FileDescriptor fd(::open(path.c_str(), flags | O_CLOEXEC));
+  if (!fd.valid()) return Status::from_errno(errno, "cannot open " + path.string());
+  if (::fsync(fd.get()) != 0) return Status::from_errno(errno, "cannot fsync " + path.string());
+  return Status::ok();
+}
+
+// A new file, 0600, written and fsync'ed.
+Status write_file(const fs::path& path, const std::string& text) {
+  swap::FileDescriptor fd(
+      ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
+  if (!fd.valid()) return Status::from_errno(errno, "cannot create " + path.string());
+  for (std::size_t done = 0; done < text.size();) {
+    const ssize_t n = ::write(fd.get(), text.data() + done, text.size() - done);
+    if (n < 0) return Status::from_errno(errno, "cannot write " + path.string());
+    done += static_cast<std::size_t>(n);
+  }
+  if (::fsync(fd.get()) != 0) return Status::from_errno(errno, "cannot fsync " + path.string());
+  return Status::ok();
+}
+
+// Renames `from` onto `to`, atomically replacing what `to` was.
+Status replace(const fs::path& from, const fs::path& to, bool directory) {
+  std::error_code ec;
+  if (directory && fs::exists(to, ec)) {
+    if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_EXCHANGE) != 0)
+      return Status::from_errno(errno, "cannot replace " + to.string());
+    fs::remove_all(from, ec);  // the old checkpoint, now under the temporary name
+  } else if (::rename(from.c_str(), to.c_str()) != 0) {
+    return Status::from_errno(errno, "cannot rename " + from.string() + " to " + to.string());
+  }
+  return sync_path(to.parent_path(), O_RDONLY | O_DIRECTORY);
+}
+
+// Folders a killed save left behind (".TAG.saving-PID" of a process that is
+// gone): never a checkpoint, since only a finished one is renamed to its tag.
+void remove_abandoned_saves(const fs::path& dir) {
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    const auto mark = name.rfind(".saving-");
+    if (name.empty() || name[0] != '.' || mark == std::string::npos) continue;
+    const std::string pid = name.substr(mark + 8);
+    if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (::kill(static_cast<pid_t>(std::stol(pid)), 0) == 0 || errno != ESRCH) continue;
+    fs::remove_all(entry.path(), ec);
+  }
+}
+
+Status read_floats(const swap::FileDescriptor& fd, const fs::path& path, std::uint64_t offset,
+                   float* out, std::uint64_t count) {
+  auto* bytes = reinterpret_cast<std::byte*>(out);
+  for (std::uint64_t done = 0; done < count * sizeof(float);) {
+    const ssize_t n = ::pread(fd.get(), bytes + done, count * sizeof(float) - done,
+                              static_cast<off_t>(offset + done));
+    if (n <= 0) return Status::from_errno(n < 0 ? errno : EIO, "cannot read " + path.string());
+    done += static_cast<std::uint64_t>(n);
+  }
+  return Status::ok();
 }
 
 }  // namespace
@@ -169,15 +232,8 @@ Status read_checkpoint_state(const Checkpoint& c, int rank, int k, std::uint64_t
   const auto path = c.state_file(rank);
   swap::FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
   if (!fd.valid()) return Status::from_errno(errno, "cannot open " + path.string());
-  const std::uint64_t offset = k * c.layout(rank).region_stride() + begin * sizeof(float);
-  auto* bytes = reinterpret_cast<std::byte*>(out);
-  for (std::uint64_t done = 0; done < count * sizeof(float);) {
-    const ssize_t n = ::pread(fd.get(), bytes + done, count * sizeof(float) - done,
-                              static_cast<off_t>(offset + done));
-    if (n <= 0) return Status::from_errno(n < 0 ? errno : EIO, "cannot read " + path.string());
-    done += static_cast<std::uint64_t>(n);
-  }
-  return Status::ok();
+  return read_floats(fd, path, k * c.layout(rank).region_stride() + begin * sizeof(float), out,
+                     count);
 }
 
 Status verify_checkpoint_file(const Checkpoint& c, int rank, const StateIo& io) {
@@ -229,4 +285,136 @@ Status for_each_checkpoint_shard(const Checkpoint& c, const ShardVisitor& fn) {
   return Status::ok();
 }
 
+fs::path checkpoint_staging(const fs::path& dir, const std::string& tag, std::uint64_t pid) {
+  return dir / ("." + tag + ".saving-" + std::to_string(pid));
+}
+
+Status make_checkpoint_staging(const fs::path& dir, const fs::path& staging) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return Status::from_errno(ec.value(), "cannot create " + dir.string());
+  remove_abandoned_saves(dir);
+  fs::remove_all(staging, ec);
+  fs::create_directory(staging, ec);
+  if (!ec) fs::permissions(staging, fs::perms::owner_all, ec);  // 0700, like the swap folders
+  if (ec) return Status::from_errno(ec.value(), "cannot create " + staging.string());
+  return Status::ok();
+}
+
+Status publish_checkpoint(const fs::path& dir, const std::string& tag, const fs::path& staging,
+                          const std::string& manifest) {
+  Status s = write_file(staging / "manifest.json", manifest);
+  if (s.is_ok()) s = sync_path(staging, O_RDONLY | O_DIRECTORY);
+  if (s.is_ok()) s = replace(staging, dir / tag, /*directory=*/true);
+  if (!s.is_ok()) {
+    std::error_code ec;
+    fs::remove_all(staging, ec);
+    return s;
+  }
+  const fs::path latest = dir / ".latest.saving";
+  s = write_file(latest, tag);
+  return s.is_ok() ? replace(latest, dir / "latest", /*directory=*/false) : s;
+}
+
+namespace {
+
+// Where the flattened state's elements are in the source files: its
+// shards in flat order.
+struct SourceShard {
+  int rank;
+  std::uint64_t at, flat, count;
+};
+
+// Elements [flat, flat + count) of state k from the source's shards.
+Status gather_state(const Checkpoint& c, const std::vector<SourceShard>& shards,
+                    const std::vector<swap::FileDescriptor>& files, int k, std::uint64_t flat,
+                    float* out, std::uint64_t count) {
+  auto it = std::upper_bound(shards.begin(), shards.end(), flat,
+                             [](std::uint64_t f, const SourceShard& s) { return f < s.flat; });
+  for (--it; count > 0; ++it) {  // shards tile the state: the first starts at 0
+    const std::uint64_t skip = flat - it->flat;
+    const std::uint64_t n = std::min(count, it->count - skip);
+    const auto r = static_cast<std::size_t>(it->rank);
+    ZINF_RETURN_IF_ERROR(read_floats(
+        files[r], c.state_file(it->rank),
+        k * c.layout(it->rank).region_stride() + (it->at + skip) * sizeof(float), out, n));
+    out += n;
+    flat += n;
+    count -= n;
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
+Status reshard_checkpoint(const Checkpoint& c, const fs::path& out, int world, const StateIo& io) {
+  if (world < 1 || world > (1 << 20))
+    return Status::invalid_argument("--world-size " + std::to_string(world) +
+                                    ": a number of ranks from 1 to 1048576");
+  std::error_code ec;
+  if (fs::exists(out / c.tag, ec))
+    return Status::failed_precondition((out / c.tag).string() +
+                                       " exists; reshard writes a new checkpoint, never over one");
+  ZINF_RETURN_IF_ERROR(verify_checkpoint(c));
+  std::vector<SourceShard> shards;
+  ZINF_RETURN_IF_ERROR(for_each_checkpoint_shard(
+      c, [&](int rank, std::uint64_t at, std::uint64_t flat, std::uint64_t count) {
+        shards.push_back({rank, at, flat, count});
+        return Status::ok();
+      }));
+  std::vector<swap::FileDescriptor> files;
+  for (int r = 0; r < c.world_size; ++r) {
+    const auto path = c.state_file(r);
+    files.emplace_back(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+    if (!files.back().valid()) return Status::from_errno(errno, "cannot open " + path.string());
+  }
+  const fs::path staging = checkpoint_staging(out, c.tag, static_cast<std::uint64_t>(::getpid()));
+  ZINF_RETURN_IF_ERROR(make_checkpoint_staging(out, staging));
+  constexpr std::uint64_t kChunk = std::uint64_t{4} << 20;
+  std::vector<float> chunk(
+      static_cast<std::size_t>(std::min(kChunk, std::max<std::uint64_t>(1, c.elements))));
+  nlohmann::json manifest = c.manifest, written = nlohmann::json::object(),
+                 rng = nlohmann::json::array();
+  ProgressLog progress("resharding " + c.folder.string(), c.state_bytes());
+  auto write_rank = [&](int r) -> Status {
+    const StateLayout layout{shard_elements(c.partitions, world, r), c.num_states,
+                             kCheckpointVersion};
+    const fs::path path = staging / checkpoint_state_file(r);
+    ZINF_ASSIGN_OR_RETURN(auto file, StateFile::create(path, layout, io));
+    for (const CheckpointPartition& part : c.partitions) {
+      const gpu::ShardRange shard = gpu::shard(part.numel, world, r);
+      for (std::uint64_t done = 0; done < shard.count; done += chunk.size()) {
+        const std::uint64_t n = std::min<std::uint64_t>(chunk.size(), shard.count - done);
+        for (int k = 0; k < c.num_states; ++k) {
+          ZINF_RETURN_IF_ERROR(
+              gather_state(c, shards, files, k, part.flat + shard.begin + done, chunk.data(), n));
+          ZINF_RETURN_IF_ERROR(file->write(k, chunk.data(), n));
+        }
+        progress.add(c.num_states * n * sizeof(float));
+      }
+    }
+    ZINF_RETURN_IF_ERROR(file->finish());
+    std::vector<std::uint32_t> crcs;
+    for (int k = 0; k < c.num_states; ++k) crcs.push_back(file->crc32c(k));
+    written[checkpoint_state_file(r)] = {{"bytes", layout.file_bytes()}, {"crc32c", crcs}};
+    rng.push_back(c.manifest.at("rng").at(static_cast<std::size_t>(r % c.world_size)));
+    return Status::ok();
+  };
+  Status s;
+  try {
+    for (int r = 0; r < world && s.is_ok(); ++r) s = write_rank(r);
+  } catch (const nlohmann::json::exception& e) {
+    s = Status::data_loss((c.folder / "manifest.json").string() + ": " + e.what());
+  }
+  if (!s.is_ok()) {
+    fs::remove_all(staging, ec);
+    return s.with_context("resharding " + c.folder.string() + " for " + std::to_string(world) +
+                          " ranks (no checkpoint was written to " + out.string() + ")");
+  }
+  manifest["version"] = kCheckpointVersion;
+  manifest["world_size"] = world;
+  manifest["files"] = written;
+  manifest["rng"] = rng;
+  return publish_checkpoint(out, c.tag, staging, manifest.dump(1));
+}
 }  // namespace zinf::offload

@@ -104,4 +104,28 @@ using ShardVisitor =
     std::function<Status(int rank, std::uint64_t at, std::uint64_t flat, std::uint64_t count)>;
 Status for_each_checkpoint_shard(const Checkpoint& checkpoint, const ShardVisitor& fn);
 
+// Publishing (a save's, a reshard's): the files go into a fresh staging
+// folder next to DIR/TAG (".TAG.saving-PID", 0700; made by
+// make_checkpoint_staging, which also makes DIR and removes the staging
+// folders of processes that are gone); publish_checkpoint writes the
+// manifest into it, fsyncs it, renames it over DIR/TAG (exchanged
+// atomically when TAG exists), then points DIR/latest at TAG the same
+// way. A crash at any instant leaves the old checkpoint or the new one.
+// Until the rename, a failure removes the staging folder.
+std::filesystem::path checkpoint_staging(const std::filesystem::path& dir, const std::string& tag,
+                                         std::uint64_t pid);
+Status make_checkpoint_staging(const std::filesystem::path& dir,
+                               const std::filesystem::path& staging);
+Status publish_checkpoint(const std::filesystem::path& dir, const std::string& tag,
+                          const std::filesystem::path& staging, const std::string& manifest);
+
+// The checkpoint re-partitioned for `world` ranks, as OUT/TAG (and
+// OUT/latest): the same state, counters and manifest, each new rank's file
+// holding its shards of the same partitions (version 3); new rank r takes
+// the generator states of old rank r mod N. The source is verified first;
+// OUT/TAG must not exist. Memory: a chunk of 4 Mi elements. DeepSpeed changes a ZeRO job's world
+// size through its universal checkpoint; this is the same step for zinf's.
+Status reshard_checkpoint(const Checkpoint& checkpoint, const std::filesystem::path& out, int world,
+                          const StateIo& io = {});
+
 }  // namespace zinf::offload

@@ -27,8 +27,6 @@
 // (NVMe) while it streams the file into the tier, whose commit a mismatch
 // prevents. The state goes in through the tier's overwrite, the parameters
 // from their new masters in the same pass.
-#include <fcntl.h>
-#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -39,7 +37,6 @@
 #include "offload/engine_impl.hpp"
 #include "offload/state_file.hpp"
 #include "zinf/common/logging.hpp"
-#include "zinf/swap/file.hpp"
 
 namespace zinf::offload {
 namespace {
@@ -48,55 +45,6 @@ using json = nlohmann::json;
 namespace fs = std::filesystem;
 
 [[noreturn]] void fail(Status status) { throw Error(std::move(status)); }
-
-Status sync_path(const fs::path& path, int flags) {
-  swap::FileDescriptor fd(::open(path.c_str(), flags | O_CLOEXEC));
-  if (!fd.valid()) return Status::from_errno(errno, "cannot open " + path.string());
-  if (::fsync(fd.get()) != 0) return Status::from_errno(errno, "cannot fsync " + path.string());
-  return Status::ok();
-}
-
-// A new file, 0600, written and fsync'ed.
-Status write_file(const fs::path& path, const std::string& text) {
-  swap::FileDescriptor fd(
-      ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
-  if (!fd.valid()) return Status::from_errno(errno, "cannot create " + path.string());
-  for (std::size_t done = 0; done < text.size();) {
-    const ssize_t n = ::write(fd.get(), text.data() + done, text.size() - done);
-    if (n < 0) return Status::from_errno(errno, "cannot write " + path.string());
-    done += static_cast<std::size_t>(n);
-  }
-  if (::fsync(fd.get()) != 0) return Status::from_errno(errno, "cannot fsync " + path.string());
-  return Status::ok();
-}
-
-// Renames `from` onto `to`, atomically replacing what `to` was.
-Status replace(const fs::path& from, const fs::path& to, bool directory) {
-  std::error_code ec;
-  if (directory && fs::exists(to, ec)) {
-    if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_EXCHANGE) != 0)
-      return Status::from_errno(errno, "cannot replace " + to.string());
-    fs::remove_all(from, ec);  // the old checkpoint, now under the temporary name
-  } else if (::rename(from.c_str(), to.c_str()) != 0) {
-    return Status::from_errno(errno, "cannot rename " + from.string() + " to " + to.string());
-  }
-  return sync_path(to.parent_path(), O_RDONLY | O_DIRECTORY);
-}
-
-// Folders a killed save left behind (".TAG.saving-PID" of a process that is
-// gone): never a checkpoint, since only a finished one is renamed to its tag.
-void remove_abandoned_saves(const fs::path& dir) {
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    const std::string name = entry.path().filename().string();
-    const auto mark = name.rfind(".saving-");
-    if (name.empty() || name[0] != '.' || mark == std::string::npos) continue;
-    const std::string pid = name.substr(mark + 8);
-    if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) continue;
-    if (::kill(static_cast<pid_t>(std::stol(pid)), 0) == 0 || errno != ESRCH) continue;
-    fs::remove_all(entry.path(), ec);
-  }
-}
 
 std::string hex(const std::byte* bytes, std::size_t n) {
   static const char* digits = "0123456789abcdef";
@@ -126,41 +74,6 @@ Result<torch::Tensor> unhex(const std::string& text) {
   return out;
 }
 
-fs::path staging_folder(const fs::path& dir, const std::string& tag, std::uint64_t pid) {
-  return dir / ("." + tag + ".saving-" + std::to_string(pid));
-}
-
-// DIR (made if missing, abandoned saves removed) and a fresh 0700 `staging` in it.
-Status make_staging(const fs::path& dir, const fs::path& staging) {
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) return Status::from_errno(ec.value(), "cannot create " + dir.string());
-  remove_abandoned_saves(dir);
-  fs::remove_all(staging, ec);
-  fs::create_directory(staging, ec);
-  if (!ec) fs::permissions(staging, fs::perms::owner_all, ec);  // 0700, like the swap folders
-  if (ec) return Status::from_errno(ec.value(), "cannot create " + staging.string());
-  return Status::ok();
-}
-
-// Rank 0's last part of a save: the manifest into `staging`, `staging`
-// renamed to DIR/TAG, then DIR/latest. Until the rename, a failure removes
-// `staging`.
-Status publish(const fs::path& dir, const std::string& tag, const fs::path& staging,
-               const std::string& manifest) {
-  Status s = write_file(staging / "manifest.json", manifest);
-  if (s.is_ok()) s = sync_path(staging, O_RDONLY | O_DIRECTORY);
-  if (s.is_ok()) s = replace(staging, dir / tag, /*directory=*/true);
-  if (!s.is_ok()) {
-    std::error_code ec;
-    fs::remove_all(staging, ec);
-    return s;
-  }
-  const fs::path latest = dir / ".latest.saving";
-  s = write_file(latest, tag);
-  return s.is_ok() ? replace(latest, dir / "latest", /*directory=*/false) : s;
-}
-
 std::string shape_text(const std::vector<std::int64_t>& shape, const std::string& dtype) {
   std::string dims;
   for (auto d : shape) dims += (dims.empty() ? "" : ", ") + std::to_string(d);
@@ -188,12 +101,12 @@ void EngineImpl::save_checkpoint(const fs::path& dir, std::string tag) {
   Status s;
   if (rank_ == 0) {
     id[0] = static_cast<std::uint64_t>(::getpid());
-    s = make_staging(dir, staging_folder(dir, tag, id[0]));
+    s = make_checkpoint_staging(dir, checkpoint_staging(dir, tag, id[0]));
   }
   s = agree(std::move(s));
   if (s.is_ok()) s = broadcast_from_zero(id, sizeof id);
   if (!s.is_ok()) fail(context(s));
-  const fs::path staging = staging_folder(dir, tag, id[0]);
+  const fs::path staging = checkpoint_staging(dir, tag, id[0]);
   auto abandon = [&](const Status& why) {
     std::error_code ec;
     if (rank_ == 0) fs::remove_all(staging, ec);
@@ -276,7 +189,7 @@ void EngineImpl::save_checkpoint(const fs::path& dir, std::string tag) {
                            {"partitions", partitions},
                            {"files", files},
                            {"config", json::parse(to_json(config_))}};
-    s = publish(dir, tag, staging, manifest.dump(1));
+    s = publish_checkpoint(dir, tag, staging, manifest.dump(1));
   }
   s = agree(std::move(s));
   if (!s.is_ok()) fail(context(s));
@@ -315,7 +228,7 @@ Status EngineImpl::check_checkpoint(const Checkpoint& c, torch::Tensor& cpu_rng,
   if (c.world_size != world_size_) {
     return bad("saved by " + std::to_string(c.world_size) + " ranks; this job runs " +
                std::to_string(world_size_) +
-               " (zinf-ckpt consolidate writes its fp32 parameters for any job)");
+               " (`zinf-ckpt reshard` rewrites it for another number of ranks)");
   }
   if (c.optimizer != config_.optimizer->type || c.num_states != num_states_)
     return bad("saved with optimizer " + c.optimizer + ", this engine runs " +

@@ -73,6 +73,11 @@ std::pair<torch::Tensor, torch::Tensor> samples(std::uint64_t k) {
   return {torch::randn({2 * kBatch, 16}, gen), torch::randn({2 * kBatch, 8}, gen)};
 }
 
+std::string contents(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
 int env_int(const char* name, int otherwise) {
   return std::getenv(name) ? std::atoi(std::getenv(name)) : otherwise;
 }
@@ -343,7 +348,8 @@ TEST(EngineRanksTest, RanksWithDifferentConfigsFailOnEveryRank) {
 // steps, a save, a load in new processes and N more steps equal 2N steps
 // without one, bit for bit; zinf-ckpt verifies the checkpoint and
 // consolidates both ranks' shards into the parameters the job had; a job
-// of one rank refuses it, changing nothing.
+// of one rank refuses it, changing nothing, and loads it once zinf-ckpt
+// has resharded it for one rank.
 class RankCheckpoints : public ::testing::TestWithParam<Case> {};
 
 TEST_P(RankCheckpoints, ResumeOnTwoRanksEqualsNoInterruption) {
@@ -389,6 +395,37 @@ TEST_P(RankCheckpoints, ResumeOnTwoRanksEqualsNoInterruption) {
     }
     const auto after = parameters(*alone);
     for (std::size_t k = 0; k < after.size(); ++k) EXPECT_TRUE(torch::equal(after[k], before[k]));
+    // Resharded for one rank, it loads there with the parameters the two
+    // ranks had; resharded back for two, every file is the original.
+    const std::string one = ckpt.string() + ".one", two = ckpt.string() + ".two";
+    std::filesystem::remove_all(one);
+    std::filesystem::remove_all(two);
+    auto reshard = [](const std::string& from, const std::string& to, int world) {
+      return test::run_shell(std::string(ZINF_CKPT_PATH) + " reshard " + from + " " + to +
+                             " --world-size " + std::to_string(world));
+    };
+    const auto to_one = reshard(ckpt.string(), one, 1);
+    ASSERT_EQ(to_one.status, 0) << to_one.output;
+    alone->load_checkpoint(one);
+    EXPECT_EQ(alone->global_steps(), static_cast<std::uint64_t>(kHalf));
+    const auto loaded = alone->consolidated_parameters();
+    ASSERT_EQ(loaded.size(), expected.size());
+    for (std::size_t k = 0; k < expected.size(); ++k)
+      EXPECT_TRUE(torch::equal(loaded[k].value(), expected[k])) << loaded[k].key();
+    const auto to_two = reshard(one, two, 2);
+    ASSERT_EQ(to_two.status, 0) << to_two.output;
+    const std::string tag = "global_step" + std::to_string(kHalf);
+    for (int r = 0; r < 2; ++r) {
+      const std::string file = "/" + tag + "/rank" + std::to_string(r) + ".state";
+      const std::string original = contents(ckpt.string() + file);
+      EXPECT_FALSE(original.empty()) << file;
+      EXPECT_TRUE(contents(two + file) == original) << file;
+    }
+    // Never over a checkpoint, nor for no ranks.
+    const auto again = reshard(ckpt.string(), one, 1);
+    EXPECT_NE(again.status, 0);
+    EXPECT_NE(again.output.find("exists"), std::string::npos) << again.output;
+    EXPECT_NE(reshard(ckpt.string(), ckpt.string() + ".none", 0).status, 0);
     test::ran_on_ranks(2, "ZINF_TEST_PHASE=resume");
     return;
   }

@@ -7,6 +7,9 @@
 //       every parameter's fp32 master, nested by name as Module::save nests
 //       it, in one file a plain LibTorch program loads with
 //       torch::load(module, OUT) (a module with buffers reads them elsewhere)
+//   zinf-ckpt reshard DIR OUT --world-size N [--tag TAG]
+//       the same checkpoint for a job of N ranks, as OUT/TAG and OUT/latest
+//       (DeepSpeed's universal checkpoint step: load it with N ranks)
 //
 // TAG defaults to the one DIR/latest names. Errors print "error: ..." and
 // exit 1.
@@ -125,7 +128,7 @@ zinf::Status consolidate(const Checkpoint& c, const std::string& out) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"zinf-ckpt: inspect, verify and consolidate zinf engine checkpoints"};
+  CLI::App app{"zinf-ckpt: inspect, verify, consolidate and reshard zinf engine checkpoints"};
   app.require_subcommand(1);
   std::string dir, tag, out;
   auto add = [&](const char* name, const char* help) {
@@ -139,16 +142,27 @@ int main(int argc, char** argv) {
   CLI::App* consolidate_cmd =
       add("consolidate", "write every parameter's fp32 master, by name, for torch::load");
   consolidate_cmd->add_option("out", out, "the output file")->required();
+  int world = 0;
+  CLI::App* reshard_cmd = add("reshard", "rewrite the checkpoint for a job of another world size");
+  reshard_cmd->add_option("out", out, "the folder to write OUT/TAG and OUT/latest in")->required();
+  reshard_cmd->add_option("--world-size", world, "the ranks of the job that loads it")->required();
   CLI11_PARSE(app, argc, argv);
 
   auto checkpoint = zinf::offload::read_checkpoint(dir, tag);
   zinf::Status s = checkpoint.status();
-  if (s.is_ok() && !inspect_cmd->parsed()) s = zinf::offload::verify_checkpoint(*checkpoint);
+  if (s.is_ok() && (verify_cmd->parsed() || consolidate_cmd->parsed()))
+    s = zinf::offload::verify_checkpoint(*checkpoint);
   if (s.is_ok() && inspect_cmd->parsed()) inspect(*checkpoint);
   if (s.is_ok() && verify_cmd->parsed())
     std::printf("%s: ok (%s checked)\n", checkpoint->folder.string().c_str(),
                 zinf::format_bytes(checkpoint->state_bytes()).c_str());
   if (s.is_ok() && consolidate_cmd->parsed()) s = consolidate(*checkpoint, out);
+  if (s.is_ok() && reshard_cmd->parsed()) {
+    s = zinf::offload::reshard_checkpoint(*checkpoint, out, world);
+    if (s.is_ok())
+      std::printf("%s/%s: %d rank(s), from %s (%d rank(s))\n", out.c_str(), checkpoint->tag.c_str(),
+                  world, checkpoint->folder.string().c_str(), checkpoint->world_size);
+  }
   if (!s.is_ok()) {
     std::fprintf(stderr, "error: %s\n", s.message().c_str());
     return 1;
