@@ -33,6 +33,7 @@
 #include <deque>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 
 #include "offload/engine_impl.hpp"
 #include "zinf/common/logging.hpp"
@@ -1067,11 +1068,13 @@ void EngineImpl::unit_begin(std::size_t unit) {
   }
   use(unit);
   running_ = unit;
+  if (trace_) unit_started_ = SteadyClock::now();
 }
 
 std::vector<torch::Tensor> EngineImpl::unit_end(std::size_t unit,
                                                 std::vector<torch::Tensor> outputs) {
   running_.reset();
+  if (trace_) unit_spans_.push_back({unit, "forward", {unit_started_, SteadyClock::now()}});
   hook_grads(unit);
   if (torch::GradMode::is_enabled()) {
     outputs = offload::pre_backward(
@@ -1101,7 +1104,18 @@ void EngineImpl::hook_grads(std::size_t unit) {
 
 void EngineImpl::pre_backward(std::size_t unit) {
   phase_ = Phase::kBackward;
+  end_backward_span();
   use(unit);
+  if (trace_) {
+    unit_started_ = SteadyClock::now();
+    in_backward_ = unit;
+  }
+}
+
+void EngineImpl::end_backward_span() {
+  if (!in_backward_) return;
+  unit_spans_.push_back({*in_backward_, "backward", {unit_started_, SteadyClock::now()}});
+  in_backward_.reset();
 }
 
 // --- activation checkpointing --------------------------------------------
@@ -1415,6 +1429,7 @@ void EngineImpl::backward(const torch::Tensor& loss) {
     const double factor = scaler_.scale() / static_cast<double>(gas_);
     const torch::Tensor scaled = factor != 1.0 ? loss * factor : loss;
     scaled.backward();
+    end_backward_span();
     if (partitioned_grads_) {
       for (std::size_t u = 0; u < units_.size(); ++u) reduce_unit(u);  // the rest, in unit order
     }
@@ -1452,6 +1467,8 @@ void EngineImpl::take_busy(SteadyClock::time_point from, SteadyClock::time_point
     for (gpu::Stream* stream : copy_streams()) copies.emplace_back(stream, stream->take_spans());
   }
   auto stall = stall_.take();
+  in_backward_.reset();  // a failed backward's
+  const std::vector<UnitSpan> unit_spans = std::exchange(unit_spans_, {});
   swap::SwapBusy param_io;
   if (store_ && store_->nvme) param_io = store_->nvme->take_busy();
   const std::vector<Interval>& reads = param_io.reads;
@@ -1479,6 +1496,8 @@ void EngineImpl::take_busy(SteadyClock::time_point from, SteadyClock::time_point
       for (const Span& c : spans)
         trace_->transfer({"copies: " + stream->name(), c.what, "copy", c.bytes, c.when}, step);
     }
+    for (const UnitSpan& u : unit_spans)
+      trace_->transfer({"compute: units", units_[u.unit].name, u.op, 0, u.when}, step);
     trace_->counter("pinned bytes in use", to, static_cast<double>(pinned_in_use()));
   }
   if (store_ && store_->nvme)

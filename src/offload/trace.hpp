@@ -5,7 +5,8 @@
 // of, so a track's spans in a step add up to that step's figure. Each span
 // carries its step; counters (device bytes, pinned bytes in use, loss
 // scale) come once a step, pinned bytes also once a micro-step. Each NVMe
-// transfer, copy and collective is an async span of its own (transfer());
+// transfer, copy and collective, and each unit's forward and backward, is
+// an async span of its own (transfer());
 // each CPU optimizer thread and each NVMe lane has a track of its own
 // (named_spans()).
 //
@@ -64,7 +65,8 @@ class Trace {
   // their own) named after what it moved, with its step, bytes, `op` and,
   // for optimizer state, its sub-group. Categories: "parameters" and
   // "optimizer state" (NVMe, op "read" or "write"), "copies: <stream>" (op
-  // "copy"), "collectives: <channel>" (op the collective).
+  // "copy"), "collectives: <channel>" (op the collective), "compute: units"
+  // (op "forward" or "backward", no bytes).
   struct Transfer {
     std::string category;
     std::string name;

@@ -604,7 +604,8 @@ TEST(EngineTest, ZinfCkptInspectsVerifiesAndConsolidates) {
 // track by track and step by step, add up to the StepReport's times and
 // stay inside their step, with counters once a step (pinned bytes also
 // once a micro-step); a span per NVMe transfer and per copy whose bytes add
-// up to the report's; a track per CPU optimizer thread and per NVMe lane.
+// up to the report's, and per unit's forward and backward; a track per CPU
+// optimizer thread and per NVMe lane.
 TEST(EngineTest, TraceSpansAddUpToEachStepsReport) {
   ScratchDir dir;
   Homes s;
@@ -679,9 +680,14 @@ TEST(EngineTest, TraceSpansAddUpToEachStepsReport) {
   std::map<std::pair<std::string, std::uint64_t>, double> began;
   std::map<std::tuple<std::uint64_t, std::string, std::string>, std::uint64_t> moved;
   std::set<std::string> units, copied;
+  std::map<std::uint64_t, std::set<std::pair<std::string, std::string>>> computed;  // (unit, op)
+  std::vector<std::pair<double, double>> unit_compute;
   for (const auto& e : trace) {
     if (e["ph"] == "b") {
       began[{e["cat"], e["id"]}] = e["ts"];
+      if (e["cat"] == "compute: units")
+        computed[e["args"]["step"]].emplace(e["name"].get<std::string>(),
+                                            e["args"]["op"].get<std::string>());
       moved[{e["args"]["step"], e["cat"], e["args"]["op"]}] +=
           e["args"]["bytes"].get<std::uint64_t>();
       if (e["cat"] == "parameters") units.insert(e["name"]);
@@ -693,6 +699,7 @@ TEST(EngineTest, TraceSpansAddUpToEachStepsReport) {
       const auto b = began.find({e["cat"], e["id"]});
       ASSERT_NE(b, began.end()) << "an end without its begin";
       EXPECT_GE(e["ts"].get<double>(), b->second);
+      if (e["cat"] == "compute: units") unit_compute.emplace_back(b->second, e["ts"]);
       began.erase(b);
     }
   }
@@ -708,6 +715,17 @@ TEST(EngineTest, TraceSpansAddUpToEachStepsReport) {
     EXPECT_EQ((moved[{r.step, "copies: d2h", "copy"}]), r.d2h_bytes) << "step " << r.step;
   }
   EXPECT_TRUE(units.count("h0") && units.count("head")) << "transfers are named after their units";
+  // A span per unit's forward and backward, one after another on the
+  // compute thread.
+  for (const StepReport& r : reports) {
+    for (const char* unit : {"h0", "h1", "head"}) {
+      for (const char* op : {"forward", "backward"})
+        EXPECT_TRUE(computed[r.step].count({unit, op})) << unit << " " << op << ", step " << r.step;
+    }
+  }
+  std::sort(unit_compute.begin(), unit_compute.end());
+  for (std::size_t k = 1; k < unit_compute.size(); ++k)
+    EXPECT_GE(unit_compute[k].first, unit_compute[k - 1].second - 1e-3) << "units' spans overlap";
   EXPECT_TRUE(copied.count("h0")) << "a unit's copy onto the device is named after it";
   EXPECT_TRUE(std::any_of(copied.begin(), copied.end(), [](const std::string& n) {
     return n.size() > 7 && n.compare(n.size() - 7, 7, ".weight") == 0;
