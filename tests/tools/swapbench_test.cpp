@@ -68,6 +68,7 @@ TEST(SwapbenchOptionsTest, OpPicksOneDirectionOrBoth) {
   EXPECT_EQ(parse({"--op", "write"})->ops, std::vector<Op>{Op::kWrite});
   EXPECT_EQ(parse({"--op", "read"})->ops, std::vector<Op>{Op::kRead});
   EXPECT_EQ(parse({"--op", "mixed"})->ops, std::vector<Op>{Op::kMixed});
+  EXPECT_EQ(parse({"--op", "copy"})->ops, std::vector<Op>{Op::kCopy});
 }
 
 TEST(SwapbenchOptionsTest, BadFlagsNameTheFlag) {
@@ -78,8 +79,10 @@ TEST(SwapbenchOptionsTest, BadFlagsNameTheFlag) {
   expect_flag_error({"--threads", "x"}, "--threads");
   expect_flag_error({"--block-size", "1000"}, "--block-size: must be a multiple of 4096");
   expect_flag_error({"--backend", "spdk"}, "--backend: expected io_uring, libaio, psync or all");
-  expect_flag_error({"--op", "trim"}, "--op: expected read, write, both or mixed");
+  expect_flag_error({"--op", "trim"}, "--op: expected read, write, both, mixed or copy");
   expect_flag_error({"--op", "mixed", "--tune"}, "--op: mixed is measured alone");
+  expect_flag_error({"--op", "copy", "--sweep"}, "--op: copy is measured alone");
+  expect_flag_error({"--op", "copy", "--queue-depth", "1"}, "--op: copy needs a queue depth of 2");
   expect_flag_error({"--size", "4K", "--block-size", "1M"},
                     "--size: must be at least the block size");
   expect_flag_error({"--emit-config", "x.json"}, "--emit-config: needs --tune");
@@ -166,16 +169,18 @@ TEST_F(SwapbenchBinaryTest, JsonHasOneObjectWithEveryField) {
   EXPECT_EQ(j["results"][1]["op"], "read");
 }
 
-TEST_F(SwapbenchBinaryTest, MixedReadsAndWritesTheSizeOnce) {
-  auto [rc, out] = run_swapbench(
-      "--path . --size 8M --block-size 1M --queue-depth 4 --backend psync --op mixed --checksum "
-      "--json",
-      dir_);
-  ASSERT_EQ(rc, 0) << out;
-  auto j = nlohmann::json::parse(out);
-  ASSERT_EQ(j["results"].size(), 1u);
-  EXPECT_EQ(j["results"][0]["op"], "mixed");
-  EXPECT_EQ(j["results"][0]["bytes"], 8u << 20);
+TEST_F(SwapbenchBinaryTest, MixedAndCopyReadAndWriteTheSizeOnce) {
+  for (const std::string op : {"mixed", "copy"}) {
+    auto [rc, out] =
+        run_swapbench("--path . --size 8M --block-size 1M --queue-depth 4 --backend psync --op " +
+                          op + " --checksum --json",
+                      dir_);
+    ASSERT_EQ(rc, 0) << out;
+    auto j = nlohmann::json::parse(out);
+    ASSERT_EQ(j["results"].size(), 1u) << op;
+    EXPECT_EQ(j["results"][0]["op"], op);
+    EXPECT_EQ(j["results"][0]["bytes"], 8u << 20) << op;
+  }
 }
 
 TEST_F(SwapbenchBinaryTest, VerifyAndChecksumPassOnEveryBackend) {

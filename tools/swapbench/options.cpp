@@ -110,8 +110,8 @@ void describe(CLI::App& app, Options& o, Texts& t) {
       {"--threads", &t.threads, "N", "I/O threads, aio.intra_op_parallelism (default 1)"},
       {"--backend", &t.backend, "B", "io_uring, libaio, psync or all (default: all available)"},
       {"--op", &t.op, "O",
-       "read, write, both, or mixed: reads and writes at once, half the data each (default "
-       "both)"},
+       "read, write, both, mixed (reads and writes at once, half the data each) or copy (the "
+       "same, the writes into another file on their own queue) (default both)"},
       {"--loops", &t.loops, "N", "repetitions (default 1)"},
       {"--sweep-block-sizes", &t.sweep_block_sizes, "L",
        "comma-separated sizes (default 128K,256K,1M,4M)"},
@@ -173,10 +173,11 @@ Status apply(const Texts& t, Options& o) {
     const std::map<std::string, std::vector<Op>> ops = {{"read", {Op::kRead}},
                                                         {"write", {Op::kWrite}},
                                                         {"both", {Op::kWrite, Op::kRead}},
-                                                        {"mixed", {Op::kMixed}}};
+                                                        {"mixed", {Op::kMixed}},
+                                                        {"copy", {Op::kCopy}}};
     auto it = ops.find(t.op);
     if (it == ops.end())
-      return flag_error("--op", "expected read, write, both or mixed, got '" + t.op + "'");
+      return flag_error("--op", "expected read, write, both, mixed or copy, got '" + t.op + "'");
     o.ops = it->second;
   }
   if (!t.sweep_block_sizes.empty()) {
@@ -219,8 +220,11 @@ Result<Options> parse_options(int argc, const char* const* argv) {
   if (!o.emit_config.empty() && !o.tune) return flag_error("--emit-config", "needs --tune");
   if (o.json && (o.sweep || o.tune))
     return flag_error("--json", "cannot be combined with --sweep or --tune");
-  if ((o.sweep || o.tune) && o.ops.front() == Op::kMixed)
-    return flag_error("--op", "mixed is measured alone, not in a --sweep or --tune");
+  if ((o.sweep || o.tune) && (o.ops.front() == Op::kMixed || o.ops.front() == Op::kCopy))
+    return flag_error("--op", std::string(o.ops.front() == Op::kMixed ? "mixed" : "copy") +
+                                  " is measured alone, not in a --sweep or --tune");
+  if (o.ops.front() == Op::kCopy && o.queue_depth * o.threads < 2)
+    return flag_error("--op", "copy needs a queue depth of 2 or more (half of it each way)");
   if (o.verify && o.ops.size() != 2)
     return flag_error("--verify", "needs --op both (it reads back what it wrote)");
   return o;

@@ -15,7 +15,10 @@ namespace zinf::swapbench {
 
 // kMixed: reads and writes at once, alternating extents (half the data each
 // way), as the optimizer's NVMe step reads one piece while writing another.
-enum class Op { kWrite, kRead, kMixed };
+// kCopy: the same, but the writes go to another file on their own queue
+// (half the queue depth each way), as a checkpoint save reads the swap and
+// writes the checkpoint.
+enum class Op { kWrite, kRead, kMixed, kCopy };
 
 struct Options {
   std::vector<std::filesystem::path> paths;  // empty: a temporary directory under the current one

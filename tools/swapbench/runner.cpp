@@ -54,6 +54,8 @@ std::string_view to_string(Op op) {
       return "read";
     case Op::kMixed:
       return "mixed";
+    case Op::kCopy:
+      return "copy";
   }
   return "?";
 }
@@ -76,16 +78,26 @@ Result<std::vector<RunResult>> run(const RunConfig& c) {
   so.initial_file_size = (extents + c.paths.size() - 1) / c.paths.size() * c.block_size;
   // A mixed pass rewrites half the extents, into fresh ones (the store keeps
   // the old value until the new one is on disk): room for those too.
-  if (std::find(c.ops.begin(), c.ops.end(), Op::kMixed) != c.ops.end())
-    so.initial_file_size += so.initial_file_size / 2 + c.block_size;
+  const bool copy = c.ops.front() == Op::kCopy;
+  if (c.ops.front() == Op::kMixed) so.initial_file_size += so.initial_file_size / 2 + c.block_size;
   ZINF_ASSIGN_OR_RETURN(auto store, swap::SwapStore::open(so));
+  // A copy writes half the extents into a store of its own (its own files
+  // and queue).
+  std::unique_ptr<swap::SwapStore> target;
+  if (copy) {
+    so.initial_file_size = so.initial_file_size / 2 + c.block_size;
+    ZINF_ASSIGN_OR_RETURN(target, swap::SwapStore::open(so));
+  }
 
   const std::uint64_t window =
       std::min<std::uint64_t>(extents, std::uint64_t{c.queue_depth} * c.threads);
   ZINF_ASSIGN_OR_RETURN(AlignedBuffer pool, AlignedBuffer::allocate(window * c.block_size));
   std::span<std::byte> regions[] = {pool.bytes()};
-  if (Status s = store->register_buffers(regions); !s.is_ok())
-    ZINF_LOG(kWarn) << "swapbench: " << s.message() << "; measuring with plain buffers";
+  for (swap::SwapStore* st : {store.get(), target.get()}) {
+    if (!st) continue;
+    if (Status s = st->register_buffers(regions); !s.is_ok())
+      ZINF_LOG(kWarn) << "swapbench: " << s.message() << "; measuring with plain buffers";
+  }
   auto buffer = [&](std::uint64_t slot) { return pool.data() + slot * c.block_size; };
   if (!c.verify) fill(pool.data(), pool.size(), 0, 0);
   AlignedBuffer expected;
@@ -95,26 +107,35 @@ Result<std::vector<RunResult>> run(const RunConfig& c) {
 
   // One pass over every extent, keeping `window` requests in flight and
   // retiring whichever finishes first (as fio does, so a slow request does not
-  // hold up the queue); latencies (submit to completion) go to `lat`.
+  // hold up the queue); latencies (submit to completion) go to `lat`. A copy
+  // keeps half the window on each store: reads on `store`, writes on
+  // `target`.
   auto pass = [&](Op op, std::uint32_t loop, std::vector<double>& lat) -> Status {
     struct InFlight {
       std::uint64_t extent;
       std::uint64_t slot;  // of the buffer pool
       Clock::time_point start;
     };
-    std::vector<InFlight> in_flight;
-    std::vector<swap::SwapTicket> tickets;
-    std::vector<std::uint64_t> free_slots;
-    for (std::uint64_t s = window; s > 0; --s) free_slots.push_back(s - 1);
-    auto retire = [&]() -> Status {
-      ZINF_ASSIGN_OR_RETURN(swap::SwapDone done, store->wait_any(tickets));
+    struct Queue {
+      swap::SwapStore* store;
+      std::vector<InFlight> in_flight;
+      std::vector<swap::SwapTicket> tickets;
+      std::vector<std::uint64_t> free_slots;
+    };
+    std::vector<Queue> queues(op == Op::kCopy ? 2 : 1);
+    queues[0].store = store.get();
+    if (op == Op::kCopy) queues[1].store = target.get();
+    for (std::uint64_t s = window; s > 0; --s)
+      queues[(s - 1) % queues.size()].free_slots.push_back(s - 1);
+    auto retire = [&](Queue& q) -> Status {
+      ZINF_ASSIGN_OR_RETURN(swap::SwapDone done, q.store->wait_any(q.tickets));
       ZINF_RETURN_IF_ERROR(done.status);
-      const InFlight f = in_flight[done.index];
-      in_flight[done.index] = in_flight.back();
-      in_flight.pop_back();
-      tickets[done.index] = tickets.back();
-      tickets.pop_back();
-      free_slots.push_back(f.slot);
+      const InFlight f = q.in_flight[done.index];
+      q.in_flight[done.index] = q.in_flight.back();
+      q.in_flight.pop_back();
+      q.tickets[done.index] = q.tickets.back();
+      q.tickets.pop_back();
+      q.free_slots.push_back(f.slot);
       lat.push_back(std::chrono::duration<double, std::micro>(Clock::now() - f.start).count());
       if (c.verify && op == Op::kRead) {
         fill(expected.data(), c.block_size, f.extent, loop);
@@ -126,20 +147,23 @@ Result<std::vector<RunResult>> run(const RunConfig& c) {
       return Status::ok();
     };
     for (std::uint64_t e = 0; e < extents; ++e) {
-      if (free_slots.empty()) ZINF_RETURN_IF_ERROR(retire());
-      const std::uint64_t slot = free_slots.back();
-      free_slots.pop_back();
+      const bool write = op == Op::kWrite || ((op == Op::kMixed || op == Op::kCopy) && e % 2 == 1);
+      Queue& q = queues[op == Op::kCopy && write ? 1 : 0];
+      if (q.free_slots.empty()) ZINF_RETURN_IF_ERROR(retire(q));
+      const std::uint64_t slot = q.free_slots.back();
+      q.free_slots.pop_back();
       std::byte* b = buffer(slot);
-      const bool write = op == Op::kWrite || (op == Op::kMixed && e % 2 == 1);
       if (c.verify && write) fill(b, c.block_size, e, loop);
       const auto start = Clock::now();
-      auto t =
-          write ? store->write(key(e), {b, c.block_size}) : store->read(key(e), {b, c.block_size});
+      auto t = write ? q.store->write(key(e), {b, c.block_size})
+                     : q.store->read(key(e), {b, c.block_size});
       if (!t.is_ok()) return t.status();
-      in_flight.push_back({e, slot, start});
-      tickets.push_back(*t);
+      q.in_flight.push_back({e, slot, start});
+      q.tickets.push_back(*t);
     }
-    while (!in_flight.empty()) ZINF_RETURN_IF_ERROR(retire());
+    for (Queue& q : queues) {
+      while (!q.in_flight.empty()) ZINF_RETURN_IF_ERROR(retire(q));
+    }
     return Status::ok();
   };
 
