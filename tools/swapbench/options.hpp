@@ -15,9 +15,10 @@ namespace zinf::swapbench {
 
 // kMixed: reads and writes at once, alternating extents (half the data each
 // way), as the optimizer's NVMe step reads one piece while writing another.
-// kCopy: the same, but the writes go to another file on their own queue
-// (half the queue depth each way), as a checkpoint save reads the swap and
-// writes the checkpoint.
+// kCopy: the same, but reading the first half of the extents in order while
+// writing as many in order to another file on their own queue (half the
+// queue depth each way), as a checkpoint save reads the swap and writes the
+// checkpoint.
 enum class Op { kWrite, kRead, kMixed, kCopy };
 
 struct Options {
