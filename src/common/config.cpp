@@ -1,5 +1,7 @@
 #include "zinf/common/config.hpp"
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <fstream>
 #include <limits>
@@ -26,7 +28,6 @@ const std::set<std::string, std::less<>> kTopLevelIgnored = {"wall_clock_breakdo
                                                              "comms_logger",
                                                              "prescale_gradients",
                                                              "gradient_predivide_factor",
-                                                             "communication_data_type",
                                                              "seq_parallel_comm_data_type",
                                                              "zero_allow_untested_optimizer",
                                                              "zero_force_ds_cpu_optimizer",
@@ -675,6 +676,18 @@ Result<Config> Config::from_string(std::string_view text, std::string_view sourc
   r.read_int("gradient_accumulation_steps", cfg.gradient_accumulation_steps, 1);
   r.read("gradient_clipping", cfg.gradient_clipping, 0.0);
   r.read_int("steps_per_print", cfg.steps_per_print, 1);
+  if (r.has("communication_data_type") && root["communication_data_type"].is_null()) {
+    r.take("communication_data_type");  // DeepSpeed's None
+  } else {
+    r.read("communication_data_type", cfg.communication_data_type);
+    std::string& t = cfg.communication_data_type;
+    std::transform(t.begin(), t.end(), t.begin(),
+                   [](unsigned char ch) { return std::tolower(ch); });
+    if (r.ok() && !t.empty() && t != "fp32" && t != "fp16" && t != "bf16") {
+      r.fail_at("communication_data_type",
+                "expected \"fp32\", \"fp16\", \"bf16\" or null, got \"" + t + "\"");
+    }
+  }
   if (r.has("optimizer")) {
     cfg.optimizer.emplace();
     r.read_object("optimizer", [&](ObjectReader& c) { parse_optimizer(c, *cfg.optimizer); });
@@ -891,6 +904,8 @@ std::string to_json(const Config& c, int indent) {
                 {"trace_path", c.zinf.trace_path}}}};
   put_if_set(out, "train_batch_size", c.train_batch_size);
   put_if_set(out, "steps_per_print", c.steps_per_print);
+  out["communication_data_type"] =
+      c.communication_data_type.empty() ? json(nullptr) : json(c.communication_data_type);
   put_if_set(out, "train_micro_batch_size_per_gpu", c.train_micro_batch_size_per_gpu);
   put_if_set(out, "gradient_accumulation_steps", c.gradient_accumulation_steps);
   if (c.scheduler) out["scheduler"] = scheduler_json(*c.scheduler);

@@ -1294,9 +1294,10 @@ void EngineImpl::on_grad(std::size_t index) {
   }
 }
 
-// Gloo (LibTorch 1.13) sums no bf16: those gradients are reduced in fp32.
+// communication_data_type, or the gradients' own dtype (bf16 in fp32 on Gloo).
 torch::ScalarType EngineImpl::reduce_dtype(torch::ScalarType grad) const {
-  return reduction_dtype(grad, grad_comm_->backend() == gpu::Backend::kNccl);
+  return reduction_dtype(grad, config_.communication_data_type,
+                         grad_comm_->backend() == gpu::Backend::kNccl);
 }
 
 torch::Tensor EngineImpl::device_grad(std::size_t index) {

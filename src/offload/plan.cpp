@@ -27,8 +27,12 @@ gpu::PinnedPool::Options grad_buffer_options(std::uint64_t largest_param_bytes, 
           kGradBuffers, pin};
 }
 
-torch::ScalarType reduction_dtype(torch::ScalarType grad, bool nccl) {
-  return grad == torch::kBFloat16 && !nccl ? torch::kFloat : grad;
+torch::ScalarType reduction_dtype(torch::ScalarType grad, std::string_view requested, bool nccl) {
+  const torch::ScalarType t = requested == "fp32"   ? torch::kFloat
+                              : requested == "fp16" ? torch::kHalf
+                              : requested == "bf16" ? torch::kBFloat16
+                                                    : grad;
+  return t == torch::kBFloat16 && !nccl ? torch::kFloat : t;
 }
 
 Status check_buffer_size(const std::string& unit, std::uint64_t home_elements,
@@ -233,8 +237,8 @@ Result<MemoryPlan> plan_memory(const ModelShape& model, const Config& config, in
     if (partitioned_grads) {
       // Reduced on the device (Gloo's reduce-scatter is an all-reduce of the
       // whole partition); this rank's shard leaves it.
-      const std::size_t elem =
-          c10::elementSize(reduction_dtype(p.dtype, device == gpu::DeviceType::kCuda));
+      const std::size_t elem = c10::elementSize(reduction_dtype(
+          p.dtype, config.communication_data_type, device == gpu::DeviceType::kCuda));
       m.comm_bytes += p.numel * elem;
       m.d2h_bytes += p.own * elem;
       reduce_elem = std::max(reduce_elem, elem);

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "zinf/common/config.hpp"
@@ -43,10 +44,11 @@ struct ModelShape {
 gpu::PinnedPool::Options param_buffer_options(std::uint64_t largest_staged_bytes,
                                               const OffloadParamConfig& offload_param);
 gpu::PinnedPool::Options grad_buffer_options(std::uint64_t largest_param_bytes, bool pin);
-// The dtype gradients are reduced in across ranks: their own (DeepSpeed's
-// default communication_data_type), except bf16 where the backend cannot
-// sum it (Gloo in LibTorch 1.13; `nccl` can): then fp32.
-torch::ScalarType reduction_dtype(torch::ScalarType grad, bool nccl);
+// The dtype gradients are reduced in across ranks: `requested`
+// (communication_data_type: "fp32", "fp16", "bf16") or, empty, their own
+// (DeepSpeed's default), except bf16 where the backend cannot sum it (Gloo
+// in LibTorch 1.13; `nccl` can): then fp32.
+torch::ScalarType reduction_dtype(torch::ScalarType grad, std::string_view requested, bool nccl);
 // A unit whose home on NVMe holds more than offload_param.buffer_size elements
 // cannot be read into the buffers.
 Status check_buffer_size(const std::string& unit, std::uint64_t home_elements,

@@ -152,6 +152,23 @@ TEST(ConfigTest, DeepSpeedKeysNotActedOnAreListedAsIgnored) {
   EXPECT_EQ(c.zero_optimization.reduce_bucket_size, 500000000u);
 }
 
+// communication_data_type: DeepSpeed's three names, any case, or null; the
+// effective config says which.
+TEST(ConfigTest, CommunicationDataTypeIsOneOfDeepSpeeds) {
+  EXPECT_EQ(parse_ok("{}").communication_data_type, "");
+  EXPECT_EQ(parse_ok(R"({"communication_data_type": null})").communication_data_type, "");
+  for (const char* t : {"fp32", "fp16", "bf16"})
+    EXPECT_EQ(parse_ok(R"({"communication_data_type": ")" + std::string(t) + "\"}")
+                  .communication_data_type,
+              t);
+  const Config c = parse_ok(R"({"communication_data_type": "FP16"})");
+  EXPECT_EQ(c.communication_data_type, "fp16");
+  EXPECT_EQ(parse_ok(to_json(c)).communication_data_type, "fp16");
+  expect_error(R"({"communication_data_type": "int8"})",
+               "communication_data_type: expected \"fp32\", \"fp16\", \"bf16\" or null");
+  expect_error(R"({"communication_data_type": 16})", "communication_data_type: expected a string");
+}
+
 // DeepSpeed's pydantic aliases: the short name or the stage3_ one, not both.
 TEST(ConfigTest, Stage3AliasesAreTheSameKeys) {
   Config c = parse_ok(R"({"zero_optimization": {"stage": 3, "prefetch_bucket_size": 123,

@@ -188,6 +188,9 @@ struct Config {
   std::optional<std::uint64_t> gradient_accumulation_steps;
   double gradient_clipping = 1.0;  // global L2 norm; 0 = off (DeepSpeed's default is 1.0)
   std::optional<std::uint64_t> steps_per_print;  // unset: no progress line (DeepSpeed's None)
+  // The dtype gradients are reduced in across ranks (stages 2 and 3): "fp32",
+  // "fp16" or "bf16"; empty (DeepSpeed's None): the gradients' own.
+  std::string communication_data_type;
   std::optional<OptimizerConfig> optimizer;
   std::optional<SchedulerConfig> scheduler;
   Fp16Config fp16;
