@@ -33,34 +33,41 @@ export ZINF_LOG="${ZINF_LOG:-warn}"
 train="$build/examples/train_gpt"
 swap="$build/tools/swapbench/swapbench"
 sb() { mkdir -p sb && "$swap" --path sb --backend io_uring --block-size 1M --checksum --json "$@"; }
-echo "checkpoint-bench: $rounds rounds in $work"
-for r in $(seq 1 "$rounds"); do
-  # The disk's speed moves within a round: the copy bound is measured before
-  # and after the saves and loads (from round 2: the state's size is known
-  # then), and the faster of the two taken.
-  if [ -f nvme-bytes-$((r - 1)) ]; then
-    read -r bytes _ <"nvme-bytes-$((r - 1))"
-    sb --size "$((2 * bytes))" --queue-depth 16 --op copy >"sb-copy-before-$r.json"
-    rm -rf sb
-  fi
-  for mode in nvme cpu; do
-    budget=()
-    [ "$mode" = cpu ] && budget=(--device-budget 0)
-    rm -rf ck zinf-nvme
-    "$train" --config "$root/configs/zero3_$mode.json" "${budget[@]}" --steps 3 --print-every 3 \
-      --checkpoint-dir ck --checkpoint-every 3 --json "$mode-save-$r.json" >/dev/null
-    "$train" --config "$root/configs/zero3_$mode.json" "${budget[@]}" --steps 4 \
-      --checkpoint-dir ck --resume --json "$mode-load-$r.json" >/dev/null
-    python3 - ck/global_step3/manifest.json >"$mode-bytes-$r" <<'EOF'
-import json, math, sys
+# The state files' bytes in a checkpoint, and the parameters' (what a load
+# writes back).
+sizes() {
+  python3 -c 'import json, math, sys
 m = json.load(open(sys.argv[1]))
 size = {"Half": 2, "BFloat16": 2, "Float": 4}
-# The state files' bytes, and the parameters' (what a load writes back).
 print(sum(f["bytes"] for f in m["files"].values()),
-      sum(math.prod(p["shape"]) * size[p["dtype"]] for p in m["params"]))
-EOF
+      sum(math.prod(p["shape"]) * size[p["dtype"]] for p in m["params"]))' "$1"
+}
+save() {  # mode, round; leaves `budget` set for the mode's load
+  budget=()
+  [ "$1" = cpu ] && budget=(--device-budget 0)
+  rm -rf ck zinf-nvme
+  "$train" --config "$root/configs/zero3_$1.json" "${budget[@]}" --steps 3 --print-every 3 \
+    --checkpoint-dir ck --checkpoint-every 3 --json "$1-save-$2.json" >/dev/null
+}
+echo "checkpoint-bench: $rounds rounds in $work"
+# A save first, unreported, for the size of the state the bounds move.
+save nvme 0
+read -r bytes _ < <(sizes ck/global_step3/manifest.json)
+rm -rf ck zinf-nvme
+for r in $(seq 1 "$rounds"); do
+  # The disk's speed moves within a round: each bound is measured before and
+  # after the saves and loads, and the faster of the two taken.
+  for op in write read; do
+    sb --size "$bytes" --queue-depth 8 --op "$op" >"sb-$op-before-$r.json"; rm -rf sb
   done
-  read -r bytes _ <"nvme-bytes-$r"
+  sb --size "$((2 * bytes))" --queue-depth 16 --op copy >"sb-copy-before-$r.json"
+  rm -rf sb
+  for mode in nvme cpu; do
+    save "$mode" "$r"  # sets budget
+    "$train" --config "$root/configs/zero3_$mode.json" "${budget[@]}" --steps 4 \
+      --checkpoint-dir ck --resume --json "$mode-load-$r.json" >/dev/null
+    sizes ck/global_step3/manifest.json >"$mode-bytes-$r"
+  done
   rm -rf ck zinf-nvme
   for op in write read; do sb --size "$bytes" --queue-depth 8 --op "$op" >"sb-$op-$r.json"; rm -rf sb; done
   for op in copy mixed; do sb --size "$((2 * bytes))" --queue-depth 16 --op "$op" >"sb-$op-$r.json"; rm -rf sb; done
@@ -71,8 +78,8 @@ import json, os, statistics, sys
 rounds = int(sys.argv[1])
 def gbps(op, r):
     rate = json.load(open(f"sb-{op}-{r}.json"))["results"][0]["gbps"]
-    if op == "copy" and os.path.exists(f"sb-copy-before-{r}.json"):
-        rate = max(rate, gbps("copy-before", r))
+    if os.path.exists(f"sb-{op}-before-{r}.json"):
+        rate = max(rate, gbps(f"{op}-before", r))
     return rate
 rows = {}
 for r in range(1, rounds + 1):
