@@ -324,6 +324,7 @@ void parse_engine(ObjectReader& r, EngineConfig& e) {
   r.read("checkpoint_units", e.checkpoint_units);
   r.read_int("compute_threads", e.compute_threads, 0, 4096);
   r.read_int("comm_timeout", e.comm_timeout, 1, 7 * 24 * 3600);
+  r.read_int("io_timeout", e.io_timeout, 1, 7 * 24 * 3600);
   r.read("trace_path", e.trace_path);
 }
 
@@ -901,6 +902,7 @@ std::string to_json(const Config& c, int indent) {
                 {"checkpoint_units", c.zinf.checkpoint_units},
                 {"compute_threads", c.zinf.compute_threads},
                 {"comm_timeout", c.zinf.comm_timeout},
+                {"io_timeout", c.zinf.io_timeout},
                 {"trace_path", c.zinf.trace_path}}}};
   put_if_set(out, "train_batch_size", c.train_batch_size);
   put_if_set(out, "steps_per_print", c.steps_per_print);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <utility>
 
 #include "zinf/common/logging.hpp"
@@ -96,28 +97,67 @@ PinnedPool::~PinnedPool() {
 
 PinnedPool::Lease PinnedPool::acquire() {
   std::unique_lock lock(mutex_);
-  freed_.wait(lock, [&] { return !free_.empty(); });
+  for (;;) {
+    reinstate();
+    if (!free_.empty()) return lend();
+    if (retired_.empty()) {
+      freed_.wait(lock);
+    } else {  // a retired buffer comes back when its store reaps the request, not through give_back
+      freed_.wait_for(lock, std::chrono::milliseconds(5));
+    }
+  }
+}
+
+std::optional<PinnedPool::Lease> PinnedPool::try_acquire() {
+  std::lock_guard lock(mutex_);
+  reinstate();
+  if (free_.empty()) return std::nullopt;
+  return lend();
+}
+
+PinnedPool::Lease PinnedPool::lend() {
   const std::size_t i = free_.back();
   free_.pop_back();
   peak_in_use_ = std::max(peak_in_use_, count_ - free_.size());
   return Lease(this, i, memory_.data() + i * buffer_bytes_, buffer_bytes_);
 }
 
-std::optional<PinnedPool::Lease> PinnedPool::try_acquire() {
-  std::lock_guard lock(mutex_);
-  if (free_.empty()) return std::nullopt;
-  const std::size_t i = free_.back();
-  free_.pop_back();
-  peak_in_use_ = std::max(peak_in_use_, count_ - free_.size());
-  return Lease(this, i, memory_.data() + i * buffer_bytes_, buffer_bytes_);
+void PinnedPool::reinstate() {
+  if (retired_.empty()) return;
+  const auto back = std::stable_partition(retired_.begin(), retired_.end(),
+                                          [&](std::size_t i) { return held_(buffer(i)); });
+  for (auto it = back; it != retired_.end(); ++it) {
+    ZINF_LOG(kInfo) << name_ << ": buffer " << *it << " is back in service (its lost request "
+                    << "has returned)";
+    free_.push_back(*it);
+  }
+  retired_.erase(back, retired_.end());
 }
 
 void PinnedPool::give_back(std::size_t index) {
   {
     std::lock_guard lock(mutex_);
+    if (held_ && held_(buffer(index))) {
+      retired_.push_back(index);
+      ZINF_LOG(kWarn) << name_ << ": buffer " << index << " (" << format_bytes(buffer_bytes_)
+                      << ") may still be used by a lost I/O request; it is retired until the "
+                      << "kernel returns it, and " << count_ - retired_.size() << " of " << count_
+                      << " buffers stay in service";
+      return;
+    }
     free_.push_back(index);
   }
   freed_.notify_one();
+}
+
+void PinnedPool::retire_while(std::function<bool(std::span<const std::byte>)> held) {
+  std::lock_guard lock(mutex_);
+  held_ = std::move(held);
+}
+
+std::size_t PinnedPool::retired() const {
+  std::lock_guard lock(mutex_);
+  return retired_.size();
 }
 
 std::size_t PinnedPool::in_use() const {

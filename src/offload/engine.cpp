@@ -621,6 +621,8 @@ void EngineImpl::make_buffers() {
     if (store_ && store_->nvme) {
       if (Status s = store_->nvme->register_buffers(param_pool_->io_regions()); !s.is_ok())
         ZINF_LOG(kWarn) << "offload_param: " << s.message() << "; using plain buffers";
+      param_pool_->retire_while(
+          [nvme = store_->nvme.get()](std::span<const std::byte> b) { return nvme->holds(b); });
     }
   }
   std::uint64_t largest = 0;
@@ -1575,6 +1577,10 @@ class EngineImpl::HomeWriter {
       for (;;) {
         if (auto lease = e_.param_pool_->try_acquire()) {
           lease_ = std::make_shared<Lease>(std::move(*lease));
+          break;
+        }
+        if (pending_.empty() && e_.param_pool_->retired() > 0) {  // the kernel returns one
+          lease_ = std::make_shared<Lease>(e_.param_pool_->acquire());
           break;
         }
         ZINF_RETURN_IF_ERROR(retire_oldest());

@@ -76,10 +76,12 @@ class NvmeTier final : public StateTier {
     so.checksum = o.checksum();
     so.buffered_io_fallback = o.buffered_io_fallback();
     so.fault = o.fault();
+    so.completion_timeout = std::chrono::seconds(o.io_timeout());
     ZINF_ASSIGN_OR_RETURN(store_, swap::SwapStore::open(so));
     ZINF_ASSIGN_OR_RETURN(pool_, gpu::PinnedPool::create(nullptr, pool_options(shape_, o)));
     array_bytes_ = pool_->buffer_bytes();
     for (std::size_t i = 0; i < pool_->count(); ++i) buffers_.push_back(pool_->acquire());
+    stand_ins_.resize(buffers_.size());
     if (Status s = store_->register_buffers(pool_->io_regions()); !s.is_ok())
       ZINF_LOG(kWarn) << "offload_optimizer: " << s.message() << "; using plain buffers";
     const TierBytes b = bytes();
@@ -113,6 +115,7 @@ class NvmeTier final : public StateTier {
   // Reads ahead: while `fn` works on piece i, pieces i+1 and i+2 are on
   // their way into the other sets.
   Status read(const PieceFn& fn) override {
+    ZINF_RETURN_IF_ERROR(stand_in_for_held_buffers());
     const std::size_t n = pieces_.size();
     const auto k = static_cast<std::size_t>(kSets);
     Status error;
@@ -134,7 +137,9 @@ class NvmeTier final : public StateTier {
 
   TierBytes bytes() const override {
     const swap::SwapStats s = store_->stats();
-    return {pool_->bytes(), s.live_bytes, pool_->pinned(), s.fixed_buffers};
+    std::uint64_t stand_ins = 0;
+    for (const AlignedBuffer& b : stand_ins_) stand_ins += b.size();
+    return {pool_->bytes() + stand_ins, s.live_bytes, pool_->pinned(), s.fixed_buffers};
   }
 
   std::size_t pieces() const override { return pieces_.size(); }
@@ -160,6 +165,7 @@ class NvmeTier final : public StateTier {
   // update() (read_old) and overwrite() (the sets are not read first: the
   // helper only waits for the write that frees the next set).
   Status run(const PieceFn& fn, StepStats& stats, bool read_old) {
+    ZINF_RETURN_IF_ERROR(stand_in_for_held_buffers());
     const std::size_t n = pieces_.size();
     const auto k = static_cast<std::size_t>(kSets);
     const swap::SwapStats before = store_->stats();
@@ -205,8 +211,35 @@ class NvmeTier final : public StateTier {
   int set_of(std::size_t piece) const { return static_cast<int>(piece % kSets); }
 
   float* buffer(int set, int state) const {
-    return reinterpret_cast<float*>(
-        buffers_[static_cast<std::size_t>(set * shape_.num_states + state)].data());
+    const auto j = static_cast<std::size_t>(set * shape_.num_states + state);
+    return reinterpret_cast<float*>(stand_ins_[j].size() > 0 ? stand_ins_[j].data()
+                                                             : buffers_[j].data());
+  }
+
+  // A pool buffer that a lost request may still use (the kernel has not
+  // returned it) is not touched: a plain buffer of its size stands in for it
+  // until the store has reaped the request. Between passes, nothing in flight.
+  Status stand_in_for_held_buffers() {
+    for (std::size_t j = 0; j < buffers_.size(); ++j) {
+      const bool held = store_->holds({buffers_[j].data(), buffers_[j].size()});
+      if (held == (stand_ins_[j].size() > 0)) continue;
+      if (!held) {
+        stand_ins_[j] = AlignedBuffer();
+        ZINF_LOG(kInfo) << "offload_optimizer: buffer " << j
+                        << " is back in service (its lost request has returned)";
+        continue;
+      }
+      auto stand_in = AlignedBuffer::allocate(array_bytes_);
+      if (!stand_in.is_ok()) {
+        return stand_in.status().with_context(
+            "offload_optimizer: a stand-in for a buffer a lost request holds");
+      }
+      stand_ins_[j] = std::move(*stand_in);
+      ZINF_LOG(kWarn) << "offload_optimizer: buffer " << j << " (" << format_bytes(array_bytes_)
+                      << ") may still be used by a lost I/O request; an unpinned buffer stands "
+                      << "in for it until the kernel returns it";
+    }
+    return Status::ok();
   }
 
   Piece view(const Piece& p, int set) const {
@@ -257,6 +290,7 @@ class NvmeTier final : public StateTier {
   std::vector<Piece> pieces_;
   std::vector<int> slot_;  // the current slot of each piece
   std::unique_ptr<gpu::PinnedPool> pool_;
+  std::vector<AlignedBuffer> stand_ins_;    // by buffer: in its place while a lost request holds it
   std::unique_ptr<swap::SwapStore> store_;  // after the pool: destroyed first, see register_buffers
   std::vector<gpu::PinnedPool::Lease> buffers_;  // all of the pool, for the tier's lifetime
   std::size_t array_bytes_ = 0;

@@ -22,6 +22,7 @@ OffloadOptions OffloadOptions::from_config(const Config& config) {
   o.io_backend(config.zinf.io_backend);
   o.checksum(config.zinf.checksum);
   o.buffered_io_fallback(config.zinf.buffered_io_fallback);
+  o.io_timeout(config.zinf.io_timeout);
   return o;
 }
 

@@ -26,14 +26,9 @@ Result<std::shared_ptr<PartitionStore>> PartitionStore::open(const Config& confi
                                     ": zero_optimization.offload_param.nvme_path is required for "
                                     "device nvme");
   }
-  swap::SwapStoreOptions so;
-  so.paths.emplace_back(op.nvme_path);
+  swap::SwapStoreOptions so = swap::SwapStoreOptions::from_config(config);
+  so.paths = {op.nvme_path};  // and zinf.nvme_paths, not the optimizer's path
   for (const auto& p : config.zinf.nvme_paths) so.paths.emplace_back(p);
-  so.backend = config.zinf.io_backend;
-  so.aio = config.aio;
-  so.checksum = config.zinf.checksum;
-  so.buffered_io_fallback = config.zinf.buffered_io_fallback;
-  so.sqpoll = config.zinf.sqpoll;
   so.evict_verified_reads = true;  // parameters read from NVMe go on to the device
   so.reap_in_background = true;    // reads start ahead of use: their busy time ends with their I/O
   so.fault = std::move(fault);

@@ -4,6 +4,7 @@
 // are reported exactly as a kernel would: a negative errno, a short count, a
 // late completion, or none at all.
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <deque>
 #include <random>
@@ -76,7 +77,7 @@ class FaultEngine final : public IoEngine {
       emit(synthetic_);
       release_due();
       emit(released_);
-      if (got >= min_complete || got == out.size()) return got;
+      if (got >= min_complete || got == out.size() || woken_.exchange(false)) return got;
       const auto now = std::chrono::steady_clock::now();
       if (now >= deadline) return got;
       // Wait on the inner engine, but no longer than the next delayed
@@ -126,7 +127,10 @@ class FaultEngine final : public IoEngine {
     inner_->cancel_all();
   }
   std::uint32_t queue_depth() const override { return inner_->queue_depth(); }
-  void wake() override { inner_->wake(); }
+  void wake() override {
+    woken_ = true;
+    inner_->wake();
+  }
 
  private:
   enum class Decision { kPass, kFail, kShort, kDelay, kDrop, kFlip };
@@ -193,6 +197,7 @@ class FaultEngine final : public IoEngine {
   std::vector<IoCompletion> buffer_;
   std::deque<IoCompletion> synthetic_;
   std::deque<Held> held_;
+  std::atomic<bool> woken_{false};  // wake() since the last reap returned
   std::deque<IoCompletion> released_;
   std::unordered_set<std::uint64_t> delayed_ids_;
   std::unordered_set<std::uint64_t> dropped_ids_;

@@ -94,6 +94,7 @@ struct Lane {
   std::unique_ptr<IoQueue> queue;
   std::deque<Chunk> backlog;
   bool driven = false;
+  std::size_t lost = 0;      // slots lost requests hold
   std::vector<Chunk> slots;  // in flight, by IoRequest::user_data
   std::vector<std::size_t> free_slots;
   std::vector<IoRequest> batch;
@@ -409,6 +410,12 @@ class SwapStoreImpl final : public SwapStore {
     return first;
   }
 
+  bool holds(std::span<const std::byte> buffer) const override {
+    if (quarantined_bytes_.load() == 0) return false;
+    std::lock_guard lock(quarantine_mutex_);
+    return lost_overlapping(buffer) != nullptr;
+  }
+
   SwapStats stats() const override {
     std::lock_guard lock(meta_mutex_);
     SwapStats s = stats_;
@@ -592,21 +599,27 @@ class SwapStoreImpl final : public SwapStore {
                                       std::to_string(kIoAlignment) + "-byte aligned");
     }
     if (quarantined_bytes_.load() == 0) return Status::ok();
-    const auto* begin = static_cast<const std::byte*>(data);
-    const std::byte* end = begin + align_up(size, kIoAlignment);
     std::lock_guard lock(quarantine_mutex_);
+    const Chunk* q = lost_overlapping({static_cast<const std::byte*>(data), size});
+    if (q == nullptr) return Status::ok();
+    return Status::failed_precondition(
+        "swap store: key '" + std::string(key) +
+        "': the buffer overlaps one the kernel may still use (a lost request of key '" +
+        q->op->key + "' on " + paths_[static_cast<std::size_t>(q->request.file)].file.string() +
+        " at offset " + std::to_string(q->request.offset) +
+        "); use another buffer until the kernel returns it");
+  }
+
+  // The lost request whose buffer overlaps `buffer` (its size rounded up to
+  // kIoAlignment, as a request may use), or null. quarantine_mutex_ held.
+  const Chunk* lost_overlapping(std::span<const std::byte> buffer) const {
+    const std::byte* begin = buffer.data();
+    const std::byte* end = begin + align_up(buffer.size(), kIoAlignment);
     for (const auto& q : quarantine_) {
       const auto* b = static_cast<const std::byte*>(q.request.buffer);
-      if (b < end && begin < b + q.request.length) {
-        return Status::failed_precondition(
-            "swap store: key '" + std::string(key) +
-            "': the buffer overlaps one the kernel may still use (a lost request of key '" +
-            q.op->key + "' on " + paths_[static_cast<std::size_t>(q.request.file)].file.string() +
-            " at offset " + std::to_string(q.request.offset) +
-            "); use another buffer until the kernel returns it");
-      }
+      if (b < end && begin < b + q.request.length) return &q;
     }
-    return Status::ok();
+    return nullptr;
   }
 
   // Drops one hold on `op` (see Op::holds); the last one frees a failed
@@ -678,8 +691,12 @@ class SwapStoreImpl final : public SwapStore {
   }
 
   // With state_mutex_ held, by the lane's driver or while nobody drives it.
+  // A lost request alone is no work: waiting on it would hold the lane (and
+  // every chunk queued behind it) for as long as the kernel keeps it; a later
+  // caller's drive reaps it if it comes back.
   bool worker_has_work(Lane& lane) const {
-    return !lane.backlog.empty() || (options_.reap_in_background && lane.queue->pending() > 0);
+    return !lane.backlog.empty() ||
+           (options_.reap_in_background && lane.queue->pending() > lane.lost);
   }
 
   // The worker: drives its lane while the backlog has chunks (or, with
@@ -785,6 +802,7 @@ class SwapStoreImpl final : public SwapStore {
         }
         if (r.lost) {
           chunk.lost = true;
+          ++lane.lost;
           ++chunk.op->holds;
           quarantine(chunk);
           settle(chunk.op, r.status);
@@ -792,6 +810,7 @@ class SwapStoreImpl final : public SwapStore {
         }
         lane.free_slots.push_back(s);
         if (chunk.lost) {
+          --lane.lost;
           unquarantine(chunk);
           returned.push_back(std::move(chunk.op));
           chunk.lost = false;
@@ -925,6 +944,7 @@ SwapStoreOptions SwapStoreOptions::from_config(const Config& config) {
   o.checksum = config.zinf.checksum;
   o.buffered_io_fallback = config.zinf.buffered_io_fallback;
   o.sqpoll = config.zinf.sqpoll;
+  o.completion_timeout = std::chrono::seconds(config.zinf.io_timeout);
   return o;
 }
 

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <thread>
 
@@ -47,6 +49,41 @@ TEST(PinnedPool, ThePeakOnLoanIsTakenAndRestartsFromWhatIsOnLoanNow) {
   }
   EXPECT_EQ((*pool)->take_peak_in_use(), 1u);  // the period in which `a` came back
   EXPECT_EQ((*pool)->take_peak_in_use(), 0u);
+}
+
+// A buffer given back while some I/O may still use it is not lent again
+// until that I/O is done; the pool lends its others meanwhile.
+TEST(PinnedPool, RetiresABufferWhileItIsHeldAndReinstatesItAfter) {
+  auto pool = PinnedPool::create(nullptr, {"test pool", 4096, 2, false});
+  ASSERT_TRUE(pool.is_ok()) << pool.status().to_string();
+  std::atomic<const std::byte*> held{nullptr};
+  (*pool)->retire_while([&](std::span<const std::byte> b) { return b.data() == held.load(); });
+  auto a = (*pool)->acquire();
+  auto b = (*pool)->acquire();
+  const std::byte* lost = a.data();
+  held = lost;
+  a = {};
+  EXPECT_EQ((*pool)->retired(), 1u);
+  EXPECT_EQ((*pool)->in_use(), 2u) << "a retired buffer is not free";
+  EXPECT_FALSE((*pool)->try_acquire().has_value());
+  b = {};
+  auto c = (*pool)->try_acquire();
+  ASSERT_TRUE(c.has_value());
+  EXPECT_NE(c->data(), lost);
+  EXPECT_FALSE((*pool)->try_acquire().has_value()) << "the held buffer is not lent";
+
+  std::atomic<bool> lent{false};
+  std::thread taker([&] {
+    auto d = (*pool)->acquire();  // waits: the only other buffer is retired
+    EXPECT_EQ(d.data(), lost);
+    lent = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(lent.load()) << "acquire() lent a buffer some I/O still holds";
+  held = nullptr;  // the I/O returned it: no give_back() wakes the taker
+  taker.join();
+  EXPECT_TRUE(lent.load());
+  EXPECT_EQ((*pool)->retired(), 0u);
 }
 
 TEST(PinnedPool, PinsThroughTheDevice) {

@@ -1130,6 +1130,67 @@ INSTANTIATE_TEST_SUITE_P(
                       FaultCase{"optimizer", swap::FaultKind::kShort, ""}),
     fault_case_name);
 
+// A read the device never answers in time is lost: its phase fails, the
+// buffer the kernel may still fill is kept out of use (retired from the
+// parameter pool; a stand-in takes the optimizer buffer's place), and the
+// phase run again succeeds while the kernel still holds it, so training ends
+// where a run without the fault does.
+class EngineLostRequest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(EngineLostRequest, FailsItsPhaseAndTheRetryUsesOtherBuffers) {
+  const std::string store = GetParam();
+  ScratchDir dir;
+  const auto o = small_gpt();
+  Homes s;
+  s.param = "nvme";
+  s.optim = "nvme";
+  s.zinf_extra = R"(, "io_timeout": 1)";  // cancelled after 1 s, lost after 2 s
+  const Config cfg = parse(config_json(s, dir.path().string()));
+  constexpr int kSteps = 2;
+  const Trace clean = train_engine(o, cfg, kSteps, false);
+
+  EngineOptions eo;
+  swap::FaultSpec fault;
+  fault.kind = swap::FaultKind::kDelay;
+  fault.only = swap::IoOp::kRead;
+  fault.nth = store == "param" ? 8 : 3;   // the construction reads each unit's partition once
+  fault.delay = std::chrono::seconds(30);  // returned long after the retry (never, here)
+  (store == "param" ? eo.param_fault : eo.optimizer_fault) = fault;
+  Engine<gpt::GPT> engine(build(o, cfg, false), cfg, eo);
+  int failures = 0;
+  std::uint64_t k = 0;
+  const auto start = std::chrono::steady_clock::now();
+  while (engine.global_steps() < kSteps) {
+    std::string phase = "forward";
+    try {
+      auto [x, y] = micro_batch(o, k);
+      auto loss = gpt::loss(engine(x), y);
+      phase = "backward";
+      engine.backward(loss);
+      phase = "step";
+      engine.step();
+      ++k;
+    } catch (const Error& e) {
+      ++failures;
+      ASSERT_EQ(failures, 1) << "the retry failed too: " << e.what();
+      EXPECT_NE(std::string(e.what()).find("lost"), std::string::npos) << e.what();
+      EXPECT_EQ(phase, store == "param" ? "forward" : "step") << e.what();
+      if (phase == "step") {
+        engine.step();
+        ++k;
+      }
+    }
+  }
+  EXPECT_EQ(failures, 1) << "the lost request failed nothing";
+  EXPECT_LT(std::chrono::steady_clock::now() - start, fault.delay)
+      << "the run waited for the kernel instead of using other buffers";
+  const auto last = parameters(engine);
+  for (const auto& [name, value] : clean.last)
+    ASSERT_TRUE(torch::equal(value, last.at(name))) << name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Stores, EngineLostRequest, ::testing::Values("param", "optimizer"));
+
 // Faults in the checkpoint's own writes (the state file, through IoQueue),
 // in each of a save's writes in turn: EIO and ENOSPC fail the save naming it
 // and the file, leave no folder and no `latest`, and the next save is whole;

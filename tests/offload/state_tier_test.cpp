@@ -8,7 +8,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <chrono>
 #include <new>
+#include <thread>
 #include <vector>
 
 #include "swap/swap_test_util.hpp"
@@ -95,6 +97,40 @@ TEST(StateTierTest, AFailedOrThrowingUpdateIsAStatusAndNvmeKeepsThePreviousState
     expect_contract(**nvme, fn, needle);
     expect_contract(**host, fn, needle);
   }
+}
+
+// A read the device holds past its cancel is lost: that pass fails, the
+// next ones run through a stand-in for the buffer the kernel may still fill,
+// and once the late completion has been reaped the pool's own buffer is back
+// (host bytes as before) and the state is whole.
+TEST(StateTierTest, ALostReadFailsOnePassAndAStandInCarriesTheNextUntilTheKernelReturns) {
+  ScratchDir dir;
+  swap::FaultSpec fault;
+  fault.kind = swap::FaultKind::kDelay;
+  fault.only = swap::IoOp::kRead;
+  fault.nth = 1;
+  fault.delay = std::chrono::milliseconds(3000);  // lost at 2 s, returned at 3 s
+  auto tier = make_nvme_tier(
+      shape(), OffloadOptions().device("nvme").nvme_path(dir.path()).io_timeout(1).fault(fault),
+      "AdamW", init);
+  ASSERT_TRUE(tier.is_ok()) << tier.status().to_string();
+  const std::uint64_t host = (*tier)->bytes().host;
+  auto noop = [](Piece&) { return Status::ok(); };
+  Status lost = (*tier)->read(noop);
+  EXPECT_NE(lost.message().find("lost completion"), std::string::npos) << lost.to_string();
+
+  std::vector<float> expected(3 * shape().elements());
+  for (int k = 0; k < 3; ++k)
+    for (std::uint64_t e = 0; e < shape().elements(); ++e)
+      expected[k * shape().elements() + e] = float(k * 1e6 + e);
+  EXPECT_EQ(snapshot(**tier), expected);
+  EXPECT_GT((*tier)->bytes().host, host) << "no stand-in while the kernel holds the buffer";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while ((*tier)->bytes().host > host && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    EXPECT_EQ(snapshot(**tier), expected);  // each pass drives the store, which reaps it
+  }
+  EXPECT_EQ((*tier)->bytes().host, host) << "the stand-in outlived the lost request";
 }
 
 }  // namespace

@@ -312,6 +312,10 @@ TEST_P(SwapStoreTest, LostWriteQuarantinesItsBufferUntilTheKernelReturnsIt) {
   AlignedBuffer old_value = pattern(size, 1), new_value = pattern(size, 2);
   ASSERT_NO_FATAL_FAILURE(overwrite_fails(*store, old_value, new_value, "lost completion"));
   EXPECT_EQ(store->stats().quarantined_bytes, 128u << 10);
+  // The third request is the new value's first chunk (the first value took two).
+  EXPECT_TRUE(store->holds({new_value.data() + (128 << 10) - 1, 1}));
+  EXPECT_FALSE(store->holds({new_value.data() + (128 << 10), 128 << 10}));
+  EXPECT_FALSE(store->holds({old_value.data(), size}));
 
   Status reuse = put(*store, "y", new_value, size);
   EXPECT_EQ(reuse.code(), StatusCode::kFailedPrecondition) << reuse.to_string();
@@ -325,6 +329,7 @@ TEST_P(SwapStoreTest, LostWriteQuarantinesItsBufferUntilTheKernelReturnsIt) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   EXPECT_EQ(store->stats().quarantined_bytes, 0u);
+  EXPECT_FALSE(store->holds({new_value.data(), size}));
   ASSERT_TRUE(put(*store, "x", new_value, size).is_ok());
   ASSERT_TRUE(get(*store, "x", *in, size).is_ok());
   EXPECT_EQ(std::memcmp(in->data(), new_value.data(), size), 0);

@@ -73,6 +73,10 @@ struct EngineConfig {
   // before it fails with an error naming what it waited for; torch's
   // default process-group timeout.
   std::uint32_t comm_timeout = 1800;
+  // Seconds a swap I/O request may go without a completion before it is
+  // cancelled; one still without a completion a timeout later is lost (its
+  // operation fails, its buffer is retired until the kernel returns it).
+  std::uint32_t io_timeout = 60;
   // A Chrome trace (Perfetto's JSON) of every step: each stage's busy
   // periods on a track of its own, counters per step. With several ranks,
   // rank R writes <stem>.rank<R><extension>. Empty: no trace.

@@ -11,14 +11,22 @@
 // at most 1 GiB (the kernel's limit per io_uring fixed buffer), for
 // SwapStore::register_buffers.
 //
+// Retiring: a buffer that a lost I/O request may still use (the kernel never
+// returned it) must not be lent again. With retire_while(held), a buffer
+// given back while held(buffer) is true is set aside, not lent, and goes back
+// into service once held() says the kernel has returned it; the pool lends
+// its other buffers meanwhile. acquire() with every free buffer retired
+// waits, checking again every few milliseconds.
+//
 // Thread safety: acquire()/try_acquire() and Lease destruction from any
-// thread. Buffers are kIoAlignment-aligned, buffer_bytes() long (a multiple
-// of kIoAlignment).
+// thread; retire_while() before the first buffer is given back. Buffers are kIoAlignment-aligned,
+// buffer_bytes() long (a multiple of kIoAlignment).
 #pragma once
 
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <span>
@@ -79,6 +87,12 @@ class PinnedPool {
   Lease acquire();  // waits for a free buffer
   std::optional<Lease> try_acquire();
 
+  // `held(buffer)`: whether some I/O may still use the buffer (for a pool
+  // whose buffers go to a SwapStore: SwapStore::holds). Called under the
+  // pool's lock: it must not call back into the pool.
+  void retire_while(std::function<bool(std::span<const std::byte>)> held);
+  std::size_t retired() const;  // buffers set aside now
+
   std::vector<std::span<std::byte>> io_regions() const;
   bool pinned() const { return pinned_; }
   std::size_t buffer_bytes() const { return buffer_bytes_; }
@@ -93,6 +107,12 @@ class PinnedPool {
  private:
   PinnedPool() = default;
   void give_back(std::size_t index);
+  std::span<const std::byte> buffer(std::size_t index) const {
+    return {memory_.data() + index * buffer_bytes_, buffer_bytes_};
+  }
+  // Puts the retired buffers no longer held back into service; mutex_ held.
+  void reinstate();
+  Lease lend();  // a free buffer (there is one); mutex_ held
 
   std::string name_;
   Device* device_ = nullptr;
@@ -103,6 +123,8 @@ class PinnedPool {
   mutable std::mutex mutex_;
   std::condition_variable freed_;
   std::vector<std::size_t> free_;
+  std::vector<std::size_t> retired_;
+  std::function<bool(std::span<const std::byte>)> held_;
   std::size_t peak_in_use_ = 0;
 };
 

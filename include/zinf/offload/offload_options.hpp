@@ -43,6 +43,9 @@ struct OffloadOptions {
   TORCH_ARG(IoBackend, io_backend) = IoBackend::kAuto;
   TORCH_ARG(bool, checksum) = true;
   TORCH_ARG(bool, buffered_io_fallback) = false;
+  // zinf.io_timeout: seconds before a request without a completion is
+  // cancelled (and another timeout before it is given up as lost).
+  TORCH_ARG(std::uint32_t, io_timeout) = 60;
   // Injected I/O faults (tests, chaos runs): every swap engine is wrapped.
   TORCH_ARG(std::optional<swap::FaultSpec>, fault) = std::nullopt;
 

@@ -35,7 +35,8 @@
 // a failed write's extents stay allocated, and stats().quarantined_bytes
 // counts it, until the kernel returns the request; the store goes on with
 // the rest of its queue slots meanwhile. The caller must not reuse or free
-// a buffer while stats().quarantined_bytes says one is held.
+// a buffer while holds() says a lost request may still use it (a PinnedPool
+// retires such buffers: PinnedPool::retire_while).
 //
 // Thread safety: every method may be called from any thread.
 // Buffers: data.data() is kIoAlignment-aligned, and the memory from data.data()
@@ -173,6 +174,11 @@ class SwapStore {
   // store. An error (the kernel refused: RLIMIT_MEMLOCK) leaves the store
   // working with plain buffers; stats().fixed_buffers says which.
   virtual Status register_buffers(std::span<const std::span<std::byte>> regions) = 0;
+
+  // Whether a lost request may still read or write memory overlapping
+  // `buffer` (rounded up to kIoAlignment); a late completion is reaped as the
+  // store's queues are driven (by later operations), and frees it then.
+  virtual bool holds(std::span<const std::byte> buffer) const = 0;
 
   virtual SwapStats stats() const = 0;
   virtual SwapBusy take_busy() = 0;
