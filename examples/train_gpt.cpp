@@ -114,6 +114,7 @@ json step_json(const zinf::StepReport& r, double loss) {
           {"h2d_s", r.h2d_s},
           {"d2h_s", r.d2h_s},
           {"stall_s", r.stall_s},
+          {"reduce_waits", r.reduce_waits},
           {"cpu_adam_s", r.cpu_adam_s},
           {"optim_io_s", r.optim_io_s},
           {"nvme_read_bytes", r.nvme_read_bytes},

@@ -60,7 +60,6 @@ const std::set<std::string, std::less<>> kTopLevelIgnored = {"wall_clock_breakdo
 // zero_optimization keys zinf does not act on yet. Most concern collectives
 // between ranks, which one process does not have (issue "many ranks").
 const std::set<std::string, std::less<>> kZeroIgnored = {
-    "overlap_comm",
     "contiguous_gradients",
     "reduce_scatter",
     "use_multi_rank_bucket_allreduce",
@@ -416,6 +415,9 @@ void parse_zero(ObjectReader& r, ZeroConfig& z) {
   r.read_int(r.spelling("stage3_max_reuse_distance", "max_reuse_distance"),
              z.stage3_max_reuse_distance);
   r.read_int("reduce_bucket_size", z.reduce_bucket_size, 1);
+  z.overlap_comm = z.stage == 3;  // DeepSpeed's default, for null too
+  if (const json* v = r.take("overlap_comm"); v != nullptr && !v->is_null())
+    r.read("overlap_comm", z.overlap_comm);
   read_deprecated_offload(r, "cpu_offload", "offload_optimizer", z.offload_optimizer);
   read_deprecated_offload(r, "cpu_offload_param", "offload_param", z.offload_param);
   r.read_object("offload_param", [&](ObjectReader& c) { parse_offload_param(c, z.offload_param); });
@@ -879,6 +881,7 @@ std::string to_json(const Config& c, int indent) {
                 {"stage3_max_live_parameters", z.stage3_max_live_parameters},
                 {"stage3_max_reuse_distance", z.stage3_max_reuse_distance},
                 {"reduce_bucket_size", z.reduce_bucket_size},
+                {"overlap_comm", z.overlap_comm},
                 {"offload_param",
                  {{"device", to_string(op.device)},
                   {"nvme_path", op.nvme_path},

@@ -1292,7 +1292,11 @@ void EngineImpl::on_grad(std::size_t index) {
   UnitRec& u = units_[p.unit];
   if (++u.received_grads == u.expected_grads && p.unit != 0 && phase_ == Phase::kBackward) {
     coordinator_->done(p.unit);
-    if (partitioned_grads_) reduce_unit(p.unit);  // overlaps the rest of the backward
+    if (partitioned_grads_) {
+      reduce_unit(p.unit);
+      // overlap_comm: the reduction runs on while the rest of the backward does.
+      if (!config_.zero_optimization.overlap_comm) wait_reductions(kAllQueued);
+    }
   }
 }
 
@@ -1315,7 +1319,7 @@ torch::Tensor EngineImpl::device_grad(std::size_t index) {
                            std::to_string(n) + " elements) until they are reduced";
   auto data = device_->allocate(bytes, what);
   if (!data.is_ok() && data.status().code() == StatusCode::kResourceExhausted) {
-    wait_reductions(config_.zero_optimization.reduce_bucket_size + n);  // everything queued
+    wait_reductions(kAllQueued);
     data = device_->allocate(bytes, what);
   }
   if (!data.is_ok()) fail(data.status());
@@ -1326,10 +1330,12 @@ torch::Tensor EngineImpl::device_grad(std::size_t index) {
 
 void EngineImpl::wait_reductions(std::uint64_t room) {
   while (!reductions_.empty() &&
-         waiting_grad_elements_ + room > config_.zero_optimization.reduce_bucket_size) {
+         (room == kAllQueued ||
+          waiting_grad_elements_ + room > config_.zero_optimization.reduce_bucket_size)) {
     stall_.begin();
     Status s = reductions_.front().done.get();
     stall_.end();
+    ++window_.reduce_waits;
     waiting_grad_elements_ -= reductions_.front().elements;
     reductions_.pop_front();
     if (!s.is_ok()) fail(s);
@@ -1906,6 +1912,7 @@ void EngineImpl::step() {
   r.h2d_s = window_.h2d_s;
   r.d2h_s = window_.d2h_s;
   r.stall_s = window_.stall_s;
+  r.reduce_waits = window_.reduce_waits;
   r.step_s = seconds(t0, t1);
   r.cpu_adam_s = st.compute_s;
   r.optim_io_s = union_seconds(clip(io, t0, t1));

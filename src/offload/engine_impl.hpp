@@ -215,8 +215,10 @@ class EngineImpl final : public Coordinator::Actions {
   // (zeroed when it opens, after what waits in the bucket made room).
   torch::Tensor device_grad(std::size_t part);
   torch::ScalarType reduce_dtype(torch::ScalarType grad) const;
-  void wait_reductions(std::uint64_t room);  // until `room` more elements fit the bucket
-  void reduce_unit(std::size_t unit);        // queues its partitions' reductions on the grad worker
+  // Until `room` more elements fit the reduce bucket (kAllQueued: until none waits).
+  void wait_reductions(std::uint64_t room);
+  static constexpr std::uint64_t kAllQueued = UINT64_MAX;
+  void reduce_unit(std::size_t unit);  // queues its partitions' reductions on the grad worker
   Status reduce_partition(std::size_t part, const Result<gpu::EventPtr>& computed);
   Status take_shard(Partition& part, const std::byte* shard, torch::ScalarType dtype);
   Status reduce_for_step();  // stage 1: the window's gradients, at the boundary
@@ -336,7 +338,7 @@ class EngineImpl final : public Coordinator::Actions {
     bool open = false;
     std::uint64_t micro_steps = 0;
     double fwd_bwd_s = 0, compute_s = 0, param_read_s = 0, h2d_s = 0, d2h_s = 0, stall_s = 0;
-    std::uint64_t nvme_read_bytes = 0, h2d_bytes = 0, d2h_bytes = 0;
+    std::uint64_t nvme_read_bytes = 0, h2d_bytes = 0, d2h_bytes = 0, reduce_waits = 0;
     std::uint64_t store_read_bytes = 0;  // the parameter store's count at micro_begin
   };
   Window window_;

@@ -239,7 +239,7 @@ Result<MemoryPlan> plan_memory(const ModelShape& model, const Config& config, in
       // whole partition); this rank's shard leaves it.
       const std::size_t elem = c10::elementSize(reduction_dtype(
           p.dtype, config.communication_data_type, device == gpu::DeviceType::kCuda));
-      m.comm_bytes += p.numel * elem;
+      m.reduce_comm_bytes += p.numel * elem;
       m.d2h_bytes += p.own * elem;
       reduce_elem = std::max(reduce_elem, elem);
       widest_reduction = std::max(widest_reduction, std::max<std::uint64_t>(1, p.numel) * elem);
@@ -249,6 +249,7 @@ Result<MemoryPlan> plan_memory(const ModelShape& model, const Config& config, in
     if (world > 1 && z.stage == 1) m.step_comm_bytes += p.numel * sizeof(float);
     if (world > 1 && p.device_home) m.step_comm_bytes += p.bytes;
   }
+  m.comm_bytes += m.reduce_comm_bytes;
   if (world > 1) m.step_comm_bytes += 2 * sizeof(double);  // the norm and the non-finite count
   if (partitioned_grads)
     m.grad_bucket_bytes =

@@ -84,6 +84,7 @@ struct MemoryPlan {
   std::uint64_t d2h_bytes = 0;           // gradients off the device
   std::uint64_t peak_live_elements = 0;  // gathered onto the device at once, at most
   std::uint64_t comm_bytes = 0;          // collectives: stage 3's gathers, stages 2-3's reductions
+  std::uint64_t reduce_comm_bytes = 0;   // of which the reductions
   // Per update:
   std::uint64_t optim_read_bytes = 0;  // the optimizer's state from NVMe
   std::uint64_t optim_write_bytes = 0;

@@ -134,13 +134,13 @@ TEST(ConfigTest, DeepSpeedKeysNotActedOnAreListedAsIgnored) {
   Config c = parse_ok(R"({"activation_checkpointing": {"partition_activations": true,
                                                         "cpu_checkpointing": true},
     "wall_clock_breakdown": false,
-    "zero_optimization": {"stage": 3, "overlap_comm": true, "reduce_bucket_size": 5e8,
+    "zero_optimization": {"stage": 3, "contiguous_gradients": true, "reduce_bucket_size": 5e8,
                           "stage3_gather_16bit_weights_on_model_save": true,
                           "offload_param": {"device": "cpu", "max_in_cpu": 1e9}},
     "fp16": {"enabled": true, "auto_cast": false}})");
   EXPECT_TRUE(c.activation_checkpointing.cpu_checkpointing);
   for (const char* key : {"activation_checkpointing.partition_activations (",
-                          "wall_clock_breakdown (", "zero_optimization.overlap_comm (",
+                          "wall_clock_breakdown (", "zero_optimization.contiguous_gradients (",
                           "zero_optimization.stage3_gather_16bit_weights_on_model_save (",
                           "zero_optimization.offload_param.max_in_cpu (", "fp16.auto_cast ("}) {
     EXPECT_EQ(std::count_if(c.ignored.begin(), c.ignored.end(),
@@ -150,6 +150,26 @@ TEST(ConfigTest, DeepSpeedKeysNotActedOnAreListedAsIgnored) {
   }
   EXPECT_EQ(c.ignored.size(), 6u);
   EXPECT_EQ(c.zero_optimization.reduce_bucket_size, 500000000u);
+}
+
+// overlap_comm: DeepSpeed's default (true at stage 3 only) when absent or
+// null, else what it says; the effective config says which.
+TEST(ConfigTest, OverlapCommDefaultsToStageThreeAsInDeepSpeed) {
+  for (int stage = 0; stage <= 3; ++stage) {
+    const std::string z = R"({"zero_optimization": {"stage": )" + std::to_string(stage);
+    EXPECT_EQ(parse_ok(z + "}}").zero_optimization.overlap_comm, stage == 3) << stage;
+    EXPECT_EQ(parse_ok(z + R"(, "overlap_comm": null}})").zero_optimization.overlap_comm,
+              stage == 3)
+        << stage;
+    EXPECT_TRUE(parse_ok(z + R"(, "overlap_comm": true}})").zero_optimization.overlap_comm);
+    EXPECT_FALSE(parse_ok(z + R"(, "overlap_comm": false}})").zero_optimization.overlap_comm);
+  }
+  auto bad = Config::from_string(R"({"zero_optimization": {"overlap_comm": "yes"}})");
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_NE(bad.status().message().find("zero_optimization.overlap_comm"), std::string::npos)
+      << bad.status().message();
+  const Config c = parse_ok(R"({"zero_optimization": {"stage": 2, "overlap_comm": true}})");
+  EXPECT_TRUE(Config::from_string(to_json(c))->zero_optimization.overlap_comm);
 }
 
 // communication_data_type: DeepSpeed's three names, any case, or null; the

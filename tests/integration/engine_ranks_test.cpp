@@ -100,13 +100,15 @@ struct Case {
   // And a reduce bucket smaller than a unit: each opened partition waits for
   // the reductions queued before it.
   bool changing = false;
-  std::string comm;  // communication_data_type; empty: the gradients' own
+  std::string comm;     // communication_data_type; empty: the gradients' own
+  bool overlap = true;  // overlap_comm: false makes the backward wait for each reduction
 };
 
 std::string name_of(const Case& s) {
   return "stage" + std::to_string(s.stage) + "_param_" + s.param + "_optim_" + s.optim +
          (s.accumulation > 1 ? "_accumulation" : "") + (s.bf16 ? "_bf16" : "") +
-         (s.changing ? "_changing" : "") + (s.comm.empty() ? "" : "_comm_" + s.comm);
+         (s.changing ? "_changing" : "") + (s.comm.empty() ? "" : "_comm_" + s.comm) +
+         (s.overlap ? "" : "_no_overlap");
 }
 
 Config config(const Case& s, const std::string& nvme, int world) {
@@ -128,6 +130,8 @@ Config config(const Case& s, const std::string& nvme, int world) {
       "sub_group_size": 4096,
       "reduce_bucket_size": )" +
                           std::to_string(s.changing ? 1000 : 500000000) + R"(,
+      "overlap_comm": )" + (s.overlap ? "true" : "false") +
+                          R"(,
       "offload_param": {"device": ")" +
                           s.param + R"(", "nvme_path": ")" + nvme + R"("},
       "offload_optimizer": {"device": ")" +
@@ -271,9 +275,11 @@ TEST_P(EngineRanks, TwoRanksTrainAsOneWithTheirBatchesTogether) {
   std::ifstream(reference + ".json") >> one;
   swap::testing::ScratchDir dir;
   std::vector<std::uint64_t> comm_bytes;
+  std::uint64_t reduce_waits = 0;
   train(s, dir.path().string(),
         [&](int step, const std::vector<torch::Tensor>& params, const EngineBase& e) {
           comm_bytes.push_back(e.last_step_report().comm_bytes);
+          reduce_waits += e.last_step_report().reduce_waits;
           ASSERT_EQ(all.size(), params.size() * kSteps);
           // The norm of the mean gradient (an average taken wrong shows here: Adam hides scale).
           // Gradients reduced in fp16 (communication_data_type) are rounded there.
@@ -325,6 +331,16 @@ TEST_P(EngineRanks, TwoRanksTrainAsOneWithTheirBatchesTogether) {
                       memory["host_grads"]);  // stage 1 keeps the gradients whole
           }
         });
+  // overlap_comm leaves each reduction running behind the backward, and a
+  // bucket larger than the model never waits; without it, the backward
+  // waits for each unit's partitions as the unit's gradients are in: the
+  // blocks' and the head's two (its 8-element bias stays resident). The
+  // root's are reduced after the backward either way.
+  if (s.stage >= 2 && !s.changing) {
+    const std::uint64_t partitions = 3 + 2;
+    EXPECT_EQ(reduce_waits, s.overlap ? 0u : partitions * kSteps * s.accumulation)
+        << "rank " << env_int("RANK", 0);
+  }
   if (!s.changing) return;
   // The trace: each collective a span on its channel, whose bytes add up to
   // the step's (from step 2: step 1's count the broadcasts at construction).
@@ -488,6 +504,8 @@ INSTANTIATE_TEST_SUITE_P(AllStages, EngineRanks,
                                            Case{3, "none", "cpu"}, Case{3, "none", "nvme", 2},
                                            Case{3, "cpu", "cpu", 1, false, true},
                                            Case{3, "cpu", "cpu", 1, false, false, "fp16"},
+                                           Case{2, "none", "cpu", 1, false, false, "", false},
+                                           Case{3, "cpu", "cpu", 1, false, false, "", false},
                                            Case{3, "nvme", "nvme", 2, false, true}),
                          [](const auto& p) { return name_of(p.param); });
 

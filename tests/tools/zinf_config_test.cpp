@@ -24,7 +24,7 @@ std::string write(const std::string& name, const std::string& text) {
 TEST(ZinfConfigTest, PrintsEffectiveSettingsThatLoadAgainAndTheIgnoredKeys) {
   const std::string path = write("good.json", R"({"train_batch_size": 8,
     "wall_clock_breakdown": true,
-    "zero_optimization": {"stage": 3, "prefetch_bucket_size": 1e7, "overlap_comm": true,
+    "zero_optimization": {"stage": 3, "prefetch_bucket_size": 1e7, "contiguous_gradients": true,
                           "offload_optimizer": {"device": "cpu"}}})");
   zinf::test::Job r = run("check " + path + " --world-size 2");
   ASSERT_EQ(r.status, 0) << r.output;
@@ -33,7 +33,8 @@ TEST(ZinfConfigTest, PrintsEffectiveSettingsThatLoadAgainAndTheIgnoredKeys) {
       << r.output;
   EXPECT_NE(r.output.find("\"train_micro_batch_size_per_gpu\": 4"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("  wall_clock_breakdown ("), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("  zero_optimization.overlap_comm ("), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("  zero_optimization.contiguous_gradients ("), std::string::npos)
+      << r.output;
   const auto begin = r.output.find("effective settings:\n");
   const auto end = r.output.find("\nignored");
   ASSERT_NE(begin, std::string::npos);

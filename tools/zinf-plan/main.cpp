@@ -287,8 +287,12 @@ int main(int argc, char** argv) {
             ? optim_bytes / rates.mixed
             : static_cast<double>(m.optim_read_bytes) / rates.read +
                   static_cast<double>(m.optim_write_bytes + m.param_write_bytes) / rates.write;
+    // Without overlap_comm the backward waits for each reduction.
+    const double unoverlapped = cfg.zero_optimization.overlap_comm || comm_gbps <= 0
+                                    ? 0
+                                    : static_cast<double>(m.reduce_comm_bytes) / (comm_gbps * 1e9);
     const std::vector<Stage> micro = {
-        {"compute", g * compute},
+        {"compute", g * (compute + unoverlapped)},
         {"param reads",
          rates.read > 0 ? g * static_cast<double>(m.param_read_bytes) / rates.read : 0},
         {"h2d", g * static_cast<double>(m.h2d_bytes) / copy},

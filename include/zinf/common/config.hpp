@@ -116,6 +116,10 @@ struct ZeroConfig {
   // Stages 2-3 across ranks: at most this many gradient elements wait on the
   // device for their reduction (a partition larger than it alone).
   std::uint64_t reduce_bucket_size = 500000000;
+  // Stages 2-3 across ranks: a unit's gradients are reduced while the rest of
+  // the backward runs (true), or the backward waits for each reduction
+  // (false). Absent or null: DeepSpeed's default, true at stage 3 only.
+  bool overlap_comm = false;
   OffloadParamConfig offload_param;
   OffloadOptimizerConfig offload_optimizer;
 };

@@ -99,7 +99,10 @@ struct StepReport {
   double param_read_s = 0;  // NVMe reads of parameters
   double h2d_s = 0;
   double d2h_s = 0;
-  double stall_s = 0;  // compute waiting for parameters
+  double stall_s = 0;  // compute waiting: for parameters, for reductions
+  // Reductions the backward waited for: to make room in reduce_bucket_size,
+  // or each one without overlap_comm (stages 2-3 across ranks).
+  std::uint64_t reduce_waits = 0;
   // the update
   double step_s = 0;
   double cpu_adam_s = 0;
