@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <optional>
 
 #include "gpu/devices.hpp"
 #include "zinf/common/aligned.hpp"
@@ -57,6 +58,24 @@ Interval timed_copy(void* dst, const void* src, std::size_t bytes) {
   return {t0, SteadyClock::now()};
 }
 
+// begin_span()/end_span() on the host clock, called where the stream's work
+// runs (the calling thread, or a ThreadStream's own).
+class HostSpans {
+ public:
+  void begin(std::string what, std::string op) {
+    open_ = Span{{SteadyClock::now(), {}}, 0, std::move(what), std::move(op)};
+  }
+  void end(SpanLog& log) {
+    if (!open_) return;
+    open_->when.end = SteadyClock::now();
+    log.add(std::move(*open_));
+    open_.reset();
+  }
+
+ private:
+  std::optional<Span> open_;
+};
+
 // The compute stream: work runs on the calling thread as it is enqueued.
 class InlineStream final : public Stream {
  public:
@@ -82,6 +101,10 @@ class InlineStream final : public Stream {
   }
   Status synchronize() override { return Status::ok(); }
   std::vector<Interval> take_busy() override { return busy_.take(); }
+  void begin_span(std::string what, std::string op) override {
+    if (spans_.on()) open_.begin(std::move(what), std::move(op));
+  }
+  void end_span() override { open_.end(spans_); }
 
  private:
   void copy(void* dst, const void* src, std::size_t bytes, std::string_view what) {
@@ -91,6 +114,7 @@ class InlineStream final : public Stream {
   }
   const std::string name_ = "compute";
   BusyLog busy_;
+  HostSpans open_;
 };
 
 // A copy engine: one thread running its queue in order.
@@ -126,6 +150,13 @@ class ThreadStream final : public Stream {
     return event.is_ok() ? (*event)->synchronize() : event.status();
   }
   std::vector<Interval> take_busy() override { return busy_.take(); }
+  void begin_span(std::string what, std::string op) override {
+    if (!spans_.on()) return;
+    enqueue([this, what = std::move(what), op = std::move(op)] { open_.begin(what, op); });
+  }
+  void end_span() override {
+    if (spans_.on()) enqueue([this] { open_.end(spans_); });
+  }
 
  private:
   Status copy(void* dst, const void* src, std::size_t bytes, std::string_view what) {
@@ -150,7 +181,8 @@ class ThreadStream final : public Stream {
 
   const std::string name_;
   BusyLog busy_;
-  Worker worker_;  // last: joined first, while the rest is alive
+  HostSpans open_;  // on the worker
+  Worker worker_;   // last: joined first, while the rest is alive
 };
 
 // Bytes this process has locked already (VmLck), 0 if unknown.

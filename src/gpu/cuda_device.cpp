@@ -17,6 +17,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <utility>
 
 #include "gpu/devices.hpp"
@@ -62,6 +63,7 @@ class CudaStream final : public Stream {
       cudaEventDestroy(t.begin);
       cudaEventDestroy(t.end);
     }
+    if (open_) cudaEventDestroy(open_->begin);
     if (base_ != nullptr) cudaEventDestroy(base_);
     if (stream_ != cudaStreamLegacy) cudaStreamDestroy(stream_);
   }
@@ -120,6 +122,32 @@ class CudaStream final : public Stream {
     }
     return spans_.take();
   }
+  // Timing events around the kernels enqueued in between; a failed event
+  // call only loses the span (it is a diagnostic), with a warning.
+  void begin_span(std::string what, std::string op) override {
+    if (!spans_.on()) return;
+    cudaSetDevice(device_);
+    if (open_) cudaEventDestroy(open_->begin);
+    open_.reset();
+    Timing t{};
+    if (!span_event(t.begin)) return;
+    t.what = std::move(what);
+    t.op = std::move(op);
+    t.copy = false;
+    open_ = std::move(t);
+  }
+  void end_span() override {
+    if (!open_) return;
+    cudaSetDevice(device_);
+    Timing t = std::move(*open_);
+    open_.reset();
+    if (!span_event(t.end)) {
+      cudaEventDestroy(t.begin);
+      return;
+    }
+    std::lock_guard lock(mutex_);
+    timings_.push_back(std::move(t));
+  }
 
  private:
   struct Timing {
@@ -127,7 +155,22 @@ class CudaStream final : public Stream {
     cudaEvent_t end;
     std::uint64_t bytes = 0;
     std::string what;  // spans on
+    std::string op;    // a span's (empty: a copy)
+    bool copy = true;  // a copy (busy time), or only a span
   };
+
+  // Creates `event` and records it on the stream now.
+  bool span_event(cudaEvent_t& event) {
+    cudaError_t e = cudaEventCreate(&event);
+    if (e == cudaSuccess) {
+      e = cudaEventRecord(event, stream_);
+      if (e != cudaSuccess) cudaEventDestroy(event);
+    }
+    if (e != cudaSuccess)
+      ZINF_LOG(kWarn) << "stream " << name_
+                      << ": a span is lost: " << cuda_error(e, "cudaEvent").message();
+    return e == cudaSuccess;
+  }
 
   // The copies that completed, in order, into busy_ (and spans_), on the
   // host clock. mutex_ held.
@@ -142,8 +185,9 @@ class CudaStream final : public Stream {
           return base_time_ + std::chrono::duration_cast<SteadyClock::duration>(
                                   std::chrono::duration<double, std::milli>(ms));
         };
-        busy_.push_back({at(begin_ms), at(end_ms)});
-        if (spans_.on()) spans_.add({busy_.back(), t.bytes, std::move(t.what)});
+        const Interval when{at(begin_ms), at(end_ms)};
+        if (t.copy) busy_.push_back(when);
+        if (spans_.on()) spans_.add({when, t.bytes, std::move(t.what), std::move(t.op)});
       }
       cudaEventDestroy(t.begin);
       cudaEventDestroy(t.end);
@@ -179,6 +223,7 @@ class CudaStream final : public Stream {
   std::mutex mutex_;
   std::deque<Timing> timings_;
   std::vector<Interval> busy_;  // resolved, not yet taken
+  std::optional<Timing> open_;  // begin_span()'s, until end_span()
 };
 
 class CudaDevice final : public AccountedDevice {

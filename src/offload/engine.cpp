@@ -1070,13 +1070,13 @@ void EngineImpl::unit_begin(std::size_t unit) {
   }
   use(unit);
   running_ = unit;
-  if (trace_) unit_started_ = SteadyClock::now();
+  if (trace_) device_->compute_stream().begin_span(units_[unit].name, "forward");
 }
 
 std::vector<torch::Tensor> EngineImpl::unit_end(std::size_t unit,
                                                 std::vector<torch::Tensor> outputs) {
   running_.reset();
-  if (trace_) unit_spans_.push_back({unit, "forward", {unit_started_, SteadyClock::now()}});
+  if (trace_) device_->compute_stream().end_span();
   hook_grads(unit);
   if (torch::GradMode::is_enabled()) {
     outputs = offload::pre_backward(
@@ -1109,14 +1109,14 @@ void EngineImpl::pre_backward(std::size_t unit) {
   end_backward_span();
   use(unit);
   if (trace_) {
-    unit_started_ = SteadyClock::now();
+    device_->compute_stream().begin_span(units_[unit].name, "backward");
     in_backward_ = unit;
   }
 }
 
 void EngineImpl::end_backward_span() {
   if (!in_backward_) return;
-  unit_spans_.push_back({*in_backward_, "backward", {unit_started_, SteadyClock::now()}});
+  device_->compute_stream().end_span();
   in_backward_.reset();
 }
 
@@ -1476,8 +1476,7 @@ void EngineImpl::take_busy(SteadyClock::time_point from, SteadyClock::time_point
     for (gpu::Stream* stream : copy_streams()) copies.emplace_back(stream, stream->take_spans());
   }
   auto stall = stall_.take();
-  in_backward_.reset();  // a failed backward's
-  const std::vector<UnitSpan> unit_spans = std::exchange(unit_spans_, {});
+  in_backward_.reset();  // a failed backward's (the next begin_span() drops it)
   swap::SwapBusy param_io;
   if (store_ && store_->nvme) param_io = store_->nvme->take_busy();
   const std::vector<Interval>& reads = param_io.reads;
@@ -1502,11 +1501,14 @@ void EngineImpl::take_busy(SteadyClock::time_point from, SteadyClock::time_point
     trace_param_transfers(param_io.transfers, step);
     trace_lanes("parameters", param_io.lanes, from, to, step);
     for (const auto& [stream, spans] : copies) {
-      for (const Span& c : spans)
-        trace_->transfer({"copies: " + stream->name(), c.what, "copy", c.bytes, c.when}, step);
+      for (const Span& c : spans) {
+        if (c.op.empty()) {
+          trace_->transfer({"copies: " + stream->name(), c.what, "copy", c.bytes, c.when}, step);
+        } else {  // a unit's forward or backward, on the compute stream
+          trace_->transfer({"compute: units", c.what, c.op, 0, c.when}, step);
+        }
+      }
     }
-    for (const UnitSpan& u : unit_spans)
-      trace_->transfer({"compute: units", units_[u.unit].name, u.op, 0, u.when}, step);
     trace_->counter("pinned bytes in use", to, static_cast<double>(pinned_in_use()));
   }
   if (store_ && store_->nvme)

@@ -345,16 +345,10 @@ class EngineImpl final : public Coordinator::Actions {
   BusyLog stall_;
   std::unique_ptr<Trace> trace_;                              // zinf.trace_path
   std::unordered_map<std::string, std::string> unit_of_key_;  // tracing: partition key to unit
-  // Tracing: each unit's forward and backward on the compute thread, from
-  // its parameters in place (after its stall) to the forward's return, or
-  // for backward to the next unit's or backward()'s end.
-  struct UnitSpan {
-    std::size_t unit;
-    const char* op;  // "forward", "backward"
-    Interval when;
-  };
-  std::vector<UnitSpan> unit_spans_;
-  SteadyClock::time_point unit_started_;
+  // Tracing: each unit's forward and backward a span on the compute stream
+  // (timed as the device runs it), from its parameters in place (after its
+  // stall) to the forward's return, or for backward to the next unit's or
+  // backward()'s end.
   std::optional<std::size_t> in_backward_;  // the unit whose backward span is open
   void end_backward_span();
   StepReport report_;

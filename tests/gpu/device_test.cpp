@@ -118,6 +118,44 @@ TEST_P(DeviceTest, CopiesRunInStreamOrderAndEventsOrderStreams) {
   device->unpin(in->data(), n);
 }
 
+// begin_span()/end_span() bracket the work enqueued in between (a unit's
+// kernels): one span with its op, covering that work as the stream ran it,
+// and no busy time of its own; nothing while spans are off.
+TEST_P(DeviceTest, ABracketedSpanCoversTheWorkEnqueuedInside) {
+  auto device = make(0);
+  ASSERT_NE(device, nullptr);
+  auto h2d = device->create_stream("h2d");
+  ASSERT_TRUE(h2d.is_ok());
+  const std::size_t n = 1 << 20;
+  auto in = AlignedBuffer::allocate(n);
+  ASSERT_TRUE(in.is_ok());
+  std::memset(in->data(), 1, n);
+  auto dev = device->allocate(n, "buffer");
+  ASSERT_TRUE(dev.is_ok());
+  for (Stream* stream : {h2d->get(), &device->compute_stream()}) {
+    stream->begin_span("unit 'a'", "forward");  // spans off: nothing
+    stream->end_span();
+    stream->record_spans(true);
+    stream->begin_span("unit 'a'", "forward");
+    ASSERT_TRUE(stream->copy_to_device(*dev, in->data(), n, "inside").is_ok());
+    stream->end_span();
+    stream->end_span();  // none open: nothing
+    ASSERT_TRUE(stream->synchronize().is_ok());
+    const std::vector<Span> spans = stream->take_spans();
+    ASSERT_EQ(spans.size(), 2u) << stream->name();
+    EXPECT_EQ(spans[0].what, "inside");
+    EXPECT_TRUE(spans[0].op.empty()) << "a copy has no op";
+    EXPECT_EQ(spans[1].what, "unit 'a'");
+    EXPECT_EQ(spans[1].op, "forward");
+    EXPECT_EQ(spans[1].bytes, 0u);
+    EXPECT_LE(spans[1].when.begin, spans[0].when.begin) << stream->name();
+    EXPECT_LE(spans[0].when.end, spans[1].when.end) << stream->name();
+    EXPECT_EQ(stream->take_busy().size(), 1u) << "the copy's busy time, not the span's";
+    stream->record_spans(false);
+  }
+  device->deallocate(*dev, n);
+}
+
 TEST_P(DeviceTest, DescribesItself) {
   auto device = make(64 << 20);
   ASSERT_NE(device, nullptr);

@@ -65,6 +65,7 @@ struct Span {
   Interval when;
   std::uint64_t bytes = 0;
   std::string what;
+  std::string op;  // the kind of work: empty for a copy
 };
 
 // Spans, kept only while on: off, a producer checks on() and builds nothing.

@@ -94,6 +94,14 @@ class Stream {
   // those that completed since the last call, in stream order.
   void record_spans(bool on) { spans_.set_on(on); }
   virtual std::vector<Span> take_spans() { return spans_.take(); }
+  // While spans are on: the work enqueued from begin_span() to end_span()
+  // (a unit's kernels on the compute stream) as one span among
+  // take_spans()', timed as the stream runs it (CUDA: by events on the
+  // stream; the emulated device: when its thread gets there). Spans do not
+  // nest: begin_span() drops one left open. Not thread safe: one thread
+  // brackets a stream's spans. Off, they cost nothing.
+  virtual void begin_span(std::string what, std::string op) = 0;
+  virtual void end_span() = 0;
 
  protected:
   SpanLog spans_;
