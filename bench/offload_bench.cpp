@@ -16,6 +16,11 @@
 //                  one span written to a trace file in the current
 //                  directory (counter ns_per_span), to set against the spans
 //                  a step writes and its wall time.
+//   BM_TraceOps    what recording LibTorch's operators (a trace's ops tracks)
+//                  adds to each operator: a tiny add run N times recorded
+//                  and N times not, in each iteration (ns_per_op_recorded,
+//                  the difference per operator), and the cost of writing one
+//                  operator's span (ns_per_op_written).
 #include <benchmark/benchmark.h>
 #include <stdlib.h>
 #include <torch/torch.h>
@@ -231,9 +236,49 @@ void BM_TraceSpans(benchmark::State& state) {
   std::filesystem::remove(path);
 }
 
+void BM_TraceOps(benchmark::State& state) {
+  const std::filesystem::path path = "zinf-bench-trace-ops.json";
+  auto trace = zinf::offload::Trace::open(path, 0);
+  if (!trace.is_ok()) return state.SkipWithError(trace.status().to_string().c_str());
+  const auto n = state.range(0);
+  const torch::Tensor a = torch::ones({1}), b = torch::ones({1});
+  auto run = [&] {
+    for (std::int64_t i = 0; i < n; ++i) benchmark::DoNotOptimize(torch::add(a, b));
+  };
+  zinf::SteadyClock::duration plain{}, recorded{}, written{};
+  std::uint64_t ops = 0;
+  for (auto _ : state) {
+    const auto t0 = zinf::SteadyClock::now();
+    run();
+    const auto recorder = zinf::offload::OpRecorder::start();
+    const auto t1 = zinf::SteadyClock::now();
+    run();
+    const auto t2 = zinf::SteadyClock::now();
+    const auto spans = recorder->take();
+    (*trace)->ops(spans, {t1, t2}, 1);
+    const auto t3 = zinf::SteadyClock::now();
+    plain += t1 - t0;
+    recorded += t2 - t1;
+    written += t3 - t2;
+    ops += spans.size();
+  }
+  trace->reset();
+  const double runs = static_cast<double>(state.iterations() * n);
+  auto ns = [](zinf::SteadyClock::duration d) {
+    return std::chrono::duration<double, std::nano>(d).count();
+  };
+  state.counters["ns_per_op_plain"] = ns(plain) / runs;
+  state.counters["ns_per_op_recorded"] = (ns(recorded) - ns(plain)) / runs;
+  state.counters["ns_per_op_written"] =
+      ns(written) / static_cast<double>(std::max<std::uint64_t>(1, ops));
+  state.counters["ops_per_add"] = static_cast<double>(ops) / runs;
+  std::filesystem::remove(path);
+}
+
 }  // namespace
 
 BENCHMARK(BM_TraceSpans)->Arg(1000)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_TraceOps)->Arg(10000)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_CpuMode)->Arg(64 << 20)->Iterations(5)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_NvmeMode)
     ->Args({16 << 20, 2 << 20})

@@ -259,6 +259,7 @@ void EngineImpl::join_job() {
     auto trace = Trace::open(Trace::path_for(config_.zinf.trace_path, rank_, world_size_), rank_);
     if (!trace.is_ok()) fail(trace.status());
     trace_ = std::move(*trace);
+    ops_ = OpRecorder::start();
   }
 }
 
@@ -1509,6 +1510,7 @@ void EngineImpl::take_busy(SteadyClock::time_point from, SteadyClock::time_point
         }
       }
     }
+    trace_->ops(ops_->take(), {from, to}, step);
     trace_->counter("pinned bytes in use", to, static_cast<double>(pinned_in_use()));
   }
   if (store_ && store_->nvme)
@@ -1936,6 +1938,7 @@ void EngineImpl::step() {
   r.comm_s = union_seconds(clip(comm, window_.open ? window_.begin : t0, t1));
   if (trace_) {
     trace_->spans(Trace::kStep, {{t0, t1}}, r.step);
+    trace_->ops(ops_->take(), {t0, t1}, r.step);
     trace_->spans(Trace::kOptimizerIo, merged(clip(io, t0, t1)), r.step);
     trace_->spans(Trace::kComm, merged(clip(comm, window_.open ? window_.begin : t0, t1)), r.step);
     trace_->spans(Trace::kCpuAdam, st.compute_periods, r.step);

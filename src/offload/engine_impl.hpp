@@ -344,6 +344,7 @@ class EngineImpl final : public Coordinator::Actions {
   Window window_;
   BusyLog stall_;
   std::unique_ptr<Trace> trace_;                              // zinf.trace_path
+  std::unique_ptr<OpRecorder> ops_;                           // with trace_: LibTorch's operators
   std::unordered_map<std::string, std::string> unit_of_key_;  // tracing: partition key to unit
   // Tracing: each unit's forward and backward a span on the compute stream
   // (timed as the device runs it), from its parameters in place (after its

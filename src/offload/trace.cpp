@@ -1,13 +1,83 @@
 #include "offload/trace.hpp"
 
+#include <ATen/record_function.h>
+
+#include <atomic>
 #include <cstdio>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <utility>
 
 #include "zinf/common/logging.hpp"
 
 namespace zinf::offload {
 
 namespace fs = std::filesystem;
+
+namespace {
+
+// The live recorder's sink; the callback is global and outlives nothing.
+std::mutex g_ops_mutex;
+std::vector<OpSpan>* g_ops = nullptr;  // null: no recorder
+std::atomic<int> g_next_thread{0};
+
+struct OpStart final : at::ObserverContext {
+  SteadyClock::time_point at;
+};
+
+// Operators nest (aten::linear runs aten::t and aten::addmm): only the
+// outermost on each thread is kept, which is what the caller asked for.
+thread_local int t_depth = 0;
+
+std::unique_ptr<at::ObserverContext> op_started(const at::RecordFunction&) {
+  if (t_depth++ > 0) return nullptr;
+  auto start = std::make_unique<OpStart>();
+  start->at = SteadyClock::now();
+  return start;
+}
+
+void op_ended(const at::RecordFunction& fn, at::ObserverContext* context) {
+  --t_depth;
+  const auto* start = static_cast<const OpStart*>(context);
+  if (start == nullptr) return;
+  const auto end = SteadyClock::now();
+  thread_local const int thread = ++g_next_thread;
+  std::lock_guard lock(g_ops_mutex);
+  if (g_ops != nullptr) g_ops->push_back({fn.name(), thread, {start->at, end}});
+}
+
+}  // namespace
+
+std::unique_ptr<OpRecorder> OpRecorder::start() {
+  std::unique_ptr<OpRecorder> recorder(new OpRecorder());
+  {
+    std::lock_guard lock(g_ops_mutex);
+    if (g_ops != nullptr) {
+      ZINF_LOG(kWarn) << "zinf.trace_path: another engine's trace records LibTorch operators; "
+                         "this one's trace goes without them";
+      return recorder;
+    }
+    g_ops = new std::vector<OpSpan>();
+  }
+  recorder->active_ = true;
+  recorder->handle_ = at::addGlobalCallback(
+      at::RecordFunctionCallback(op_started, op_ended)
+          .scopes({at::RecordScope::FUNCTION, at::RecordScope::BACKWARD_FUNCTION}));
+  return recorder;
+}
+
+OpRecorder::~OpRecorder() {
+  if (!active_) return;
+  at::removeCallback(handle_);
+  std::lock_guard lock(g_ops_mutex);
+  delete std::exchange(g_ops, nullptr);
+}
+
+std::vector<OpSpan> OpRecorder::take() {
+  if (!active_) return {};
+  std::lock_guard lock(g_ops_mutex);
+  return std::exchange(*g_ops, {});
+}
 
 const char* Trace::name(Track track) {
   switch (track) {
@@ -84,11 +154,27 @@ void Trace::spans(Track track, const std::vector<Interval>& periods, std::uint64
   spans_on(static_cast<int>(track), name(track), periods, step);
 }
 
-void Trace::named_spans(const std::string& track, const std::vector<Interval>& periods,
-                        std::uint64_t step) {
+int Trace::named_track(const std::string& track) {
   auto [it, added] = named_.try_emplace(track, kTracks + static_cast<int>(named_.size()));
   if (added) name_track(it->second, track);
-  spans_on(it->second, track, periods, step);
+  return it->second;
+}
+
+void Trace::named_spans(const std::string& track, const std::vector<Interval>& periods,
+                        std::uint64_t step) {
+  spans_on(named_track(track), track, periods, step);
+}
+
+void Trace::ops(const std::vector<OpSpan>& ops, Interval window, std::uint64_t step) {
+  for (const OpSpan& op : ops) {
+    if (op.when.begin < window.begin || op.when.end > window.end) continue;
+    const int tid = named_track("ops: thread " + std::to_string(op.thread));
+    event(R"({"ph":"X","name":)" + nlohmann::json(op.name).dump() + R"(,"pid":)" +
+          std::to_string(rank_) + R"(,"tid":)" + std::to_string(tid) + R"(,"ts":)" +
+          std::to_string(micros(op.when.begin)) + R"(,"dur":)" +
+          std::to_string(micros(op.when.end) - micros(op.when.begin)) + R"(,"args":{"step":)" +
+          std::to_string(step) + "}}");
+  }
 }
 
 void Trace::name_track(int tid, const std::string& track) {

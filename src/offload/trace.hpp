@@ -8,7 +8,8 @@
 // transfer, copy and collective, and each unit's forward and backward, is
 // an async span of its own (transfer());
 // each CPU optimizer thread and each NVMe lane has a track of its own
-// (named_spans()).
+// (named_spans()), and so has each thread that ran LibTorch operators
+// (ops(): a complete event per outermost operator).
 //
 // Threads: the engine's, one at a time. A write error is logged once, and
 // the run goes on without its trace.
@@ -26,6 +27,35 @@
 #include "zinf/common/status.hpp"
 
 namespace zinf::offload {
+
+// A LibTorch operator's run, as OpRecorder saw it.
+struct OpSpan {
+  std::string name;  // "aten::addmm"
+  int thread = 0;    // 1, 2, ... in the order threads first ran an operator
+  Interval when;
+};
+
+// Every LibTorch operator run in the process while one lives (a global
+// RecordFunction callback: functions and autograd's backward functions),
+// the outermost on each thread only (aten::linear, not the aten::t and
+// aten::addmm it runs), for a trace to show what ran inside a unit's span. The host clock at the
+// operator's start and end: on the emulated device the kernel itself, on
+// CUDA its launch. One records at a time: a second, while the first lives,
+// records nothing (and says so). Threads: the callback runs on whichever
+// thread runs an operator; take() from any.
+class OpRecorder {
+ public:
+  static std::unique_ptr<OpRecorder> start();
+  ~OpRecorder();
+  OpRecorder(const OpRecorder&) = delete;
+  OpRecorder& operator=(const OpRecorder&) = delete;
+  std::vector<OpSpan> take();  // the operators that ended since the last call
+
+ private:
+  OpRecorder() = default;
+  std::uint64_t handle_ = 0;
+  bool active_ = false;
+};
 
 class Trace {
  public:
@@ -59,6 +89,10 @@ class Trace {
   // parameters lane N reads").
   void named_spans(const std::string& track, const std::vector<Interval>& periods,
                    std::uint64_t step);
+  // Each operator that ran inside `window` (the engine's forward and
+  // backward, or its update) a complete event on its thread's track ("ops:
+  // thread N"); the caller's own work between them is left out.
+  void ops(const std::vector<OpSpan>& ops, Interval window, std::uint64_t step);
   void counter(const char* name, SteadyClock::time_point at, double value);
   // One transfer, from its start to its completion, as an async span of
   // `category` (Perfetto puts a category's overlapping spans on rows of
@@ -81,6 +115,7 @@ class Trace {
   Trace(std::ofstream out, std::filesystem::path path, int rank);
   void event(const std::string& json);
   void name_track(int tid, const std::string& name);  // a thread_name and its sort index
+  int named_track(const std::string& track);          // named_spans()' tid, named when new
   void spans_on(int tid, const std::string& name, const std::vector<Interval>& periods,
                 std::uint64_t step);
   double micros(SteadyClock::time_point t) const;

@@ -605,7 +605,7 @@ TEST(EngineTest, ZinfCkptInspectsVerifiesAndConsolidates) {
 // stay inside their step, with counters once a step (pinned bytes also
 // once a micro-step); a span per NVMe transfer and per copy whose bytes add
 // up to the report's, and per unit's forward and backward; a track per CPU
-// optimizer thread and per NVMe lane.
+// optimizer thread and per NVMe lane; LibTorch's operators on their threads'.
 TEST(EngineTest, TraceSpansAddUpToEachStepsReport) {
   ScratchDir dir;
   Homes s;
@@ -726,6 +726,28 @@ TEST(EngineTest, TraceSpansAddUpToEachStepsReport) {
   std::sort(unit_compute.begin(), unit_compute.end());
   for (std::size_t k = 1; k < unit_compute.size(); ++k)
     EXPECT_GE(unit_compute[k].first, unit_compute[k - 1].second - 1e-3) << "units' spans overlap";
+  // LibTorch's operators, each on its thread's track, inside its step: on
+  // the emulated device every unit's forward and backward span holds some.
+  std::vector<std::pair<double, double>> ops;
+  std::set<std::string> op_names;
+  std::set<std::uint64_t> op_steps;
+  for (const auto& e : trace) {
+    if (e["ph"] != "X" || tracks.at(e["tid"]).rfind("ops: thread ", 0) != 0) continue;
+    ops.emplace_back(e["ts"].get<double>(), e["ts"].get<double>() + e["dur"].get<double>());
+    op_names.insert(e["name"].get<std::string>());
+    op_steps.insert(e["args"]["step"].get<std::uint64_t>());
+  }
+  EXPECT_EQ(op_steps.size(), reports.size()) << "a step without operators";
+  EXPECT_TRUE(op_names.count("aten::linear") || op_names.count("aten::matmul")) << op_names.size();
+  EXPECT_TRUE(std::any_of(op_names.begin(), op_names.end(), [](const std::string& n) {
+    return n.find("Backward") != std::string::npos;
+  })) << "autograd's backward functions";
+  for (const auto& [from, to] : unit_compute) {
+    EXPECT_TRUE(std::any_of(
+        ops.begin(), ops.end(),
+        [&](const auto& op) { return op.first >= from - 1e-3 && op.second <= to + 1e-3; }))
+        << "a unit's span at " << from << " holds no operator";
+  }
   EXPECT_TRUE(copied.count("h0")) << "a unit's copy onto the device is named after it";
   EXPECT_TRUE(std::any_of(copied.begin(), copied.end(), [](const std::string& n) {
     return n.size() > 7 && n.compare(n.size() - 7, 7, ".weight") == 0;
@@ -1153,7 +1175,7 @@ TEST_P(EngineLostRequest, FailsItsPhaseAndTheRetryUsesOtherBuffers) {
   swap::FaultSpec fault;
   fault.kind = swap::FaultKind::kDelay;
   fault.only = swap::IoOp::kRead;
-  fault.nth = store == "param" ? 8 : 3;   // the construction reads each unit's partition once
+  fault.nth = store == "param" ? 8 : 3;    // the construction reads each unit's partition once
   fault.delay = std::chrono::seconds(30);  // returned long after the retry (never, here)
   (store == "param" ? eo.param_fault : eo.optimizer_fault) = fault;
   Engine<gpt::GPT> engine(build(o, cfg, false), cfg, eo);
