@@ -82,6 +82,27 @@ TEST(ZinfPlanTest, CollectivesAcrossRanksAreTimedAtTheGivenRate) {
   EXPECT_EQ(plan("--config " + config("zero3_cpu.json") + kSmall)["comm_bytes_per_step"], 0);
 }
 
+// Stages 2-3 without overlap_comm: the backward waits for each reduction,
+// whose time (the gradients' share of the collectives) joins the compute's.
+TEST(ZinfPlanTest, WithoutOverlapCommTheReductionsJoinTheCompute) {
+  auto with_overlap = [&](bool on) {
+    const std::string file = path(on ? "plan-overlap.json" : "plan-serial.json");
+    std::ofstream(file) << R"({"optimizer": {"type": "AdamW", "params": {"lr": 1e-4}},
+                               "zero_optimization": {"stage": 2, "overlap_comm": )"
+                        << (on ? "true" : "false")
+                        << R"(, "offload_optimizer": {"device": "cpu"}}})";
+    return plan("--config " + file + kSmall + " --world-size 2 --comm-gbps 2");
+  };
+  const auto overlapped = with_overlap(true), serial = with_overlap(false);
+  EXPECT_EQ(overlapped["backward_waits_s_per_micro_step"].get<double>(), 0);
+  const double waits = serial["backward_waits_s_per_micro_step"].get<double>();
+  // Stage 2 gathers nothing: every micro-step collective is a reduction.
+  EXPECT_NEAR(waits, serial["stages"]["collectives"].get<double>(), 1e-12);
+  EXPECT_GT(waits, 0);
+  EXPECT_NEAR(serial["stages"]["compute"].get<double>(),
+              serial["rates"]["compute_s_per_micro_step"].get<double>() + waits, 1e-12);
+}
+
 TEST(ZinfPlanTest, BadInputIsAnErrorNamingTheFlagOrFile) {
   zinf::test::Job r = run("--config " + config("zero3_nvme.json") + kSmall);
   EXPECT_EQ(r.status, 1);

@@ -287,7 +287,8 @@ int main(int argc, char** argv) {
             ? optim_bytes / rates.mixed
             : static_cast<double>(m.optim_read_bytes) / rates.read +
                   static_cast<double>(m.optim_write_bytes + m.param_write_bytes) / rates.write;
-    // Without overlap_comm the backward waits for each reduction.
+    // Without overlap_comm the backward waits for each reduction: its time
+    // joins the compute's.
     const double unoverlapped = cfg.zero_optimization.overlap_comm || comm_gbps <= 0
                                     ? 0
                                     : static_cast<double>(m.reduce_comm_bytes) / (comm_gbps * 1e9);
@@ -361,6 +362,7 @@ int main(int argc, char** argv) {
                     {"comm_gbps", comm_gbps},
                     {"update_ns_per_element", update_rate * 1e9},
                     {"compute_s_per_micro_step", compute}}},
+                  {"backward_waits_s_per_micro_step", unoverlapped},
                   {"stages", json::object()},
                   {"fwd_bwd_s", fwd_bwd.seconds},
                   {"update_s", step.seconds},
