@@ -1763,23 +1763,24 @@ Status EngineImpl::restore_homes() {
   return s.is_ok() ? w : s;
 }
 
-Status EngineImpl::overwrite_state(const PieceFn& fill) {
+Status EngineImpl::overwrite_state(const PieceFn& fill, bool all_or_nothing, bool& filled) {
   Status s;
+  filled = false;
   {
     HomeWriter writer(*this);
     StepStats stats;
-    s = tier_->overwrite(
-        [&](Piece& piece) -> Status {
-          ZINF_RETURN_IF_ERROR(fill(piece));
-          ZINF_RETURN_IF_ERROR(write_homes(writer, piece));
-          // Every write-back lands before the tier commits the new state.
-          return piece.index + 1 == pieces_ ? writer.finish() : Status::ok();
-        },
-        stats);
+    const PieceFn piece_fn = [&](Piece& piece) -> Status {
+      filled = true;
+      ZINF_RETURN_IF_ERROR(fill(piece));
+      ZINF_RETURN_IF_ERROR(write_homes(writer, piece));
+      // Every write-back lands before the tier commits the new state.
+      return piece.index + 1 == pieces_ ? writer.finish() : Status::ok();
+    };
+    s = all_or_nothing ? tier_->replace(piece_fn, stats) : tier_->overwrite(piece_fn, stats);
     Status w = writer.finish();
     if (s.is_ok()) s = w;
   }
-  if (s.is_ok() || !tier_->atomic()) return s;
+  if (s.is_ok() || !filled || !(all_or_nothing || tier_->atomic())) return s;
   // The tier kept the old state: so do the parameters.
   Status restored = restore_homes();
   if (!restored.is_ok()) {

@@ -23,9 +23,10 @@
 //
 // Loading checks everything (format, world size, optimizer, parameters,
 // partitions, sizes, checksums) before anything changes: on every rank
-// before any rank changes anything, and on one rank with an atomic tier
-// (NVMe) while it streams the file into the tier, whose commit a mismatch
-// prevents. The state goes in through the tier's overwrite, the parameters
+// before any rank changes anything, and on one rank while it streams the
+// file into the tier all or nothing (the NVMe tier's commit, or a second
+// copy of a host tier's state where the host has room), whose commit a
+// mismatch prevents. The state goes in through the tier's overwrite, the parameters
 // from their new masters in the same pass.
 #include <unistd.h>
 
@@ -292,11 +293,13 @@ void EngineImpl::load_checkpoint(const fs::path& dir, std::string tag) {
   const Checkpoint& c = *read;
   torch::Tensor cpu_rng, device_rng;
   // Every byte of the state is checked before any state changes. One rank
-  // whose tier is atomic checks its file as it loads it, and the last
-  // piece's check fails the load before the tier keeps anything; otherwise
-  // each rank reads its file twice, to check it, then to load it, as ranks
-  // must agree that every file is whole before any loads.
-  const bool check_while_loading = world_size_ == 1 && tier_->atomic();
+  // checks its file as it loads it, all or nothing (StateTier::replace: the
+  // NVMe tier's commit, or a second copy of a host tier's state), and the
+  // last piece's check fails the load before the tier keeps anything.
+  // Otherwise each rank reads its file twice, to check it, then to load it:
+  // ranks must agree that every file is whole before any loads, and a host
+  // without room for a second copy loads in place.
+  bool check_while_loading = world_size_ == 1;
   const StateIo io = checkpoint_io();
   s = check_checkpoint(c, cpu_rng, device_rng);
   if (s.is_ok() && !check_while_loading) s = verify_checkpoint_file(c, rank_, io);
@@ -306,26 +309,41 @@ void EngineImpl::load_checkpoint(const fs::path& dir, std::string tag) {
                               "; nothing was changed"));
   }
 
-  // Now the state goes in through the tier (on NVMe, all or nothing on this
-  // rank), the parameters from their new masters in the same pass, then the
-  // resident ones gathered.
-  auto file = StateFile::open(c.state_file(rank_), c.layout(rank_), io);
-  s = file.status();
-  if (s.is_ok()) {
+  // Now the state goes in through the tier, the parameters from their new
+  // masters in the same pass, then the resident ones gathered.
+  auto load = [&](bool all_or_nothing, bool& filled) -> Status {
+    filled = false;
+    auto file = StateFile::open(c.state_file(rank_), c.layout(rank_), io);
+    ZINF_RETURN_IF_ERROR(file.status());
     const std::size_t last = tier_->pieces() - 1;
     ProgressLog progress("load_checkpoint " + c.state_file(rank_).string(), c.state_bytes(rank_));
     // A file that changed since its verification fails too.
-    s = overwrite_state([&](Piece& piece) -> Status {
-      for (int k = 0; k < num_states_; ++k)
-        ZINF_RETURN_IF_ERROR((*file)->read(k, piece.state[k], piece.count));
-      progress.add(num_states_ * piece.count * sizeof(float));
-      return piece.index == last ? check_state_crcs(c, rank_, **file) : Status::ok();
-    });
+    return overwrite_state(
+        [&](Piece& piece) -> Status {
+          for (int k = 0; k < num_states_; ++k)
+            ZINF_RETURN_IF_ERROR((*file)->read(k, piece.state[k], piece.count));
+          progress.add(num_states_ * piece.count * sizeof(float));
+          return piece.index == last ? check_state_crcs(c, rank_, **file) : Status::ok();
+        },
+        all_or_nothing, filled);
+  };
+  bool filled = false;
+  s = load(check_while_loading, filled);
+  if (check_while_loading && !s.is_ok() && !filled) {
+    ZINF_LOG(kInfo) << "load_checkpoint: " << s.message()
+                    << "; checking the file first, then loading it in place";
+    check_while_loading = false;
+    s = verify_checkpoint_file(c, rank_, io);
+    if (!s.is_ok()) {
+      fail(Status(s.code(), "load_checkpoint " + c.folder.string() + ": " + s.message() +
+                                "; nothing was changed"));
+    }
+    s = load(false, filled);
   }
   s = agree(std::move(s));
   if (!s.is_ok()) {
     const char* what = broken_ ? ""
-                       : tier_->atomic() && world_size_ == 1
+                       : !filled || check_while_loading || tier_->atomic()
                            ? "; nothing was changed"
                            : "; the optimizer state is partly loaded: load again";
     fail(Status(s.code(), "load_checkpoint " + c.folder.string() + ": " + s.message() + what));

@@ -239,9 +239,11 @@ class EngineImpl final : public Coordinator::Actions {
   Status restore_homes();
   // The optimizer state replaced by what `fill` writes into each piece (a
   // checkpoint's load), every parameter rewritten from its new master in the
-  // same pass. On failure an atomic tier keeps the old state, and the
-  // parameters are rewritten from it (broken_ if that fails too).
-  Status overwrite_state(const PieceFn& fill);
+  // same pass. With `all_or_nothing` (StateTier::replace), or on an atomic
+  // tier, a failure keeps the old state, and the parameters are rewritten
+  // from it (broken_ if that fails too); `filled` says whether `fill` ran at
+  // all (a host tier without room for a second copy refuses before).
+  Status overwrite_state(const PieceFn& fill, bool all_or_nothing, bool& filled);
 
   // Checkpoints (engine_checkpoint.cpp).
   Status write_state(const std::filesystem::path& path, std::vector<std::uint32_t>& crcs);

@@ -109,6 +109,7 @@ class NvmeTier final : public StateTier {
 
   Status update(const PieceFn& fn, StepStats& stats) override { return run(fn, stats, true); }
   Status overwrite(const PieceFn& fn, StepStats& stats) override { return run(fn, stats, false); }
+  Status replace(const PieceFn& fn, StepStats& stats) override { return overwrite(fn, stats); }
 
   bool atomic() const override { return true; }
 

@@ -105,6 +105,12 @@ class StateTier {
   // the stored state is not read first, so a piece's state is undefined
   // when `fn` gets it. The same guarantees on failure.
   virtual Status overwrite(const PieceFn& fn, StepStats& stats) = 0;
+  // overwrite(), all or nothing on every tier: if `fn` or any I/O fails,
+  // the stored state stays exactly as before. An atomic() tier's overwrite()
+  // is that already; the host tier fills a second copy and swaps it in, and
+  // refuses (kResourceExhausted, before calling `fn`, nothing changed) when
+  // the host cannot hold a second copy (MemAvailable) or cannot pin it.
+  virtual Status replace(const PieceFn& fn, StepStats& stats) = 0;
   virtual bool atomic() const = 0;
   // Visits every piece in order, read only.
   virtual Status read(const PieceFn& fn) = 0;

@@ -801,12 +801,17 @@ TEST(EngineTest, TraceSpansAddUpToEachStepsReport) {
 }
 
 // A checkpoint that does not fit the engine (another model, a corrupt file,
-// no checkpoint) is refused saying what differs, and nothing changes.
-TEST(EngineTest, ACheckpointThatDoesNotFitIsRefusedWithNothingChanged) {
+// no checkpoint) is refused saying what differs, and nothing changes: with
+// the optimizer state on NVMe (checked as it streams into the tier, which
+// does not commit) and in host memory (checked as it fills a second copy,
+// which is dropped).
+class CheckpointRefusals : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CheckpointRefusals, ACheckpointThatDoesNotFitIsRefusedWithNothingChanged) {
   ScratchDir dir;
   Homes s;
   s.param = "cpu";
-  s.optim = "nvme";
+  s.optim = GetParam();
   const Config cfg = parse(config_json(s, dir.path().string()));
   const auto o = small_gpt();
   const auto ckpt = dir.path() / "ckpt";
@@ -849,6 +854,8 @@ TEST(EngineTest, ACheckpointThatDoesNotFitIsRefusedWithNothingChanged) {
   std::filesystem::remove(ckpt / "latest");
   expect_refused(o, "latest not found");
 }
+
+INSTANTIATE_TEST_SUITE_P(Tiers, CheckpointRefusals, ::testing::Values("nvme", "cpu"));
 
 // The config's scheduler steps after each applied update, as DeepSpeed's
 // engine does: update k runs with the schedule's lr(k - 2), lr(-1) being what

@@ -99,6 +99,37 @@ TEST(StateTierTest, AFailedOrThrowingUpdateIsAStatusAndNvmeKeepsThePreviousState
   }
 }
 
+// replace() is all or nothing on both tiers: a failure at the third piece
+// leaves the state as it was (the host tier drops its second copy), and a
+// replace that succeeds keeps exactly what `fn` wrote.
+TEST(StateTierTest, ReplaceIsAllOrNothingOnBothTiers) {
+  ScratchDir dir;
+  auto nvme =
+      make_nvme_tier(shape(), OffloadOptions().device("nvme").nvme_path(dir.path()), "AdamW", init);
+  ASSERT_TRUE(nvme.is_ok()) << nvme.status().to_string();
+  TierShape chunked = shape();
+  chunked.chunk = 2048;
+  auto host = make_host_tier(chunked, false, init);
+  ASSERT_TRUE(host.is_ok()) << host.status().to_string();
+  auto set_to = [](float v, std::size_t fail_at) {
+    return [v, fail_at](Piece& p) -> Status {
+      for (int k = 0; k < 3; ++k) std::fill(p.state[k], p.state[k] + p.count, v + float(k));
+      return p.index == fail_at ? Status::data_loss("checksum mismatch") : Status::ok();
+    };
+  };
+  for (StateTier* tier : {nvme->get(), host->get()}) {
+    ASSERT_GT(tier->pieces(), 3u);
+    const auto before = snapshot(*tier);
+    StepStats stats;
+    Status s = tier->replace(set_to(7, 2), stats);
+    EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.to_string();
+    EXPECT_EQ(snapshot(*tier), before) << "a failed replace changed the state";
+    ASSERT_TRUE(tier->replace(set_to(7, SIZE_MAX), stats).is_ok());
+    const auto after = snapshot(*tier);
+    for (int k = 0; k < 3; ++k) EXPECT_EQ(after[k * shape().elements()], 7.0f + float(k));
+  }
+}
+
 // A read the device holds past its cancel is lost: that pass fails, the
 // next ones run through a stand-in for the buffer the kernel may still fill,
 // and once the late completion has been reaped the pool's own buffer is back
