@@ -33,14 +33,18 @@ Result<AlignedBuffer> AlignedBuffer::allocate(std::size_t bytes, std::size_t ali
     return Status::resource_exhausted("cannot allocate " + std::to_string(buf.size_) +
                                       " aligned bytes");
   }
-  if (lock) {
-    if (::mlock(buf.data_, buf.size_) != 0) {
-      return Status::from_errno(errno, "mlock of " + std::to_string(buf.size_) +
-                                           " bytes (raise RLIMIT_MEMLOCK or set pin_memory false)");
-    }
-    buf.locked_ = true;
-  }
+  if (lock) ZINF_RETURN_IF_ERROR(buf.lock());
   return buf;
+}
+
+Status AlignedBuffer::lock() {
+  if (locked_ || data_ == nullptr) return Status::ok();
+  if (::mlock(data_, size_) != 0) {
+    return Status::from_errno(errno, "mlock of " + std::to_string(size_) +
+                                         " bytes (raise RLIMIT_MEMLOCK or set pin_memory false)");
+  }
+  locked_ = true;
+  return Status::ok();
 }
 
 AlignedBuffer::~AlignedBuffer() { release(); }

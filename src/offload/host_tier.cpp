@@ -53,9 +53,11 @@ class HostTier final : public StateTier {
           "offload_optimizer: a second copy of the state (" + format_bytes(bytes) +
           ") does not fit the host's available memory (" + format_bytes(available) + ")");
     }
+    // Pinned once filled: its pages then fault in as `fn` writes them,
+    // while the reads it waits for are in flight, not all up front.
     std::vector<AlignedBuffer> copy;
     for (int i = 0; i < shape_.num_states; ++i) {
-      auto buf = AlignedBuffer::allocate(array_bytes(), kIoAlignment, pinned_);
+      auto buf = AlignedBuffer::allocate(array_bytes());
       if (!buf.is_ok())
         return buf.status().with_context("offload_optimizer: a second copy of the state");
       copy.push_back(std::move(*buf));
@@ -64,7 +66,15 @@ class HostTier final : public StateTier {
     Status s = visit(copy, fn);
     stats.compute_periods.push_back({t0, SteadyClock::now()});
     stats.compute_s += stats.compute_periods.back().seconds();
-    if (s.is_ok()) arrays_ = std::move(copy);
+    if (!s.is_ok()) return s;
+    for (AlignedBuffer& b : copy) {
+      if (Status pinned = pinned_ ? b.lock() : Status::ok(); !pinned.is_ok()) {
+        ZINF_LOG(kWarn) << "offload_optimizer.pin_memory: " << pinned.message()
+                        << "; the loaded state stays in unpinned host memory";
+        pinned_ = false;
+      }
+    }
+    arrays_ = std::move(copy);
     return s;
   }
 

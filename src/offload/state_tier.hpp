@@ -109,7 +109,8 @@ class StateTier {
   // the stored state stays exactly as before. An atomic() tier's overwrite()
   // is that already; the host tier fills a second copy and swaps it in, and
   // refuses (kResourceExhausted, before calling `fn`, nothing changed) when
-  // the host cannot hold a second copy (MemAvailable) or cannot pin it.
+  // the host cannot hold a second copy (MemAvailable); the copy is pinned, if
+  // the tier is, once filled.
   virtual Status replace(const PieceFn& fn, StepStats& stats) = 0;
   virtual bool atomic() const = 0;
   // Visits every piece in order, read only.

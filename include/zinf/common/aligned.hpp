@@ -55,6 +55,9 @@ class AlignedBuffer {
   std::byte* data() const { return data_; }
   std::size_t size() const { return size_; }
   bool locked() const { return locked_; }
+  // mlock the pages now (allocate's `lock`, for a buffer filled first);
+  // an error (RLIMIT_MEMLOCK) leaves it unlocked.
+  Status lock();
   std::span<std::byte> bytes() const { return {data_, size_}; }
   template <typename T>
   T* as() const {
