@@ -26,8 +26,9 @@
 // before any rank changes anything, and on one rank while it streams the
 // file into the tier all or nothing (the NVMe tier's commit, or a second
 // copy of a host tier's state where the host has room), whose commit a
-// mismatch prevents. The state goes in through the tier's overwrite, the parameters
-// from their new masters in the same pass.
+// mismatch prevents. The state goes in through the tier (StateTier::replace,
+// or overwrite after a separate check), the parameters from their new
+// masters in the same pass.
 #include <unistd.h>
 
 #include <chrono>

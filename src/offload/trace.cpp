@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <utility>
 
 #include "zinf/common/logging.hpp"
@@ -18,7 +19,7 @@ namespace {
 
 // The live recorder's sink; the callback is global and outlives nothing.
 std::mutex g_ops_mutex;
-std::vector<OpSpan>* g_ops = nullptr;  // null: no recorder
+std::optional<std::vector<OpSpan>> g_ops;  // empty: no recorder
 std::atomic<int> g_next_thread{0};
 
 struct OpStart final : at::ObserverContext {
@@ -43,7 +44,7 @@ void op_ended(const at::RecordFunction& fn, at::ObserverContext* context) {
   const auto end = SteadyClock::now();
   thread_local const int thread = ++g_next_thread;
   std::lock_guard lock(g_ops_mutex);
-  if (g_ops != nullptr) g_ops->push_back({fn.name(), thread, {start->at, end}});
+  if (g_ops) g_ops->push_back({fn.name(), thread, {start->at, end}});
 }
 
 }  // namespace
@@ -52,12 +53,12 @@ std::unique_ptr<OpRecorder> OpRecorder::start() {
   std::unique_ptr<OpRecorder> recorder(new OpRecorder());
   {
     std::lock_guard lock(g_ops_mutex);
-    if (g_ops != nullptr) {
+    if (g_ops) {
       ZINF_LOG(kWarn) << "zinf.trace_path: another engine's trace records LibTorch operators; "
                          "this one's trace goes without them";
       return recorder;
     }
-    g_ops = new std::vector<OpSpan>();
+    g_ops.emplace();
   }
   recorder->active_ = true;
   recorder->handle_ = at::addGlobalCallback(
@@ -70,7 +71,7 @@ OpRecorder::~OpRecorder() {
   if (!active_) return;
   at::removeCallback(handle_);
   std::lock_guard lock(g_ops_mutex);
-  delete std::exchange(g_ops, nullptr);
+  g_ops.reset();
 }
 
 std::vector<OpSpan> OpRecorder::take() {

@@ -19,8 +19,9 @@
 // waits, checking again every few milliseconds.
 //
 // Thread safety: acquire()/try_acquire() and Lease destruction from any
-// thread; retire_while() before the first buffer is given back. Buffers are kIoAlignment-aligned,
-// buffer_bytes() long (a multiple of kIoAlignment).
+// thread; retire_while() before the first buffer is given back. Buffers
+// are kIoAlignment-aligned, buffer_bytes() long (a multiple of
+// kIoAlignment).
 #pragma once
 
 #include <condition_variable>
