@@ -3,14 +3,55 @@
 #include <immintrin.h>
 #include <sys/mman.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
+#include <mutex>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "zinf/common/cpu_features.hpp"
+#include "zinf/common/logging.hpp"
 
 namespace zinf {
+namespace {
+
+// The memory lost I/O requests may still use. Never destroyed (and so the
+// kept buffers stay reachable for leak checkers).
+struct LostIo {
+  std::mutex mutex;
+  std::vector<std::span<const std::byte>> ranges;
+  std::atomic<std::uint64_t> bytes{0};
+};
+
+LostIo& lost_io() {
+  static LostIo* const registry = new LostIo;
+  return *registry;
+}
+
+}  // namespace
+
+void keep_for_lost_io(std::span<const std::byte> memory) {
+  if (memory.empty()) return;
+  LostIo& r = lost_io();
+  std::lock_guard lock(r.mutex);
+  r.ranges.push_back(memory);
+  r.bytes += memory.size();
+}
+
+bool lost_io_holds(std::span<const std::byte> memory) {
+  LostIo& r = lost_io();
+  if (r.bytes.load(std::memory_order_relaxed) == 0) return false;
+  std::lock_guard lock(r.mutex);
+  for (const auto& held : r.ranges) {
+    if (held.data() < memory.data() + memory.size() && memory.data() < held.data() + held.size())
+      return true;
+  }
+  return false;
+}
+
+std::uint64_t lost_io_bytes() { return lost_io().bytes.load(); }
 
 Result<AlignedBuffer> AlignedBuffer::allocate(std::size_t bytes, std::size_t alignment, bool lock) {
   if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
@@ -68,11 +109,16 @@ AlignedBuffer& AlignedBuffer::operator=(AlignedBuffer&& other) noexcept {
 
 void AlignedBuffer::release() {
   if (data_ == nullptr) return;
-  if (locked_) ::munlock(data_, size_);
-  if (mapped_) {
-    ::munmap(data_, size_);
+  if (lost_io_holds(bytes())) {
+    ZINF_LOG(kWarn) << "keeping " << format_bytes(size_)
+                    << " of host memory from the allocator: a lost I/O request may still use it";
   } else {
-    std::free(data_);
+    if (locked_) ::munlock(data_, size_);
+    if (mapped_) {
+      ::munmap(data_, size_);
+    } else {
+      std::free(data_);
+    }
   }
   data_ = nullptr;
   size_ = 0;

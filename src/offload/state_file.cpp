@@ -51,20 +51,14 @@ struct StateFile::State {
   std::uint64_t chunk_bytes = kStateChunk;  // less for a file smaller than a chunk
   swap::FileDescriptor fd;
   bool direct = false;
-  // Declared before the queue, whose destructor waits for the I/O into them.
+  // Declared before the queue, whose destructor waits for the I/O into them
+  // (and keeps what a lost request may still use from being released).
   AlignedBuffer arena;
   std::unique_ptr<swap::IoQueue> queue;
   std::vector<Chunk> chunks;
   std::vector<Region> regions;
   std::vector<swap::IoResult> results;
   Status error;
-  bool lost_read = false;  // the kernel may still write into the arena
-
-  ~State() {
-    // A read the kernel never finished may land in the arena at any time:
-    // leave its memory to the process rather than to the allocator.
-    if (lost_read) new AlignedBuffer(std::move(arena));
-  }
 
   Status fail(Status s) {
     if (error.is_ok()) error = std::move(s);
@@ -99,11 +93,7 @@ struct StateFile::State {
     for (std::size_t i = 0; i < *n; ++i) {
       const swap::IoResult& r = results[i];
       Chunk& chunk = chunks[r.user_data];
-      if (r.lost) {
-        // A write the kernel still holds only reads the arena; a read may
-        // still write into it.
-        lost_read = lost_read || !writing;
-      } else {
+      if (!r.lost) {
         chunk.in_flight = false;
         if (writing)
           regions[static_cast<std::size_t>(chunk.region)].chunks.push_back(

@@ -8,6 +8,7 @@
 #include <deque>
 #include <vector>
 
+#include "zinf/common/aligned.hpp"
 #include "zinf/common/logging.hpp"
 #include "zinf/swap/io_engine.hpp"
 
@@ -122,12 +123,29 @@ IoQueue::IoQueue(std::unique_ptr<IoEngine> engine, IoQueueOptions options)
 
 IoQueue::~IoQueue() {
   // Requests still in flight reference caller memory: wait for them (bounded
-  // by the completion timeout) before the engine goes away.
-  if (!state_->fatal.is_ok()) return;
-  const auto deadline = std::chrono::steady_clock::now() + state_->options.completion_timeout;
+  // by the completion timeout) before the engine goes away. The buffers of
+  // those the kernel still has then are kept from the allocator for the
+  // process's life (keep_for_lost_io): a late transfer must not land in
+  // memory given to someone else.
+  State& s = *state_;
+  std::vector<bool> out(s.slots.size(), true);
+  for (std::uint32_t i : s.free) out[i] = false;
+  const auto deadline = std::chrono::steady_clock::now() + s.options.completion_timeout;
   while (engine_->in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
-    auto n = engine_->reap(state_->completions, 1, state_->options.completion_timeout);
+    auto n = engine_->reap(s.completions, 1, s.options.completion_timeout);
     if (!n.is_ok()) break;
+    for (std::size_t k = 0; k < *n; ++k) {
+      if (s.completions[k].user_data < out.size()) out[s.completions[k].user_data] = false;
+    }
+  }
+  if (engine_->in_flight() == 0) return;
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    if (!out[i]) continue;
+    const IoRequest& r = s.slots[i].request;
+    keep_for_lost_io({static_cast<const std::byte*>(r.buffer), r.length});
+    ZINF_LOG(kError) << engine_->name() << ": closing while the kernel still has the "
+                     << s.describe(*engine_, s.slots[i])
+                     << "; its buffer is kept from the allocator";
   }
 }
 

@@ -1,7 +1,9 @@
 #include "zinf/common/aligned.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 
+#include <cstring>
 #include <utility>
 
 namespace zinf {
@@ -26,6 +28,35 @@ TEST(AlignedBufferTest, MoveTransfersOwnership) {
 
 TEST(AlignedBufferTest, RejectsBadAlignment) {
   EXPECT_EQ(AlignedBuffer::allocate(100, 3000).status().code(), StatusCode::kInvalidArgument);
+}
+
+// Memory a lost I/O request may still use outlives its buffer: a mapped
+// buffer stays mapped, a heap one is not freed (ASan would report the reads
+// below as a use after free if it were), a buffer beside it is released.
+TEST(AlignedBufferTest, MemoryALostRequestMayUseIsNeverReleased) {
+  for (std::size_t size : {kMapThreshold * 2, std::size_t{16} << 10}) {
+    auto kept = AlignedBuffer::allocate(size);
+    auto other = AlignedBuffer::allocate(size);
+    ASSERT_TRUE(kept.is_ok() && other.is_ok());
+    const std::byte* p = kept->data();
+    std::memset(kept->data(), 0x5a, size);
+    const std::span<const std::byte> request{p + kIoAlignment, kIoAlignment};
+    const std::uint64_t before = lost_io_bytes();
+    EXPECT_FALSE(lost_io_holds(request));
+    keep_for_lost_io(request);
+    EXPECT_EQ(lost_io_bytes(), before + kIoAlignment);
+    EXPECT_TRUE(lost_io_holds(kept->bytes()));
+    EXPECT_FALSE(lost_io_holds(other->bytes()));
+    *kept = AlignedBuffer();
+    *other = AlignedBuffer();
+    if (size >= kMapThreshold) {
+      unsigned char resident = 0;
+      EXPECT_EQ(::mincore(const_cast<std::byte*>(p), kIoAlignment, &resident), 0)
+          << "the kept buffer was unmapped";
+    }
+    EXPECT_EQ(p[0], std::byte{0x5a});
+    EXPECT_EQ(p[size - 1], std::byte{0x5a});
+  }
 }
 
 TEST(AlignedTest, EvictFromCachesKeepsTheContents) {

@@ -314,6 +314,22 @@ TEST_P(IoQueueConformance, MissingCompletionIsCancelledAndTheQueueGoesOn) {
 // A request the device holds (cancel does not bring it back) is reported
 // lost, keeps its slot while the queue goes on with the others, and is
 // returned once its completion comes.
+// A queue that closes while the kernel still has a lost request keeps its
+// buffer from the allocator; a buffer whose request came back is not kept.
+TEST_P(IoQueueConformance, ClosingWithALostRequestKeepsItsBuffer) {
+  auto q =
+      make_queue(2, held_first(std::chrono::milliseconds(3000)), std::chrono::milliseconds(200));
+  auto stuck = AlignedBuffer::allocate(kIoAlignment);
+  auto other = AlignedBuffer::allocate(kIoAlignment);
+  ASSERT_TRUE(stuck.is_ok() && other.is_ok());
+  ASSERT_NO_FATAL_FAILURE(lose_a_read(*q, stuck->data(), 1));
+  EXPECT_TRUE(run_all(*q, {request(IoOp::kRead, 0, other->data(), kIoAlignment)})[0].is_ok());
+  EXPECT_FALSE(lost_io_holds(stuck->bytes())) << "kept before the queue closed";
+  q.reset();  // waits one more timeout: the device still holds the read
+  EXPECT_TRUE(lost_io_holds(stuck->bytes()));
+  EXPECT_FALSE(lost_io_holds(other->bytes()));
+}
+
 TEST_P(IoQueueConformance, RequestStuckPastCancelIsLostThenReturned) {
   auto q =
       make_queue(2, held_first(std::chrono::milliseconds(1500)), std::chrono::milliseconds(200));

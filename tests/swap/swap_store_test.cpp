@@ -56,6 +56,14 @@ class SwapStoreTest : public ::testing::TestWithParam<IoBackend> {
     return o;
   }
 
+  // The third write request held by the device for `held`, lost after 400 ms.
+  SwapStoreOptions with_lost_write(std::chrono::milliseconds held) {
+    SwapStoreOptions o = with_write_fault(FaultKind::kDelay, 3);
+    o.fault->delay = held;
+    o.completion_timeout = std::chrono::milliseconds(200);
+    return o;
+  }
+
   std::unique_ptr<SwapStore> open(SwapStoreOptions o) {
     auto store = SwapStore::open(std::move(o));
     EXPECT_TRUE(store.is_ok()) << store.status().to_string();
@@ -303,10 +311,7 @@ TEST_P(SwapStoreTest, FailedWriteKeepsThePreviousValue) {
 // and the previous value stays, its buffer is refused until the kernel
 // returns the request, and the store goes on meanwhile.
 TEST_P(SwapStoreTest, LostWriteQuarantinesItsBufferUntilTheKernelReturnsIt) {
-  SwapStoreOptions o = with_write_fault(FaultKind::kDelay, 3);
-  o.fault->delay = std::chrono::milliseconds(1500);
-  o.completion_timeout = std::chrono::milliseconds(200);
-  auto store = open(o);
+  auto store = open(with_lost_write(std::chrono::milliseconds(1500)));
   ASSERT_NE(store, nullptr);
   const std::size_t size = 256 << 10;
   AlignedBuffer old_value = pattern(size, 1), new_value = pattern(size, 2);
@@ -334,6 +339,22 @@ TEST_P(SwapStoreTest, LostWriteQuarantinesItsBufferUntilTheKernelReturnsIt) {
   ASSERT_TRUE(get(*store, "x", *in, size).is_ok());
   EXPECT_EQ(std::memcmp(in->data(), new_value.data(), size), 0);
   EXPECT_EQ(store->stats().live_bytes, size) << "the lost write's extents were freed";
+}
+
+// A store closed while the kernel still has a lost request keeps that
+// buffer from the allocator, and only that one.
+TEST_P(SwapStoreTest, ClosingWithALostRequestKeepsItsBufferFromTheAllocator) {
+  auto store = open(with_lost_write(std::chrono::milliseconds(3000)));
+  ASSERT_NE(store, nullptr);
+  const std::size_t size = 256 << 10;
+  AlignedBuffer old_value = pattern(size, 1), new_value = pattern(size, 2);
+  ASSERT_NO_FATAL_FAILURE(overwrite_fails(*store, old_value, new_value, "lost completion"));
+  const std::span<const std::byte> lost{new_value.data(), 128 << 10};
+  EXPECT_FALSE(lost_io_holds(lost)) << "the store itself quarantines it while open";
+  store.reset();
+  EXPECT_TRUE(lost_io_holds(lost));
+  EXPECT_FALSE(lost_io_holds({new_value.data() + (128 << 10), 128 << 10}));
+  EXPECT_FALSE(lost_io_holds(old_value.bytes()));
 }
 
 TEST_P(SwapStoreTest, NoSpaceOnTheDeviceIsNoSpaceNamingTheKey) {

@@ -29,6 +29,19 @@ inline bool is_aligned(const void* ptr, std::uint64_t alignment) {
 // CPU without clflushopt.
 void evict_from_caches(std::span<const std::byte> bytes);
 
+// Memory that an I/O request may still transfer into or out of after its
+// queue has closed: a lost request (see IoQueue) the kernel never returned.
+// An IoQueue closing with such requests declares their buffers here; from
+// then on an AlignedBuffer that overlaps one is never given back to the
+// allocator or the system (release() leaves it allocated and logs the
+// bytes), so no later allocation can receive the kernel's late write. The
+// process keeps that memory for its life. Memory of your own that such a
+// request used: do not free it while lost_io_holds() says so.
+// Thread safety: all three may be called from any thread.
+void keep_for_lost_io(std::span<const std::byte> memory);
+bool lost_io_holds(std::span<const std::byte> memory);
+std::uint64_t lost_io_bytes();  // the bytes declared so far
+
 // A move-only owner of one aligned allocation. The size is rounded up to the
 // alignment, so the whole buffer can be used for O_DIRECT transfers. With
 // `lock`, the pages are mlock'ed (pinned) and unlocked on release; failing to
@@ -36,6 +49,8 @@ void evict_from_caches(std::span<const std::byte> bytes);
 // bytes or more are mapped pages of their own (returned to the system when
 // released), so that large short-lived buffers, such as the staging of a
 // partition being built, leave no holes in the heap that keep it resident.
+// A buffer that a lost I/O request may still use is never released (see
+// keep_for_lost_io).
 class AlignedBuffer {
  public:
   AlignedBuffer() = default;

@@ -36,7 +36,11 @@
 // counts it, until the kernel returns the request; the store goes on with
 // the rest of its queue slots meanwhile. The caller must not reuse or free
 // a buffer while holds() says a lost request may still use it (a PinnedPool
-// retires such buffers: PinnedPool::retire_while).
+// retires such buffers: PinnedPool::retire_while). A store destroyed while
+// the kernel has a lost request waits one more completion_timeout for it;
+// a buffer still out then is kept from the allocator for the process's life
+// if it is an AlignedBuffer (a PinnedPool's included: keep_for_lost_io);
+// memory of your own must not be freed while lost_io_holds() says so.
 //
 // Thread safety: every method may be called from any thread.
 // Buffers: data.data() is kIoAlignment-aligned, and the memory from data.data()
