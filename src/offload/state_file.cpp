@@ -139,9 +139,11 @@ Result<std::unique_ptr<StateFile::State>> make_state(const fs::path& path,
   s->writing = writing;
   s->fd = std::move(file.fd);
   s->direct = file.direct;
-  // Each region has its own chunks, enough for the regions together to keep
-  // kStateDepth in flight, plus the one being filled or consumed.
-  const int per_region = (kStateDepth + layout.num_states - 1) / layout.num_states + 1;
+  // Each region has its own chunks: kStateDepth in flight, plus the one
+  // being filled or consumed. A walk that takes a whole sub-group of one
+  // region at a time (the host tier's pieces) so keeps the depth on it; with
+  // the depth shared, the other regions' chunks sat full, and it was a third.
+  const int per_region = kStateDepth + 1;
   const int count = per_region * layout.num_states;
   // A small file takes small chunks.
   s->chunk_bytes =
