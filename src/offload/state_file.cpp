@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <deque>
 #include <vector>
@@ -26,13 +27,16 @@ namespace {
 struct Chunk {
   std::byte* data = nullptr;
   int region = 0;
-  std::uint64_t bytes = 0;  // data bytes it holds (reads: will hold)
+  std::uint64_t bytes = 0;   // data bytes it holds (reads: will hold)
+  std::uint64_t offset = 0;  // reader: where its read is from
   bool in_flight = false;
+  bool due = false;  // reader: its read waits for one of the file's kStateDepth places
 };
 
 // Region k's stream. A writer fills one chunk at a time and submits it when
 // full; a reader keeps all of the region's chunks reading ahead, in file
-// order, and consumes the oldest.
+// order (at most kStateDepth reads over the file in flight, the rest due),
+// and consumes the oldest.
 struct Region {
   std::uint64_t base = 0;    // file offset
   std::uint64_t queued = 0;  // data bytes submitted so far
@@ -58,6 +62,8 @@ struct StateFile::State {
   std::vector<Chunk> chunks;
   std::vector<Region> regions;
   std::vector<swap::IoResult> results;
+  int in_flight = 0;    // requests, at most kStateDepth
+  std::deque<int> due;  // reader: chunks waiting for a place, in the order they came free
   Status error;
 
   Status fail(Status s) {
@@ -82,6 +88,7 @@ struct StateFile::State {
     if (!accepted.is_ok()) return fail(accepted.status());
     if (*accepted != 1) return fail(Status::internal(path.string() + ": the I/O queue is full"));
     chunk.in_flight = true;
+    ++in_flight;
     return Status::ok();
   }
 
@@ -95,23 +102,54 @@ struct StateFile::State {
       Chunk& chunk = chunks[r.user_data];
       if (!r.lost) {
         chunk.in_flight = false;
+        --in_flight;
         if (writing)
           regions[static_cast<std::size_t>(chunk.region)].chunks.push_back(
               static_cast<int>(r.user_data));
       }
       if (!r.status.is_ok() && first.is_ok()) first = r.status;
     }
-    return first.is_ok() ? Status::ok() : fail(first);
+    if (!first.is_ok()) return fail(first);
+    while (!due.empty() && in_flight < kStateDepth) {
+      const int c = due.front();
+      due.pop_front();
+      ZINF_RETURN_IF_ERROR(submit_due(c));
+    }
+    return Status::ok();
+  }
+
+  Status submit_due(int c) {
+    Chunk& chunk = chunks[static_cast<std::size_t>(c)];
+    chunk.due = false;
+    return submit(c, chunk.offset);
+  }
+
+  // Reader: until chunk c is read (a due chunk goes first once there is room).
+  Status await(int c) {
+    Chunk& chunk = chunks[static_cast<std::size_t>(c)];
+    while (chunk.due || chunk.in_flight) {
+      if (chunk.due && in_flight < kStateDepth) {
+        due.erase(std::find(due.begin(), due.end(), c));
+        ZINF_RETURN_IF_ERROR(submit_due(c));
+      } else {
+        ZINF_RETURN_IF_ERROR(reap());
+      }
+    }
+    return Status::ok();
   }
 
   // Reader: region k's next chunk from where it has got to, if any is left.
   Status read_ahead(Region& region, int c) {
     const std::uint64_t left = layout.data_bytes() - region.queued;
     if (left == 0) return Status::ok();
-    chunks[static_cast<std::size_t>(c)].bytes = std::min(chunk_bytes, left);
-    ZINF_RETURN_IF_ERROR(submit(c, region.base + region.queued));
-    region.queued += chunks[static_cast<std::size_t>(c)].bytes;
+    Chunk& chunk = chunks[static_cast<std::size_t>(c)];
+    chunk.bytes = std::min(chunk_bytes, left);
+    chunk.offset = region.base + region.queued;
+    region.queued += chunk.bytes;
     region.chunks.push_back(c);
+    if (due.empty() && in_flight < kStateDepth) return submit(c, chunk.offset);
+    chunk.due = true;
+    due.push_back(c);
     return Status::ok();
   }
 
@@ -120,6 +158,7 @@ struct StateFile::State {
     Chunk& chunk = chunks[static_cast<std::size_t>(region.fill)];
     chunk.bytes = region.used;
     std::memset(chunk.data + chunk.bytes, 0, align_up(chunk.bytes, kIoAlignment) - chunk.bytes);
+    while (in_flight >= kStateDepth) ZINF_RETURN_IF_ERROR(reap());
     ZINF_RETURN_IF_ERROR(submit(region.fill, region.base + region.queued));
     region.queued += chunk.bytes;
     region.fill = -1;
@@ -139,10 +178,11 @@ Result<std::unique_ptr<StateFile::State>> make_state(const fs::path& path,
   s->writing = writing;
   s->fd = std::move(file.fd);
   s->direct = file.direct;
-  // Each region has its own chunks: kStateDepth in flight, plus the one
-  // being filled or consumed. A walk that takes a whole sub-group of one
-  // region at a time (the host tier's pieces) so keeps the depth on it; with
-  // the depth shared, the other regions' chunks sat full, and it was a third.
+  // Each region has its own chunks, as many as the file has places in
+  // flight (kStateDepth) plus the one being filled or consumed: a walk that
+  // takes a whole sub-group of one region at a time (the host tier's
+  // pieces) keeps them all on that region while the others' chunks sit
+  // full. With a third of the chunks each, it read at a third of the depth.
   const int per_region = kStateDepth + 1;
   const int count = per_region * layout.num_states;
   // A small file takes small chunks.
@@ -270,7 +310,7 @@ Status StateFile::read(int k, float* out, std::uint64_t count) {
                                      " read past its end"));
     const int c = region.chunks.front();
     Chunk& chunk = s.chunks[static_cast<std::size_t>(c)];
-    while (chunk.in_flight) ZINF_RETURN_IF_ERROR(s.reap());
+    ZINF_RETURN_IF_ERROR(s.await(c));
     const std::uint64_t n = std::min(left, chunk.bytes - region.used);
     const std::span<const std::byte> data{chunk.data + region.used, n};
     region.crc = swap::crc32c(data, region.crc);

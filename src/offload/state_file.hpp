@@ -9,7 +9,7 @@
 //
 // Each region is a stream: written by appending, read from its start, in
 // chunks of kStateChunk bytes (or the array, if smaller), with up to kStateDepth chunks in flight
-// on each region, through the swap layer's IoQueue (its error policy, its engines, the fault
+// over all regions, through the swap layer's IoQueue (its error policy, its engines, the fault
 // injector). Reads and writes of the regions may interleave as a piece-by-piece walk of the
 // optimizer state does (every region a little at a time, in order): each region has its own
 // buffers, so no region waits on another's. Every region's CRC32C covers its data bytes, not the

@@ -29,10 +29,10 @@ float value(int k, std::uint64_t e) { return static_cast<float>(k * 1e7 + e); }
 
 // Writes every state in pieces of `piece` elements, the states of a piece
 // one after another, as a walk over the optimizer state does.
-Status write_all(StateFile& file, std::uint64_t piece) {
+Status write_all(StateFile& file, std::uint64_t piece, std::uint64_t elements = kElements) {
   std::vector<float> data(piece);
-  for (std::uint64_t at = 0; at < kElements; at += piece) {
-    const std::uint64_t n = std::min(piece, kElements - at);
+  for (std::uint64_t at = 0; at < elements; at += piece) {
+    const std::uint64_t n = std::min(piece, elements - at);
     for (int k = 0; k < kStates; ++k) {
       for (std::uint64_t i = 0; i < n; ++i) data[i] = value(k, at + i);
       ZINF_RETURN_IF_ERROR(file.write(k, data.data(), n));
@@ -46,10 +46,10 @@ std::vector<char> contents(const fs::path& path) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
-std::uint32_t data_crc(int k) {
-  std::vector<float> data(kElements);
-  for (std::uint64_t e = 0; e < kElements; ++e) data[e] = value(k, e);
-  return swap::crc32c({reinterpret_cast<const std::byte*>(data.data()), kElements * 4});
+std::uint32_t data_crc(int k, std::uint64_t elements = kElements) {
+  std::vector<float> data(elements);
+  for (std::uint64_t e = 0; e < elements; ++e) data[e] = value(k, e);
+  return swap::crc32c({reinterpret_cast<const std::byte*>(data.data()), elements * 4});
 }
 
 class StateFileBackends : public ::testing::TestWithParam<IoBackend> {};
@@ -99,6 +99,37 @@ TEST_P(StateFileBackends, WritesEachStateAtItsPaddedOffsetAndReadsItBackInOtherP
   const Status past = (*file)->read(0, got.data(), 1);
   EXPECT_FALSE(past.is_ok());
   EXPECT_NE(past.message().find("past its end"), std::string::npos) << past.to_string();
+}
+
+// Many chunks per state, more than the file keeps in flight: read back a
+// whole state at a time (the host tier's walk: one state's chunks all
+// reading ahead while the others' sit full) and a little of each at a time
+// (the NVMe tier's: reads wait their turn for a place).
+TEST_P(StateFileBackends, ReadsBackInEitherWalkWithMoreChunksThanPlaces) {
+  constexpr std::uint64_t kMany = 12 * kStateChunk / sizeof(float) + 333;
+  ScratchDir dir;
+  const fs::path path = dir.path() / "rank0.state";
+  const StateLayout layout{kMany, kStates, 3};
+  const StateIo io{GetParam(), {}};
+  {
+    auto file = StateFile::create(path, layout, io);
+    ASSERT_TRUE(file.is_ok()) << file.status().to_string();
+    ASSERT_TRUE(write_all(**file, 1'000'003, kMany).is_ok());
+  }
+  std::vector<float> got(kMany);
+  for (std::uint64_t piece : {kMany, std::uint64_t{300'007}}) {
+    auto file = StateFile::open(path, layout, io);
+    ASSERT_TRUE(file.is_ok()) << file.status().to_string();
+    for (std::uint64_t at = 0; at < kMany; at += piece) {
+      const std::uint64_t n = std::min(piece, kMany - at);
+      for (int k = 0; k < kStates; ++k) {
+        ASSERT_TRUE((*file)->read(k, got.data(), n).is_ok()) << "piece " << piece;
+        for (std::uint64_t i = 0; i < n; ++i)
+          ASSERT_EQ(got[i], value(k, at + i)) << "piece " << piece << " state " << k;
+      }
+    }
+    for (int k = 0; k < kStates; ++k) EXPECT_EQ((*file)->crc32c(k), data_crc(k, kMany)) << k;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Engines, StateFileBackends,
