@@ -77,6 +77,20 @@ Status wait(Result<gpu::CommWorkPtr> work) {
   return work.is_ok() ? (*work)->wait() : work.status();
 }
 
+// Collectives issued back to back on one channel (they queue there instead
+// of costing a round trip each), each with what it is for; waits for every
+// one, also after a failure (each still uses its buffer), and returns the
+// first error in the context of its purpose.
+using Issued = std::vector<std::pair<std::string, Result<gpu::CommWorkPtr>>>;
+Status wait_all(Issued issued) {
+  Status first;
+  for (auto& [what, work] : issued) {
+    Status s = wait(std::move(work));
+    if (first.is_ok() && !s.is_ok()) first = s.with_context(what);
+  }
+  return first;
+}
+
 // The autograd callback of PreBackward: the token is the unit's registry entry.
 void on_pre_backward(std::int64_t token) {
   auto* entry = reinterpret_cast<detail::UnitEntry*>(token);
@@ -1674,27 +1688,26 @@ class EngineImpl::HomeWriter {
 // Stage 1: the window's gradients were accumulated whole on every rank;
 // each partition's sum over the ranks, for this rank's shard.
 Status EngineImpl::reduce_for_step() {
+  Issued issued;
   for (const Partition& part : partitions_) {
-    ZINF_RETURN_IF_ERROR(
-        wait(host_comm_->reduce_scatter(grads_.as<float>() + part.flat, part.numel,
-                                        gpu::CommDtype::kF32, gpu::ReduceOp::kSum))
-            .with_context("reducing the gradients of unit '" + units_[part.unit].name + "'"));
+    issued.emplace_back("reducing the gradients of unit '" + units_[part.unit].name + "'",
+                        host_comm_->reduce_scatter(grads_.as<float>() + part.flat, part.numel,
+                                                   gpu::CommDtype::kF32, gpu::ReduceOp::kSum));
   }
-  return Status::ok();
+  return wait_all(std::move(issued));
 }
 
 // Resident partitions (stages 1-2, and every stage's persistent ones): each
 // rank updated its shard on its device; every rank's, onto every device.
 Status EngineImpl::gather_resident() {
   if (world_size_ == 1) return Status::ok();
+  Issued issued;
   for (const Partition& part : partitions_) {
     if (part.home != Home::kDevice) continue;
-    ZINF_RETURN_IF_ERROR(
-        wait(param_comm_->all_gather(part.device, part.numel, comm_dtype(part.dtype)))
-            .with_context("gathering the updated parameters of unit '" + units_[part.unit].name +
-                          "'"));
+    issued.emplace_back("gathering the updated parameters of unit '" + units_[part.unit].name + "'",
+                        param_comm_->all_gather(part.device, part.numel, comm_dtype(part.dtype)));
   }
-  return Status::ok();
+  return wait_all(std::move(issued));
 }
 
 std::uint64_t EngineImpl::home_offset(const Param& p, const Segment& seg) const {
