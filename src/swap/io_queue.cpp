@@ -126,12 +126,14 @@ IoQueue::~IoQueue() {
   // by the completion timeout) before the engine goes away. The buffers of
   // those the kernel still has then are kept from the allocator for the
   // process's life (keep_for_lost_io): a late transfer must not land in
-  // memory given to someone else.
+  // memory given to someone else. A failed queue does not wait (a refused
+  // submission never completes) and keeps every buffer it still holds.
   State& s = *state_;
   std::vector<bool> out(s.slots.size(), true);
   for (std::uint32_t i : s.free) out[i] = false;
   const auto deadline = std::chrono::steady_clock::now() + s.options.completion_timeout;
-  while (engine_->in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
+  while (s.fatal.is_ok() && engine_->in_flight() > 0 &&
+         std::chrono::steady_clock::now() < deadline) {
     auto n = engine_->reap(s.completions, 1, s.options.completion_timeout);
     if (!n.is_ok()) break;
     for (std::size_t k = 0; k < *n; ++k) {
