@@ -4,7 +4,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cstring>
 #include <deque>
 #include <vector>
@@ -110,30 +109,13 @@ struct StateFile::State {
       if (!r.status.is_ok() && first.is_ok()) first = r.status;
     }
     if (!first.is_ok()) return fail(first);
+    // Reads wait to be due only while every place is taken, so each place a
+    // completion frees goes to the oldest of them.
     while (!due.empty() && in_flight < kStateDepth) {
-      const int c = due.front();
+      Chunk& next = chunks[static_cast<std::size_t>(due.front())];
+      next.due = false;
+      ZINF_RETURN_IF_ERROR(submit(due.front(), next.offset));
       due.pop_front();
-      ZINF_RETURN_IF_ERROR(submit_due(c));
-    }
-    return Status::ok();
-  }
-
-  Status submit_due(int c) {
-    Chunk& chunk = chunks[static_cast<std::size_t>(c)];
-    chunk.due = false;
-    return submit(c, chunk.offset);
-  }
-
-  // Reader: until chunk c is read (a due chunk goes first once there is room).
-  Status await(int c) {
-    Chunk& chunk = chunks[static_cast<std::size_t>(c)];
-    while (chunk.due || chunk.in_flight) {
-      if (chunk.due && in_flight < kStateDepth) {
-        due.erase(std::find(due.begin(), due.end(), c));
-        ZINF_RETURN_IF_ERROR(submit_due(c));
-      } else {
-        ZINF_RETURN_IF_ERROR(reap());
-      }
     }
     return Status::ok();
   }
@@ -310,7 +292,7 @@ Status StateFile::read(int k, float* out, std::uint64_t count) {
                                      " read past its end"));
     const int c = region.chunks.front();
     Chunk& chunk = s.chunks[static_cast<std::size_t>(c)];
-    ZINF_RETURN_IF_ERROR(s.await(c));
+    while (chunk.due || chunk.in_flight) ZINF_RETURN_IF_ERROR(s.reap());
     const std::uint64_t n = std::min(left, chunk.bytes - region.used);
     const std::span<const std::byte> data{chunk.data + region.used, n};
     region.crc = swap::crc32c(data, region.crc);
